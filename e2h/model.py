@@ -1,0 +1,234 @@
+"""A Llama-style decoder, written out in full (PAPER.md, "Models").
+
+Pre-norm blocks ``h = x + attn(norm(x))``, ``out = h + ffn(norm(h))``, SwiGLU feed-forward
+``down(silu(gate(x)) * up(x))``, rotary position embeddings, grouped-query attention, no biases.
+
+Two choices make Hugging Face / Llemma checkpoints load without any weight surgery:
+- parameter names mirror HF's ``LlamaForCausalLM`` (an HF key is ``"model." + name``, except
+  ``lm_head.weight``), so loading is a rename, not a table;
+- RoPE uses HF's "rotate-half" layout: the two halves of each head dimension form the
+  (real, imaginary) pairs, not adjacent elements. HF's q/k weights are stored for this layout;
+  applying the interleaved layout to them gives fluent-looking garbage.
+
+RMSNorm statistics and the RoPE tables are computed in float32 whatever the weight dtype.
+Attention goes through ``kernels.attend``: the Triton kernel on CUDA, PyTorch on CPU.
+This file never imports torch.distributed: sharding wraps the model from outside.
+
+Letters: B batch, T new tokens, S cache slots, H query heads, Hkv key/value heads, D head dim,
+C model dim, V vocab.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from kernels import attend
+
+
+@dataclass
+class ModelArgs:
+    dim: int = 4096
+    n_layers: int = 32
+    n_heads: int = 32
+    n_kv_heads: int | None = None   # None: same as n_heads (no GQA)
+    ffn_dim: int = 11008
+    vocab_size: int = 32016
+    norm_eps: float = 1e-5
+    rope_theta: float = 10000.0
+    max_seq_len: int = 4096
+    tie_embeddings: bool = False
+
+    def __post_init__(self):
+        if self.n_kv_heads is None:
+            self.n_kv_heads = self.n_heads
+        if self.dim % self.n_heads or self.n_heads % self.n_kv_heads:
+            raise ValueError(f"ModelArgs: dim {self.dim}, n_heads {self.n_heads} and n_kv_heads "
+                             f"{self.n_kv_heads} must divide evenly")
+        self.head_dim = self.dim // self.n_heads
+
+    @classmethod
+    def from_name(cls, name: str, **overrides) -> "ModelArgs":
+        if name not in PRESETS:
+            raise ValueError(f"unknown model preset {name!r}; choose from {sorted(PRESETS)}")
+        return cls(**{**PRESETS[name], **overrides})
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d.pop("head_dim", None)
+        return d
+
+
+PRESETS = {
+    # unit tests: a few thousand parameters, runs in milliseconds
+    "tiny": dict(dim=32, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=64, vocab_size=64,
+                 max_seq_len=256),
+    # the embedded default: trains on the synthetic curriculum on 2 CPU cores in minutes
+    "small": dict(dim=128, n_layers=4, n_heads=4, n_kv_heads=4, ffn_dim=352, vocab_size=64,
+                  max_seq_len=512),
+    "llemma-7b": dict(dim=4096, n_layers=32, n_heads=32, n_kv_heads=32, ffn_dim=11008,
+                      vocab_size=32016, rope_theta=1e4, max_seq_len=4096),
+    "llemma-34b": dict(dim=8192, n_layers=48, n_heads=64, n_kv_heads=8, ffn_dim=22016,
+                       vocab_size=32016, rope_theta=1e6, max_seq_len=4096),
+}
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # statistics in float32: bf16 has 8 mantissa bits, too few for a mean of squares
+        x32 = x.float()
+        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x32.to(x.dtype)
+
+
+def rope_cos_sin(positions: torch.Tensor, head_dim: int, theta: float):
+    """cos, sin of shape (B, 1, T, D) in float32 for integer positions (B, T)."""
+    inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, device=positions.device,
+                                            dtype=torch.float32) / head_dim)   # (D/2,)
+    angles = positions.float()[..., None] * inv_freq                          # (B, T, D/2)
+    angles = torch.cat([angles, angles], dim=-1)[:, None]                     # (B, 1, T, D)
+    return angles.cos(), angles.sin()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate-half RoPE: pairs are (x[i], x[i + D/2]), as in HF Llama."""
+    x32 = x.float()
+    x1, x2 = x32.chunk(2, dim=-1)
+    rotated = torch.cat([-x2, x1], dim=-1)
+    return (x32 * cos + rotated * sin).to(x.dtype)
+
+
+class KVCache:
+    """Preallocated keys and values for every layer, filled left to right.
+
+    Slots ``[0, length)`` hold keys already computed. ``start[b]`` is the first real slot of row b:
+    prompts of different lengths are left-padded, and the pad slots are masked out of attention.
+    """
+
+    def __init__(self, args: ModelArgs, batch: int, max_len: int, dtype, device):
+        shape = (batch, args.n_kv_heads, max_len, args.head_dim)   # (B, Hkv, S, D)
+        self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(args.n_layers)]
+        self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(args.n_layers)]
+        self.start = torch.zeros(batch, dtype=torch.long, device=device)
+        self.length = 0
+        self.max_len = max_len
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor):
+        """Write k, v (B, Hkv, T, D) at slots [length, length + T); return the filled prefix."""
+        t = k.shape[2]
+        end = self.length + t
+        if end > self.max_len:
+            raise ValueError(f"KVCache: {end} slots needed, only {self.max_len} allocated")
+        self.k[layer][:, :, self.length:end] = k
+        self.v[layer][:, :, self.length:end] = v
+        return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
+
+    def repeat_interleave(self, n: int) -> "KVCache":
+        """Each row repeated n times (n samples that share one prefill of their prompt)."""
+        self.k = [k.repeat_interleave(n, dim=0) for k in self.k]
+        self.v = [v.repeat_interleave(n, dim=0) for v in self.v]
+        self.start = self.start.repeat_interleave(n)
+        return self
+
+
+class Attention(nn.Module):
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        self.n_heads, self.n_kv_heads, self.head_dim = args.n_heads, args.n_kv_heads, args.head_dim
+        self.q_proj = nn.Linear(args.dim, args.n_heads * args.head_dim, bias=False)
+        self.k_proj = nn.Linear(args.dim, args.n_kv_heads * args.head_dim, bias=False)
+        self.v_proj = nn.Linear(args.dim, args.n_kv_heads * args.head_dim, bias=False)
+        self.o_proj = nn.Linear(args.n_heads * args.head_dim, args.dim, bias=False)
+
+    def forward(self, x, cos, sin, layer: int, cache: KVCache | None):
+        B, T, _ = x.shape
+        q = self.q_proj(x).view(B, T, -1, self.head_dim).transpose(1, 2)   # (B, H, T, D)
+        k = self.k_proj(x).view(B, T, -1, self.head_dim).transpose(1, 2)   # (B, Hkv, T, D)
+        v = self.v_proj(x).view(B, T, -1, self.head_dim).transpose(1, 2)   # (B, Hkv, T, D)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        kv_start = None
+        if cache is not None:
+            k, v = cache.update(layer, k, v)                                # (B, Hkv, S, D)
+            kv_start = cache.start
+        y = attend(q, k, v, causal=True, kv_start=kv_start)                 # (B, H, T, D)
+        return self.o_proj(y.transpose(1, 2).reshape(B, T, -1))             # (B, T, C)
+
+
+class FeedForward(nn.Module):
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        self.gate_proj = nn.Linear(args.dim, args.ffn_dim, bias=False)
+        self.up_proj = nn.Linear(args.dim, args.ffn_dim, bias=False)
+        self.down_proj = nn.Linear(args.ffn_dim, args.dim, bias=False)
+
+    def forward(self, x):
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))   # SwiGLU
+
+
+class TransformerBlock(nn.Module):
+    def __init__(self, args: ModelArgs, layer: int):
+        super().__init__()
+        self.layer = layer
+        self.input_layernorm = RMSNorm(args.dim, args.norm_eps)
+        self.self_attn = Attention(args)
+        self.post_attention_layernorm = RMSNorm(args.dim, args.norm_eps)
+        self.mlp = FeedForward(args)
+
+    def forward(self, x, cos, sin, cache: KVCache | None = None):
+        h = x + self.self_attn(self.input_layernorm(x), cos, sin, self.layer, cache)
+        return h + self.mlp(self.post_attention_layernorm(h))
+
+
+class Transformer(nn.Module):
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        self.args = args
+        self.embed_tokens = nn.Embedding(args.vocab_size, args.dim)
+        self.layers = nn.ModuleList(TransformerBlock(args, i) for i in range(args.n_layers))
+        self.norm = RMSNorm(args.dim, args.norm_eps)
+        self.lm_head = None if args.tie_embeddings else nn.Linear(args.dim, args.vocab_size, bias=False)
+        self.init_weights()
+
+    def init_weights(self, std: float = 0.02):
+        """Normal(0, std) weights, output projections scaled by 1/sqrt(2 * n_layers) (GPT-2)."""
+        for name, p in self.named_parameters():
+            if name.endswith("layernorm.weight") or name == "norm.weight":
+                nn.init.ones_(p)
+            elif name.endswith(("o_proj.weight", "down_proj.weight")):
+                nn.init.normal_(p, std=std / math.sqrt(2 * self.args.n_layers))
+            else:
+                nn.init.normal_(p, std=std)
+
+    def hidden(self, tokens: torch.Tensor, positions: torch.Tensor | None = None,
+               cache: KVCache | None = None) -> torch.Tensor:
+        """Final-normed hidden states (B, T, C): the trunk that LM, reward and value heads share."""
+        B, T = tokens.shape
+        if positions is None:
+            offset = cache.length if cache is not None else 0
+            if offset + T > self.args.max_seq_len:
+                raise ValueError(f"{offset + T} positions exceed max_seq_len {self.args.max_seq_len}")
+            positions = torch.arange(offset, offset + T, device=tokens.device).expand(B, T)
+        cos, sin = rope_cos_sin(positions, self.args.head_dim, self.args.rope_theta)
+        x = self.embed_tokens(tokens)                                       # (B, T, C)
+        for block in self.layers:
+            x = block(x, cos, sin, cache)
+        if cache is not None:
+            cache.length += T
+        return self.norm(x)
+
+    def logits(self, h: torch.Tensor) -> torch.Tensor:
+        """(B, T, C) -> float32 logits (B, T, V); log-softmax must never run in bf16."""
+        weight = self.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
+        return F.linear(h, weight).float()
+
+    def forward(self, tokens: torch.Tensor, positions: torch.Tensor | None = None,
+                cache: KVCache | None = None) -> torch.Tensor:
+        return self.logits(self.hidden(tokens, positions, cache))
