@@ -61,24 +61,22 @@ def tokenize_sft(tok, prompt: str, completion: str, eos: bool = True):
     return tokens, loss_mask
 
 
-def _step_spans(prompt: str, steps: list[str], answer: str | None):
-    """Character span of each step including its trailing delimiter, and of the answer section."""
+def _step_spans(prompt: str, steps: list[str]) -> list[tuple[int, int]]:
+    """Character span of each step in prompt + solution, its trailing delimiter included."""
     spans, pos = [], len(prompt)
-    for i, step in enumerate(steps):
-        end = pos + len(step.strip())
-        if i < len(steps) - 1 or answer is not None:
-            end += len(STEP_SEP)
+    for step in steps:
+        end = pos + len(step.strip()) + len(STEP_SEP)
         spans.append((pos, end))
         pos = end
-    answer_span = (pos, pos + len(format_solution([], answer))) if answer is not None else None
-    return spans, answer_span
+    return spans
 
 
 def tokenize_rm(tok, question: str, steps: list[str], answer: str | None,
                 step_labels: list[int | None] | None, outcome_label: int | None):
     """Tokens of one reward-model example with per-token labels and 0/1 weights.
 
-    PRM: every token of step k, its trailing "\\n\\n" included, carries ``step_labels[k]``
+    PRM: every token of step k, its trailing "\\n\\n" included (also after the last step when
+    there is no answer section), carries ``step_labels[k]``
     (None: weight 0, e.g. the chosen prefix before a rated PRM800K step).
     ORM: ``outcome_label`` on every solution token. A token whose step has no label falls back
     to the outcome label, so one record can carry both kinds (the "# Answer" section is
@@ -88,8 +86,13 @@ def tokenize_rm(tok, question: str, steps: list[str], answer: str | None,
     step_labels = list(step_labels) if step_labels is not None else [None] * len(steps)
     if len(step_labels) != len(steps):
         raise ValueError(f"{len(steps)} steps but {len(step_labels)} step labels")
-    spans, answer_span = _step_spans(prompt, steps, answer)
-    ids, offsets = tok.encode_with_offsets(prompt + format_solution(steps, answer))
+    spans = _step_spans(prompt, steps)
+    solution = format_solution(steps, answer)
+    if answer is None:
+        # a rated step without the answer section (a PRM800K prefix step) still ends with its
+        # delimiter: the "\n\n" token is where the step score is read
+        solution += STEP_SEP
+    ids, offsets = tok.encode_with_offsets(prompt + solution)
     labels, weights = [0.0], [0.0]                                 # BOS
     for start, _ in offsets:
         label = None

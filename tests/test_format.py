@@ -62,7 +62,7 @@ def test_rm_labels_prefix_unlabelled_and_orm(tok):
     # PRM800K-style: a chosen prefix (None) and one rated step; no outcome
     tokens, labels, weights = tokenize_rm(tok, "Q", STEPS, None, [None, 1], None)
     texts = pieces(tok, tokens)
-    assert "".join(t for t, w in zip(texts, weights) if w) == "12 * 2 = 24"
+    assert "".join(t for t, w in zip(texts, weights) if w) == "12 * 2 = 24\n\n"
     # ORM: outcome on every solution token
     tokens, labels, weights = tokenize_rm(tok, "Q", STEPS, "24", None, 1)
     texts = pieces(tok, tokens)
