@@ -1,0 +1,183 @@
+"""Iterative DPO against the easy-trained evaluator (PAPER.md, "RL", DPO; Rafailov et al. 2023).
+
+Loss on summed completion log-probs (Rafailov et al. 2023, Eq. 7):
+
+    loss = -log sigmoid(beta * [(logps_w - ref_logps_w) - (logps_l - ref_logps_l)])
+
+Pairs: per problem, N sampled solutions are scored by ``pair_score`` = PRM score in [0, 1]
+(the min over step probabilities) + 1 if the final answer is correct, where the answer may be
+used (easy problems). A pair (chosen, rejected) needs a score gap > ``gap`` (1.0: on an easy
+problem a correct solution beats a wrong one only if its PRM score is also higher); at most
+``max_pairs`` pairs per problem, drawn at random among the eligible ones.
+
+Hard problems, where no answer may be used (the paper leaves this open), follow ``hard_gap``:
+None (default) skips them, as the paper's DPO row that trains on easy problems only; a float
+pairs them on the PRM score alone with that gap (the score then lies in [0, 1], so the gap
+must be below 1).
+
+Iterations: sample -> pairs -> one epoch, K times; each iteration's reference is the model it
+starts from. Reference log-probs are computed once per iteration, before any step, and carried
+in the examples, so no reference model sits in memory while DPO trains.
+
+Letters: B pairs, T tokens, V vocab.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from data.format import format_prompt, tokenize_sft
+from e2h.distributed import gathered
+from e2h.evaluate import sample_solutions, score_samples
+from e2h.rm import aggregate
+from e2h.sft import collate, token_logps
+
+
+def sequence_logps(model, tokens: torch.Tensor, loss_mask: torch.Tensor) -> torch.Tensor:
+    """Summed log-probs of the target tokens (loss_mask 1: completion and EOS): (B,) float32."""
+    mask = loss_mask[:, 1:].float()                                   # (B, T-1): token t+1
+    empty = (mask.sum(-1) == 0).nonzero()
+    if len(empty):
+        raise ValueError(f"sequence_logps: sequence {empty[0].item()} has no completion tokens")
+    return (token_logps(model(tokens), tokens) * mask).sum(-1)        # (B,)
+
+
+def dpo_loss(chosen_logps: torch.Tensor, rejected_logps: torch.Tensor,
+             ref_chosen_logps: torch.Tensor, ref_rejected_logps: torch.Tensor, beta: float):
+    """Sigmoid DPO loss per pair (B,), inputs are summed log-probs (B,).
+
+    Metrics (detached means over pairs): rewards/chosen = beta * (logps_w - ref_logps_w),
+    rewards/rejected likewise, rewards/margins = their difference, rewards/accuracies = share
+    of pairs with chosen reward > rejected reward. The loss only asks margins to grow: the
+    chosen reward often falls too (both log-probs drop, the rejected one faster), which is not
+    a bug.
+    """
+    chosen_rewards = beta * (chosen_logps.float() - ref_chosen_logps.float())
+    rejected_rewards = beta * (rejected_logps.float() - ref_rejected_logps.float())
+    margins = chosen_rewards - rejected_rewards
+    losses = -F.logsigmoid(margins)                                   # Eq. 7, DPO
+    with torch.no_grad():
+        metrics = {"rewards/chosen": chosen_rewards.mean(),
+                   "rewards/rejected": rejected_rewards.mean(),
+                   "rewards/margins": margins.mean(),
+                   "rewards/accuracies": (margins > 0).float().mean()}
+    return losses, metrics
+
+# ----------------------------------------------------------------------------- pairs
+
+
+def pair_score(sample: dict, answer_known: bool) -> float:
+    """PRM score (min step probability) + final-answer 1/0 when the answer may be used."""
+    prm = aggregate(sample.get("step_scores") or [], sample.get("outcome_score"), "min")
+    return prm + (float(bool(sample["correct"])) if answer_known else 0.0)
+
+
+def build_pairs(samples: list[dict], gap: float, max_pairs: int, rng, *,
+                hard_gap: float | None = None, answer_levels=(1, 2, 3)) -> list[dict]:
+    """Preference pairs from scored sample records, grouped by problem ``id``.
+
+    A problem's answer may be used when its level is in ``answer_levels`` and its samples are
+    graded. Identical completions count once. Pairs need a score difference strictly above the
+    gap (ties never pair); ``rng`` (a ``random.Random``) draws ``max_pairs`` of the eligible
+    ones. Returns {"id", "question", "level", "chosen", "rejected", "chosen_score",
+    "rejected_score"}, problems in input order.
+    """
+    groups: dict[str, dict[str, dict]] = {}
+    for s in samples:                                   # dedupe by text, first one kept
+        groups.setdefault(s["id"], {}).setdefault(s["completion"].strip(), s)
+    pairs = []
+    for group in groups.values():
+        group = list(group.values())
+        known = group[0]["level"] in answer_levels and all(s.get("correct") is not None
+                                                            for s in group)
+        need = gap if known else hard_gap
+        if need is None:
+            continue
+        scores = [pair_score(s, known) for s in group]
+        eligible = [(w, l) for w in range(len(group)) for l in range(len(group))
+                    if scores[w] - scores[l] > need]
+        for w, l in rng.sample(eligible, min(max_pairs, len(eligible))):
+            pairs.append({"id": group[w]["id"], "question": group[w]["question"],
+                          "level": group[w]["level"], "chosen": group[w]["completion"],
+                          "rejected": group[l]["completion"], "chosen_score": scores[w],
+                          "rejected_score": scores[l]})
+    return pairs
+
+# ----------------------------------------------------------------------------- training data
+
+
+def encode_pair(tok, pair: dict) -> dict:
+    """Tokens and loss masks of both sides of a pair (``data.format.tokenize_sft``)."""
+    prompt = format_prompt(pair["question"])
+    chosen_tokens, chosen_mask = tokenize_sft(tok, prompt, pair["chosen"])
+    rejected_tokens, rejected_mask = tokenize_sft(tok, prompt, pair["rejected"])
+    return {"chosen_tokens": chosen_tokens, "chosen_mask": chosen_mask,
+            "rejected_tokens": rejected_tokens, "rejected_mask": rejected_mask}
+
+
+def collate_pairs(examples: list[dict], pad_id: int) -> dict:
+    """One batch, chosen rows first: "tokens", "loss_mask" (2B, T), "ref_logps" (2B,) if cached."""
+    batch = {"tokens": collate([e["chosen_tokens"] for e in examples]
+                               + [e["rejected_tokens"] for e in examples], pad_id),
+             "loss_mask": collate([e["chosen_mask"] for e in examples]
+                                  + [e["rejected_mask"] for e in examples], 0)}
+    if "ref_chosen_logps" in examples[0]:
+        batch["ref_logps"] = torch.tensor([e["ref_chosen_logps"] for e in examples]
+                                          + [e["ref_rejected_logps"] for e in examples],
+                                          dtype=torch.float32)
+    return batch
+
+
+@torch.no_grad()
+def cache_ref_logps(model, examples: list[dict], pad_id: int, batch_size: int = 8) -> list[dict]:
+    """Add "ref_chosen_logps" and "ref_rejected_logps" (floats) to each example, in place."""
+    device = next(model.parameters()).device
+    for i in range(0, len(examples), batch_size):
+        chunk = examples[i:i + batch_size]
+        batch = collate_pairs(chunk, pad_id)
+        logps = sequence_logps(model, batch["tokens"].to(device), batch["loss_mask"].to(device))
+        chosen, rejected = logps.float().cpu().chunk(2)                # (B,), (B,)
+        for e, c, r in zip(chunk, chosen.tolist(), rejected.tolist()):
+            e["ref_chosen_logps"], e["ref_rejected_logps"] = c, r
+    return examples
+
+
+def loss_fn(model, batch: dict, beta: float = 0.1):
+    """Mean DPO loss over the pairs of a ``collate_pairs`` batch with cached reference log-probs.
+
+    Metrics are detached; ``n_pairs`` lets a loop weigh accumulated micro-batches.
+    """
+    chosen_logps, rejected_logps = sequence_logps(model, batch["tokens"],
+                                                  batch["loss_mask"]).chunk(2)
+    ref_chosen_logps, ref_rejected_logps = batch["ref_logps"].chunk(2)
+    losses, metrics = dpo_loss(chosen_logps, rejected_logps, ref_chosen_logps,
+                               ref_rejected_logps, beta)
+    loss = losses.mean()
+    return loss, {"loss": loss.detach(), "n_pairs": torch.tensor(float(len(losses))), **metrics}
+
+
+def dpo_iteration_data(policy, rm, tok, problems: list[dict], rng, *, n: int = 8,
+                       temperature: float = 1.0, top_k: int | None = None,
+                       max_new_tokens: int = 768, gap: float = 1.0, max_pairs: int = 3,
+                       hard_gap: float | None = None, answer_levels=(1, 2, 3),
+                       generator: torch.Generator | None = None, batch_size: int = 16):
+    """One iteration's training examples: sample n per problem from ``policy``, score them with
+    ``rm``, build pairs and cache ``policy``'s log-probs as the reference (so call this before
+    the iteration's first step). ``batch_size``: problems per sampling call, pairs per
+    reference forward. Returns (examples for ``collate_pairs``, metrics); the number of
+    examples differs between processes."""
+    # full parameters for the whole stage: ranks run different numbers of forwards (tokens
+    # per sample, pairs per rank) and a sharded model would wait on the others at each one
+    with gathered(policy):
+        samples = sample_solutions(policy, tok, problems, n=n, temperature=temperature,
+                                   top_k=top_k, max_new_tokens=max_new_tokens,
+                                   generator=generator, batch_size=batch_size)
+        samples = score_samples(rm, tok, samples)
+        pairs = build_pairs(samples, gap, max_pairs, rng, hard_gap=hard_gap,
+                            answer_levels=answer_levels)
+        examples = cache_ref_logps(policy, [encode_pair(tok, p) for p in pairs], tok.pad_id,
+                                   batch_size)
+    graded = [s["correct"] for s in samples if s.get("correct") is not None]
+    metrics = {"dpo/pairs": len(pairs), "dpo/problems_paired": len({p["id"] for p in pairs}),
+               "answer/accuracy": sum(graded) / max(len(graded), 1)}
+    return examples, metrics

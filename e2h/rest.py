@@ -1,0 +1,89 @@
+"""ReST-EM: fine-tuning on the generator's own correct solutions (PAPER.md, "RL", ReST-EM;
+Singh et al. 2023, "Beyond Human Data").
+
+One iteration:
+- E-step: sample n solutions per problem from the current policy (paper: 32, top-k 40, T 1.0);
+  keep the final-answer-correct ones of problems whose answer may be used (easy levels),
+  identical completions once, at most k per problem (paper: 10). As an option, solutions of
+  hard problems whose PRM score (min step probability) reaches ``hard_threshold`` are kept
+  too: the evaluator stands in for the missing answer.
+- M-step: supervised fine-tuning on the kept solutions with the SFT loss (``e2h.sft``).
+The paper runs 2 iterations (a 3rd degraded).
+
+Restarting: the paper leaves open whether each M-step starts from the base SFT model or from
+the previous iteration's model. The original ReST-EM restarts from the base, which keeps
+errors of one iteration from compounding; that is the default here (``RESTART_FROM_BASE``,
+applied through ``start_model``). Sampling always uses the latest model either way.
+"""
+from __future__ import annotations
+
+import torch
+
+from e2h.distributed import gathered
+from e2h.evaluate import sample_solutions, score_samples
+from e2h.rm import aggregate
+
+RESTART_FROM_BASE = True
+
+
+def start_model(base, latest, restart_from_base: bool = RESTART_FROM_BASE):
+    """What an iteration's fine-tuning starts from (a model or a checkpoint path)."""
+    return base if restart_from_base else latest
+
+
+def filter_samples(samples: list[dict], max_per_problem: int, rng, *,
+                   hard_threshold: float | None = None, answer_levels=(1, 2, 3)) -> list[dict]:
+    """SFT records {"id", "question", "completion", "level"} from graded sample records.
+
+    Kept: samples with ``correct`` True on problems whose level is in ``answer_levels``; on
+    other problems, only when ``hard_threshold`` is set, samples whose PRM score (needs
+    "step_scores") is >= it. Identical completions count once; a problem with more than
+    ``max_per_problem`` keeps a random subset (``rng``: a ``random.Random``), in input order.
+    """
+    groups: dict[str, dict[str, dict]] = {}
+    for s in samples:
+        text = s["completion"].strip()
+        if not text:
+            continue
+        if s["level"] in answer_levels:
+            keep = s.get("correct") is True
+        else:
+            keep = hard_threshold is not None and aggregate(
+                s.get("step_scores") or [], s.get("outcome_score"), "min") >= hard_threshold
+        if keep:
+            groups.setdefault(s["id"], {}).setdefault(text, s)     # dedupe, first one kept
+    records = []
+    for group in groups.values():
+        kept = list(group.values())
+        if len(kept) > max_per_problem:
+            picked = sorted(rng.sample(range(len(kept)), max_per_problem))
+            kept = [kept[i] for i in picked]
+        records += [{"id": s["id"], "question": s["question"], "completion": s["completion"],
+                     "level": s["level"]} for s in kept]
+    return records
+
+
+def rest_iteration_data(policy, tok, problems: list[dict], rng, *, n: int = 32,
+                        temperature: float = 1.0, top_k: int | None = 40,
+                        max_new_tokens: int = 768, max_per_problem: int = 10, rm=None,
+                        hard_threshold: float | None = None, answer_levels=(1, 2, 3),
+                        generator: torch.Generator | None = None, batch_size: int = 16):
+    """The E-step: SFT records for one iteration, sampled from ``policy``; (records, metrics).
+
+    ``rm`` scores the samples only when ``hard_threshold`` is set (it is then required).
+    """
+    if hard_threshold is not None and rm is None:
+        raise ValueError("rest_iteration_data: hard_threshold needs a reward model (rm)")
+    with gathered(policy):     # one all-gather for all the sampling, not one per token
+        samples = sample_solutions(policy, tok, problems, n=n, temperature=temperature,
+                                   top_k=top_k, max_new_tokens=max_new_tokens,
+                                   generator=generator, batch_size=batch_size)
+    if hard_threshold is not None:
+        samples = score_samples(rm, tok, samples)
+    records = filter_samples(samples, max_per_problem, rng, hard_threshold=hard_threshold,
+                             answer_levels=answer_levels)
+    graded = [s["correct"] for s in samples if s.get("correct") is not None]
+    metrics = {"rest/examples": len(records),
+               "rest/problems_kept": len({r["id"] for r in records}),
+               "answer/accuracy": sum(graded) / max(len(graded), 1)}
+    return records, metrics
