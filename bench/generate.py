@@ -1,0 +1,131 @@
+"""Decode throughput of ``e2h.sample.generate`` (new tokens per second, greedy).
+
+CPU: the "small" preset in float32, batch 1 and 16, 128 new tokens after a 32-token prompt,
+against a loop on the same model that recomputes the whole sequence for every token (no cache).
+
+CUDA: a Llemma-7B-shaped model with random bf16 weights at batch 1 and 64, against the HBM
+roofline. A decode step reads every weight once, so it takes at least weight bytes / bandwidth
+(6.74e9 parameters * 2 bytes / 3.35 TB/s = 4.0 ms on an H100 SXM, i.e. 249 steps/s); the KV
+cache adds a little more traffic, ignored here. Decode steps/s is measured without the prefill:
+(time of N new tokens - time of 1) / (N - 1).
+
+    python bench/generate.py --threads 1                # CPU part
+    python bench/generate.py --device cuda [--compile]  # GPU part
+"""
+from __future__ import annotations
+
+import argparse
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import e2h.sample as sample_mod  # noqa: E402
+from e2h.model import ModelArgs, Transformer  # noqa: E402
+
+HBM_BYTES_PER_S = {"H100": 3.35e12, "H200": 4.8e12, "A100": 2.04e12}   # SXM parts
+
+
+def random_model(preset: str, dtype, device) -> Transformer:
+    """Built on the meta device and initialized in place: no float32 copy of a 7B model."""
+    with torch.device("meta"):
+        model = Transformer(ModelArgs.from_name(preset))
+    model = model.to(dtype).to_empty(device=device)
+    model.init_weights()
+    return model.eval()
+
+
+def best_time(fn, device, repeats: int) -> float:
+    fn()   # warm-up: allocator, kernels, compilation
+    times = []
+    for _ in range(repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    return min(times)
+
+
+@torch.no_grad()
+def greedy_without_cache(model, prompts: torch.Tensor, new_tokens: int):
+    tokens = prompts                                                   # (B, P)
+    for _ in range(new_tokens):
+        nxt = model(tokens)[:, -1].argmax(-1, keepdim=True)            # (B, 1)
+        tokens = torch.cat([tokens, nxt], dim=1)
+    return tokens
+
+
+def bench_cpu(args):
+    torch.manual_seed(0)
+    model = random_model("small", torch.float32, torch.device("cpu"))
+    print(f"threads {torch.get_num_threads()}, prompt {args.prompt_len}, {args.new_tokens} new tokens")
+    print("| preset | batch | generate (tok/s) | no-cache loop (tok/s) | speed-up |")
+    print("|---|---|---|---|---|", flush=True)
+    for batch in args.batches or (1, 16):
+        prompts = torch.randint(3, model.args.vocab_size, (batch, args.prompt_len))
+        lists = prompts.tolist()
+        cached = best_time(lambda: sample_mod.generate(model, lists, args.new_tokens, 0.0),
+                           torch.device("cpu"), args.repeats)
+        plain = best_time(lambda: greedy_without_cache(model, prompts, args.new_tokens),
+                          torch.device("cpu"), args.repeats)
+        n = batch * args.new_tokens
+        print(f"| small | {batch} | {n / cached:,.0f} | {n / plain:,.0f} | {plain / cached:.1f}x |",
+              flush=True)
+
+
+def bench_cuda(args):
+    device = torch.device("cuda")
+    name = torch.cuda.get_device_name()
+    bandwidth = args.bandwidth or next((b for k, b in HBM_BYTES_PER_S.items() if k in name), None)
+    if bandwidth is None:
+        raise SystemExit(f"--bandwidth: unknown HBM bandwidth for {name!r}; pass it in bytes/s")
+    torch.manual_seed(0)
+    model = random_model("llemma-7b", torch.bfloat16, device)
+    weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    roofline = bandwidth / weight_bytes                                # steps/s
+    if args.compile:
+        sample_mod.decode_one_token = torch.compile(sample_mod.decode_one_token, dynamic=True)
+    print(f"{name}, {weight_bytes / 1e9:.2f} GB of weights, roofline {roofline:.0f} steps/s "
+          f"at {bandwidth / 1e12:.2f} TB/s, prompt {args.prompt_len}, compile {args.compile}")
+    print("| batch | decode steps/s | decode tok/s | % of roofline | generate tok/s (with prefill) |")
+    print("|---|---|---|---|---|")
+    for batch in args.batches or (1, 64):
+        lists = torch.randint(3, model.args.vocab_size, (batch, args.prompt_len)).tolist()
+        full = best_time(lambda: sample_mod.generate(model, lists, args.new_tokens, 0.0),
+                         device, args.repeats)
+        prefill = best_time(lambda: sample_mod.generate(model, lists, 1, 0.0), device, args.repeats)
+        steps = (args.new_tokens - 1) / (full - prefill)
+        print(f"| {batch} | {steps:.1f} | {steps * batch:,.0f} | {100 * steps / roofline:.0f} % | "
+              f"{batch * args.new_tokens / full:,.0f} |", flush=True)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    # what to run
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="CPU part or GPU part")
+    p.add_argument("--batches", type=lambda s: [int(b) for b in s.split(",")], default=None,
+                   help="comma-separated batch sizes (default 1,16 on CPU, 1,64 on CUDA)")
+    p.add_argument("--prompt-len", type=int, default=32, help="prompt tokens per sequence")
+    p.add_argument("--new-tokens", type=int, default=128, help="new tokens per sequence")
+    # how
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    p.add_argument("--repeats", type=int, default=3, help="timed runs; the fastest is reported")
+    p.add_argument("--compile", action="store_true", help="torch.compile the decode step (CUDA)")
+    p.add_argument("--bandwidth", type=float, default=None,
+                   help="HBM bytes/s for the roofline (default: looked up from the GPU name)")
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    machine = platform.processor() or platform.machine()
+    print(f"{time.strftime('%Y-%m-%d')}, torch {torch.__version__}, {machine}")
+    print(vars(args))
+    bench_cuda(args) if args.device == "cuda" else bench_cpu(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,303 @@
+"""Hugging Face Llama checkpoints: load (Llemma, or what e2h wrote) and save (PAPER.md, "Models").
+
+Layout: ``config.json`` plus ``model.safetensors``, or shards ``model-0000i-of-0000N.safetensors``
+listed in ``model.safetensors.index.json``. A tensor's key is ``"model." + parameter name``,
+except ``lm_head.weight``; with tied embeddings there is no ``lm_head.weight``. A reward model is
+saved as HF's ``LlamaForTokenClassification`` with one label: the trunk as above, no LM head,
+plus ``score.weight`` (1, C) and ``score.bias`` (1,).
+
+Loading holds one copy of the weights: the model is built on the meta device, allocated once in
+the target dtype (``to_empty``), then filled tensor by tensor from each shard. Everything that
+can be checked without reading tensor data is checked first (config, shard files, headers, file
+sizes, the key set, every shape and dtype), so a bad checkpoint raises one error naming the file
+and tensor before any weight is read, and no model is returned.
+
+Deliberate leniency: the ``rotary_emb.inv_freq`` buffers older transformers versions saved are
+ignored; RoPE is recomputed from ``rope_theta``.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+from e2h.model import ModelArgs, Transformer
+
+INDEX = "model.safetensors.index.json"
+SINGLE = "model.safetensors"
+RM_ARCH = "LlamaForTokenClassification"
+DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
+# HF LlamaConfig key -> (ModelArgs field, default when the key is absent: None = required)
+CONFIG = {"hidden_size": ("dim", None), "intermediate_size": ("ffn_dim", None),
+          "num_hidden_layers": ("n_layers", None), "num_attention_heads": ("n_heads", None),
+          "vocab_size": ("vocab_size", None), "num_key_value_heads": ("n_kv_heads", "n_heads"),
+          "rms_norm_eps": ("norm_eps", 1e-6), "rope_theta": ("rope_theta", 10000.0),
+          "max_position_embeddings": ("max_seq_len", 2048),
+          "tie_word_embeddings": ("tie_embeddings", False)}
+
+
+def hf_params(model) -> dict[str, torch.nn.Parameter]:
+    """Parameters of a Transformer or RewardModel under their HF keys."""
+    from e2h.rm import RewardModel
+
+    is_rm = isinstance(model, RewardModel)
+    trunk = model.trunk if is_rm else model
+    out = {}
+    for name, p in trunk.named_parameters():
+        if name != "lm_head.weight":
+            out["model." + name] = p
+        elif not is_rm:                       # a reward model has no LM head
+            out[name] = p
+    if is_rm:
+        out["score.weight"], out["score.bias"] = model.score.weight, model.score.bias
+    return out
+
+
+def read_config(path: Path) -> tuple[ModelArgs, bool]:
+    """(ModelArgs, is_reward_model) from an HF Llama config.json."""
+    file = path / "config.json"
+    if not file.is_file():
+        raise FileNotFoundError(f"{file}: not found")
+    try:
+        cfg = json.loads(file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{file}: not valid JSON ({e})") from None
+    unsupported = {"model_type": ("llama", None), "hidden_act": ("silu", None),
+                   "rope_scaling": (None,), "attention_bias": (False, None), "mlp_bias": (False, None)}
+    for key, allowed in unsupported.items():
+        if cfg.get(key) not in allowed:
+            raise ValueError(f"{file}: {key}={cfg[key]!r} is not supported (expected {allowed[0]!r})")
+    kwargs = {}
+    for key, (field, default) in CONFIG.items():
+        if key in cfg:
+            kwargs[field] = cfg[key]
+        elif default is None:
+            raise ValueError(f"{file}: missing key {key!r}")
+        else:
+            kwargs[field] = kwargs[default] if isinstance(default, str) else default
+    is_rm = RM_ARCH in cfg.get("architectures", [])
+    if is_rm and cfg.get("num_labels", 1) != 1:
+        raise ValueError(f"{file}: num_labels={cfg['num_labels']}, a reward model has 1")
+    kwargs["tie_embeddings"] = kwargs["tie_embeddings"] or is_rm   # an RM trunk needs no LM head
+    try:
+        args = ModelArgs(**kwargs)
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"{file}: {e}") from None
+    if cfg.get("head_dim", args.head_dim) != args.head_dim:
+        raise ValueError(f"{file}: head_dim {cfg['head_dim']} != hidden_size / num_attention_heads")
+    return args, is_rm
+
+
+def read_header(file: Path) -> dict[str, tuple[str, list[int]]]:
+    """{key: (dtype, shape)} from a safetensors header; checks the file holds all the data."""
+    size = file.stat().st_size
+    if size < 8:
+        raise ValueError(f"{file}: truncated safetensors file ({size} bytes, no header)")
+    with open(file, "rb") as f:
+        n = int.from_bytes(f.read(8), "little")
+        if n > size - 8:
+            raise ValueError(f"{file}: truncated or corrupt safetensors file: header of {n} bytes, "
+                             f"file of {size}")
+        try:
+            header = json.loads(f.read(n))
+            header.pop("__metadata__", None)
+            entries = {k: _header_entry(v) for k, v in header.items()}
+        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError, KeyError, TypeError,
+                ValueError):
+            raise ValueError(f"{file}: corrupt safetensors header "
+                             f"(not a JSON table of tensors)") from None
+    for key, (dtype, shape, start, end) in sorted(entries.items(), key=lambda kv: kv[1][3]):
+        if 8 + n + end > size:
+            raise ValueError(f"{file}: truncated: tensor {key} ends at byte {8 + n + end}, "
+                             f"the file has {size}")
+        if dtype in DTYPES and end - start != math.prod(shape) * DTYPES[dtype].itemsize:
+            raise ValueError(f"{file}: corrupt safetensors header: tensor {key} spans "
+                             f"{end - start} bytes, not those of {dtype} {tuple(shape)}")
+    return {k: (dtype, shape) for k, (dtype, shape, _, _) in entries.items()}
+
+
+def _header_entry(v: dict):
+    """(dtype, shape, start, end) of one header entry; raises on any malformed field."""
+    start, end = (int(o) for o in v["data_offsets"])
+    return v["dtype"], [int(n) for n in v["shape"]], start, end
+
+
+def weight_files(path: Path) -> dict[str, tuple[Path, str, list[int]]]:
+    """{key: (file, dtype, shape)} over model.safetensors or every shard of the index."""
+    index = path / INDEX
+    if index.is_file():
+        try:
+            weight_map = json.loads(index.read_text())["weight_map"]
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError):
+            raise ValueError(f"{index}: not a safetensors index (no weight_map)") from None
+        files = sorted({path / name for name in weight_map.values()})
+    elif (path / SINGLE).is_file():
+        weight_map, files = None, [path / SINGLE]
+    else:
+        raise FileNotFoundError(f"{path}: neither {SINGLE} nor {INDEX} found")
+    found = {}
+    for file in files:
+        if not file.is_file():
+            raise FileNotFoundError(f"{file}: shard listed in {index} not found")
+        for key, (dtype, shape) in read_header(file).items():
+            if weight_map is not None and weight_map.get(key) != file.name:
+                raise ValueError(f"{file}: tensor {key} is not listed for this file in {index}")
+            found[key] = (file, dtype, shape)
+    for key, name in (weight_map or {}).items():
+        if key not in found:
+            raise ValueError(f"{path / name}: tensor {key} listed in {index} is not in the file")
+    return {k: v for k, v in found.items() if not k.endswith("rotary_emb.inv_freq")}
+
+
+def check_weights(found: dict, params: dict, path: Path):
+    """Every expected tensor present once, nothing else, with the shape config.json implies."""
+    source = path / INDEX if (path / INDEX).is_file() else path / SINGLE
+    missing = [k for k in params if k not in found]
+    if missing:
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise ValueError(f"{source}: missing tensor {missing[0]}{more}, which "
+                         f"{path / 'config.json'} implies")
+    for key, (file, dtype, shape) in found.items():
+        if key not in params:
+            raise ValueError(f"{file}: unexpected tensor {key}, not in the model "
+                             f"{path / 'config.json'} describes")
+        if list(params[key].shape) != shape:
+            raise ValueError(f"{file}: tensor {key} has shape {tuple(shape)} but "
+                             f"{path / 'config.json'} implies {tuple(params[key].shape)}")
+        if dtype not in DTYPES:
+            raise ValueError(f"{file}: tensor {key} has dtype {dtype}, expected one of {list(DTYPES)}")
+
+
+def load_model(path, dtype: torch.dtype | None = None, device=None):
+    """A Transformer (or a RewardModel for LlamaForTokenClassification) from an HF directory.
+
+    dtype None keeps the dtype on disk (that of the embedding); device defaults to the CPU.
+    """
+    path = Path(path)
+    args, is_rm = read_config(path)
+    found = weight_files(path)
+    with torch.device("meta"):
+        model = Transformer(args)
+        if is_rm:
+            from e2h.rm import RewardModel
+            model = RewardModel(model)
+    params = hf_params(model)
+    check_weights(found, params, path)
+    dtype = dtype or DTYPES[found["model.embed_tokens.weight"][1]]
+    model = model.to(dtype=dtype).to_empty(device=device or "cpu")
+    params = hf_params(model)
+    with torch.no_grad():
+        for file in sorted({f for f, _, _ in found.values()}):
+            try:
+                with safe_open(file, framework="pt") as f:
+                    for key in f.keys():
+                        if key in params:
+                            params[key].copy_(f.get_tensor(key))   # casts to dtype, one at a time
+            except (SafetensorError, OSError) as e:   # safetensors' own errors name no file
+                raise ValueError(f"{file}: unreadable safetensors file ({e})") from None
+    return model
+
+
+def check_tokenizer(tok, model):
+    """A token id past the embedding would index out of range: refuse such a pair up front."""
+    rows = (model.trunk if hasattr(model, "trunk") else model).args.vocab_size
+    if tok.vocab_size > rows:
+        raise ValueError(f"{tok.path}: tokenizer has {tok.vocab_size} tokens but the model's "
+                         f"embedding has only {rows} rows")
+
+
+def hf_config(model, dtype: torch.dtype) -> dict:
+    """config.json in HF LlamaConfig keys, so ecosystem tools open the directory unchanged."""
+    from e2h.rm import RewardModel
+
+    is_rm = isinstance(model, RewardModel)
+    args = (model.trunk if is_rm else model).args
+    cfg = {"architectures": [RM_ARCH if is_rm else "LlamaForCausalLM"], "model_type": "llama",
+           "hidden_act": "silu", "attention_bias": False, "rope_scaling": None,
+           "bos_token_id": 1, "eos_token_id": 2, "initializer_range": 0.02,
+           "torch_dtype": str(dtype).removeprefix("torch.")}
+    cfg.update({key: getattr(args, field) for key, (field, _) in CONFIG.items()})
+    if is_rm:
+        cfg["num_labels"] = 1
+    return cfg
+
+
+def _is_checkpoint_file(name: str) -> bool:
+    return name in ("config.json", SINGLE, INDEX) or bool(
+        re.fullmatch(r"model-\d+-of-\d+\.safetensors", name))
+
+
+def save_model(model, path, max_shard_bytes: int = 5 * 2**30):
+    """Write ``model`` (Transformer or RewardModel) to directory ``path`` in the HF layout.
+
+    One ``model.safetensors`` up to ``max_shard_bytes``, shards plus an index above it. The files
+    are written to a temporary sibling directory that then replaces ``path``, so a crash never
+    leaves half a checkpoint; other files already in ``path`` (a tokenizer.json) are kept.
+    """
+    path = Path(path)
+    tensors = {k: p.detach() for k, p in hf_params(model).items()}
+    shards, size = [[]], 0
+    for key, t in tensors.items():
+        nbytes = t.numel() * t.element_size()
+        if shards[-1] and size + nbytes > max_shard_bytes:
+            shards.append([])
+            size = 0
+        shards[-1].append(key)
+        size += nbytes
+    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        dtype = tensors["model.embed_tokens.weight"].dtype
+        (tmp / "config.json").write_text(json.dumps(hf_config(model, dtype), indent=2) + "\n")
+        names = [SINGLE] if len(shards) == 1 else [
+            f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
+        for name, keys in zip(names, shards):
+            save_file({k: tensors[k].to("cpu").contiguous() for k in keys}, str(tmp / name),
+                      metadata={"format": "pt"})
+        if len(shards) > 1:
+            index = {"metadata": {"total_size": sum(t.numel() * t.element_size()
+                                                    for t in tensors.values())},
+                     "weight_map": {k: name for name, keys in zip(names, shards) for k in keys}}
+            (tmp / INDEX).write_text(json.dumps(index, indent=2) + "\n")
+        for file in tmp.iterdir():   # on disk before the rename makes them visible
+            with open(file, "rb") as f:
+                os.fsync(f.fileno())
+        _replace_dir(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _replace_dir(tmp: Path, path: Path):
+    """Move ``tmp`` to ``path``, first linking in the non-checkpoint files of an older ``path``."""
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{path}: exists and is not a directory")
+    if not path.exists():
+        os.replace(tmp, path)
+        return
+    for entry in path.iterdir():
+        if _is_checkpoint_file(entry.name):
+            continue
+        if entry.is_dir():
+            shutil.copytree(entry, tmp / entry.name, copy_function=_link_or_copy)
+        else:
+            _link_or_copy(entry, tmp / entry.name)
+    old = path.parent / f".{path.name}.old-{os.getpid()}"
+    os.replace(path, old)
+    os.replace(tmp, path)
+    shutil.rmtree(old)
+
+
+def _link_or_copy(src, dst):
+    try:
+        os.link(src, dst)   # shares the bytes: no copy of a large file
+    except OSError:
+        shutil.copy2(src, dst)

@@ -1,0 +1,277 @@
+"""HF-layout checkpoints: round trips, a hand-built HF Llama checkpoint against an independent
+float64 implementation of HF's forward, and one test per kind of bad checkpoint."""
+import json
+import math
+import re
+
+import pytest
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+
+from e2h.checkpoint import check_tokenizer, load_model, save_model
+from e2h.model import ModelArgs, Transformer
+from e2h.rm import RewardModel
+from e2h.tokenizer import train_tokenizer
+
+TOKENS = torch.tensor([[1, 5, 9, 3, 17, 33, 2, 8, 8, 21, 0, 39]])   # (1, 12)
+
+
+def tiny(dtype=torch.float32, **overrides):
+    torch.manual_seed(0)
+    return Transformer(ModelArgs.from_name("tiny", **overrides)).to(dtype)
+
+
+# ---- round trips ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_save_load_round_trip_gives_identical_logits(tmp_path, dtype):
+    model = tiny(dtype)
+    save_model(model, tmp_path / "ckpt")
+    loaded = load_model(tmp_path / "ckpt")
+    assert loaded.embed_tokens.weight.dtype == dtype and loaded.args == model.args
+    assert torch.equal(loaded(TOKENS), model(TOKENS))
+    cfg = json.loads((tmp_path / "ckpt" / "config.json").read_text())
+    assert (cfg["architectures"], cfg["model_type"], cfg["torch_dtype"]) == (
+        ["LlamaForCausalLM"], "llama", str(dtype)[6:])
+    assert (cfg["hidden_size"], cfg["num_key_value_heads"], cfg["intermediate_size"]) == (32, 2, 64)
+
+
+def test_sharded_and_tied_round_trip_and_rewrite_keeps_other_files(tmp_path):
+    model = tiny(tie_embeddings=True)
+    out = tmp_path / "ckpt"
+    out.mkdir()
+    (out / "tokenizer.json").write_text("{}")
+    save_model(model, out, max_shard_bytes=40_000)
+    index = json.loads((out / "model.safetensors.index.json").read_text())
+    shards = sorted(set(index["weight_map"].values()))
+    assert len(shards) > 1 and shards[0] == f"model-00001-of-{len(shards):05d}.safetensors"
+    assert "lm_head.weight" not in index["weight_map"]                  # tied: no LM head tensor
+    assert index["metadata"]["total_size"] == 4 * sum(p.numel() for p in model.parameters())
+    loaded = load_model(out)
+    assert loaded.lm_head is None and torch.equal(loaded(TOKENS), model(TOKENS))
+    save_model(model, out)                                             # now one file: no stale shards
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors",
+                                                     "tokenizer.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]      # no temporary left behind
+
+
+def test_reward_model_round_trip(tmp_path):
+    rm = RewardModel(tiny())
+    torch.nn.init.normal_(rm.score.weight)
+    torch.nn.init.normal_(rm.score.bias)
+    save_model(rm, tmp_path / "rm")
+    keys = load_file(tmp_path / "rm" / "model.safetensors").keys()
+    assert {"score.weight", "score.bias"} <= keys and "lm_head.weight" not in keys
+    assert json.loads((tmp_path / "rm" / "config.json").read_text())["architectures"] == [
+        "LlamaForTokenClassification"]
+    loaded = load_model(tmp_path / "rm")
+    assert isinstance(loaded, RewardModel) and torch.equal(loaded(TOKENS), rm(TOKENS))
+
+
+# ---- a checkpoint written by hand in HF's layout, against HF's definition ------------------
+
+HF_CONFIG = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 32,
+             "intermediate_size": 48, "num_hidden_layers": 3, "num_attention_heads": 4,
+             "num_key_value_heads": 2, "rms_norm_eps": 1e-6, "rope_theta": 1e6,
+             "vocab_size": 40, "max_position_embeddings": 64, "tie_word_embeddings": False,
+             "torch_dtype": "bfloat16", "hidden_act": "silu"}
+
+
+def hf_state(cfg):
+    g = torch.Generator().manual_seed(0)
+    C, F_, V = cfg["hidden_size"], cfg["intermediate_size"], cfg["vocab_size"]
+    kv = cfg["num_key_value_heads"] * C // cfg["num_attention_heads"]
+    rand = lambda *shape, std=0.2: (torch.randn(*shape, generator=g) * std).to(torch.bfloat16)
+    sd = {"model.embed_tokens.weight": rand(V, C, std=1.0)}
+    for i in range(cfg["num_hidden_layers"]):
+        p = f"model.layers.{i}."
+        sd.update({p + "self_attn.q_proj.weight": rand(C, C),
+                   p + "self_attn.k_proj.weight": rand(kv, C),
+                   p + "self_attn.v_proj.weight": rand(kv, C),
+                   p + "self_attn.o_proj.weight": rand(C, C),
+                   p + "mlp.gate_proj.weight": rand(F_, C), p + "mlp.up_proj.weight": rand(F_, C),
+                   p + "mlp.down_proj.weight": rand(C, F_),
+                   p + "input_layernorm.weight": 1 + rand(C, std=0.1),
+                   p + "post_attention_layernorm.weight": 1 + rand(C, std=0.1)})
+    sd["model.norm.weight"] = 1 + rand(C, std=0.1)
+    sd["lm_head.weight"] = rand(V, C)
+    return sd
+
+
+def hf_llama_logits(sd, cfg, tokens):
+    """LlamaForCausalLM's forward in float64 for one sequence: rotate-half RoPE, repeat_kv, eager
+    softmax attention, RMSNorm, SwiGLU."""
+    w = {k: v.double() for k, v in sd.items()}
+    H, Hkv = cfg["num_attention_heads"], cfg["num_key_value_heads"]
+    D, T = cfg["hidden_size"] // H, len(tokens)
+    rms = lambda x, g: g * x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + cfg["rms_norm_eps"])
+    inv_freq = 1.0 / cfg["rope_theta"] ** (torch.arange(0, D, 2, dtype=torch.float64) / D)
+    freqs = torch.outer(torch.arange(T, dtype=torch.float64), inv_freq)          # (T, D/2)
+    cos, sin = torch.cat([freqs, freqs], -1).cos(), torch.cat([freqs, freqs], -1).sin()
+    rotate_half = lambda x: torch.cat([-x[..., D // 2:], x[..., :D // 2]], -1)
+    mask = torch.full((T, T), -math.inf, dtype=torch.float64).triu(1)
+    x = w["model.embed_tokens.weight"][tokens]                                    # (T, C)
+    for i in range(cfg["num_hidden_layers"]):
+        p = f"model.layers.{i}."
+        h = rms(x, w[p + "input_layernorm.weight"])
+        q = (h @ w[p + "self_attn.q_proj.weight"].T).view(T, H, D).transpose(0, 1)    # (H, T, D)
+        k = (h @ w[p + "self_attn.k_proj.weight"].T).view(T, Hkv, D).transpose(0, 1)  # (Hkv, T, D)
+        v = (h @ w[p + "self_attn.v_proj.weight"].T).view(T, Hkv, D).transpose(0, 1)
+        q, k = q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
+        k = k[:, None].expand(Hkv, H // Hkv, T, D).reshape(H, T, D)                  # repeat_kv
+        v = v[:, None].expand(Hkv, H // Hkv, T, D).reshape(H, T, D)
+        attn = torch.softmax(q @ k.transpose(1, 2) / math.sqrt(D) + mask, -1) @ v      # (H, T, D)
+        x = x + attn.transpose(0, 1).reshape(T, H * D) @ w[p + "self_attn.o_proj.weight"].T
+        h = rms(x, w[p + "post_attention_layernorm.weight"])
+        x = x + (F.silu(h @ w[p + "mlp.gate_proj.weight"].T) * (h @ w[p + "mlp.up_proj.weight"].T)
+                 ) @ w[p + "mlp.down_proj.weight"].T
+    return rms(x, w["model.norm.weight"]) @ w["lm_head.weight"].T                # (T, V)
+
+
+def write_hf_checkpoint(path, cfg, sd):
+    """Three shards + index, as transformers' save_pretrained lays them out."""
+    path.mkdir()
+    groups = [[k for k in sd if k.startswith(("model.embed", "model.layers.0."))],
+              [k for k in sd if k.startswith("model.layers.1.")],
+              [k for k in sd if k.startswith(("model.layers.2.", "model.norm", "lm_head"))]]
+    weight_map = {}
+    for i, keys in enumerate(groups):
+        name = f"model-{i + 1:05d}-of-00003.safetensors"
+        save_file({k: sd[k] for k in keys}, str(path / name), metadata={"format": "pt"})
+        weight_map.update({k: name for k in keys})
+    (path / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    (path / "config.json").write_text(json.dumps(cfg))
+
+
+def test_hand_built_hf_checkpoint_matches_hf_llama_definition(tmp_path):
+    sd = hf_state(HF_CONFIG)
+    write_hf_checkpoint(tmp_path / "hf", HF_CONFIG, sd)
+    as_stored = load_model(tmp_path / "hf")                            # default: dtype on disk
+    assert as_stored.embed_tokens.weight.dtype == torch.bfloat16
+    assert torch.equal(as_stored.layers[2].mlp.down_proj.weight,
+                       sd["model.layers.2.mlp.down_proj.weight"])
+    model = load_model(tmp_path / "hf", dtype=torch.float32)
+    assert (model.args.n_kv_heads, model.args.rope_theta, model.args.norm_eps) == (2, 1e6, 1e-6)
+    tokens = TOKENS[0]
+    expected = hf_llama_logits(sd, HF_CONFIG, tokens)
+    assert expected.abs().max() > 1                                    # logits far from zero
+    # float32 against float64 on the same bf16 weights: float32 rounding over 3 layers, about
+    # 1.6e-6 at |logit| ~ 5 (a theta of 1e4 instead of 1e6 moves logits by 0.5)
+    torch.testing.assert_close(model(tokens[None])[0].double(), expected, rtol=0, atol=1e-5)
+
+
+# ---- bad checkpoints: one error naming the file and the tensor -----------------------------
+
+@pytest.fixture
+def sharded(tmp_path):
+    save_model(tiny(), tmp_path / "ckpt", max_shard_bytes=40_000)
+    path = tmp_path / "ckpt"
+    index = json.loads((path / "model.safetensors.index.json").read_text())
+    return path, index["weight_map"]
+
+
+def rewrite(path, weight_map, key, edit):
+    """Apply edit(tensors) to the shard holding ``key``."""
+    file = path / weight_map[key]
+    tensors = load_file(file)
+    edit(tensors)
+    save_file(tensors, str(file))
+    return file
+
+
+def raises(exc, *parts):
+    return pytest.raises(exc, match=".*".join(re.escape(str(p)) for p in parts))
+
+
+def test_missing_tensor(sharded):
+    path, wm = sharded
+    key = "model.layers.1.mlp.up_proj.weight"
+    rewrite(path, wm, key, lambda t: t.pop(key))
+    del wm[key]
+    (path / "model.safetensors.index.json").write_text(json.dumps({"weight_map": wm}))
+    with raises(ValueError, path / "model.safetensors.index.json", "missing tensor", key):
+        load_model(path)
+
+
+def test_unexpected_tensor(sharded):
+    path, wm = sharded
+    key = "model.layers.0.self_attn.q_norm.weight"
+    wm[key] = wm["model.norm.weight"]
+    file = rewrite(path, wm, "model.norm.weight", lambda t: t.update({key: torch.ones(8)}))
+    (path / "model.safetensors.index.json").write_text(json.dumps({"weight_map": wm}))
+    with raises(ValueError, file, "unexpected tensor", key):
+        load_model(path)
+
+
+def test_wrong_shape(sharded):
+    path, wm = sharded
+    key = "model.layers.0.self_attn.k_proj.weight"
+    file = rewrite(path, wm, key, lambda t: t.update({key: torch.zeros(32, 32)}))
+    with raises(ValueError, file, key, "(32, 32)", "config.json", "(16, 32)"):
+        load_model(path)
+
+
+def test_config_disagrees_with_weights(sharded):
+    path, wm = sharded
+    cfg = json.loads((path / "config.json").read_text())
+    (path / "config.json").write_text(json.dumps({**cfg, "vocab_size": 72}))
+    with raises(ValueError, path / wm["model.embed_tokens.weight"], "model.embed_tokens.weight",
+                "(64, 32)", "config.json", "(72, 32)"):
+        load_model(path)
+
+
+def test_missing_shard(sharded):
+    path, wm = sharded
+    file = path / wm["model.layers.1.mlp.up_proj.weight"]
+    file.unlink()
+    with raises(FileNotFoundError, file, "not found"):
+        load_model(path)
+
+
+def test_truncated_file(sharded):
+    path, wm = sharded
+    file = path / wm["model.norm.weight"]
+    data = file.read_bytes()
+    file.write_bytes(data[:-100])
+    last = max(load_file_header_keys(data), key=lambda kv: kv[1])[0]   # tensor stored last
+    with raises(ValueError, file, "truncated", f"tensor {last}"):
+        load_model(path)
+
+
+def load_file_header_keys(data):
+    n = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8:8 + n])
+    return [(k, v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"]
+
+
+def test_corrupt_header(sharded):
+    path, wm = sharded
+    file = path / wm["model.embed_tokens.weight"]
+    data = bytearray(file.read_bytes())
+    data[8:12] = b"\xff\xfe!!"                                        # the JSON no longer parses
+    file.write_bytes(bytes(data))
+    with raises(ValueError, file, "corrupt safetensors header"):
+        load_model(path)
+
+
+def test_header_offsets_disagree_with_shape(sharded):
+    path, wm = sharded
+    file = path / wm["model.norm.weight"]
+    data = file.read_bytes()
+    n = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8:8 + n])
+    header["model.norm.weight"]["data_offsets"][1] -= 4               # 31 floats for shape (32,)
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    file.write_bytes(data[:8] + raw.ljust(n) + data[8 + n:])          # same header length
+    with raises(ValueError, file, "corrupt safetensors header", "model.norm.weight", "124 bytes"):
+        load_model(path)
+
+
+def test_tokenizer_larger_than_embedding(tmp_path):
+    text = "".join(chr(c) for c in range(ord("!"), ord("~") + 1))   # 94 distinct characters
+    tok = train_tokenizer([text], tmp_path / "tok.json", 128)
+    assert tok.vocab_size > 64
+    check_tokenizer(tok, tiny(vocab_size=tok.vocab_size))             # same size: fine
+    with raises(ValueError, tmp_path / "tok.json", f"{tok.vocab_size} tokens", "64 rows"):
+        check_tokenizer(tok, tiny())

@@ -1,0 +1,134 @@
+"""The hand-written Llama: norms, RoPE, GQA, causality, caches with left padding, presets."""
+import ast
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from e2h.model import KVCache, ModelArgs, RMSNorm, Transformer, apply_rope, rope_cos_sin
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    m = Transformer(ModelArgs.from_name("tiny"))
+    m.init_weights(std=0.3)
+    return m
+
+
+def test_rmsnorm_by_hand():
+    norm = RMSNorm(2, eps=0.5)
+    norm.weight.data = torch.tensor([1.0, 2.0])
+    # mean of squares (9 + 16) / 2 = 12.5; + eps = 13; x / sqrt(13) * weight
+    out = norm(torch.tensor([[3.0, 4.0]]))
+    torch.testing.assert_close(out, torch.tensor([[3 / math.sqrt(13), 8 / math.sqrt(13)]]),
+                               rtol=0, atol=1e-6)
+
+
+def test_rope_rotates_halves_by_hand():
+    # D = 4, theta 100: frequencies 100^(-0/4) = 1 and 100^(-2/4) = 0.1. Pairs are (x0, x2) and
+    # (x1, x3) (rotate-half); at position 2 they turn by angles 2 and 0.2.
+    cos, sin = rope_cos_sin(torch.tensor([[2]]), head_dim=4, theta=100.0)   # (1, 1, 1, 4)
+    x = torch.tensor([1.0, 0.0, 0.0, 1.0]).view(1, 1, 1, 4)
+    out = apply_rope(x, cos, sin).flatten()
+    # (x0, x2) = (1, 0) -> (cos 2, sin 2);  (x1, x3) = (0, 1) -> (-sin 0.2, cos 0.2)
+    expected = torch.tensor([math.cos(2), -math.sin(0.2), math.sin(2), math.cos(0.2)])
+    torch.testing.assert_close(out, expected, rtol=0, atol=1e-6)
+
+
+def test_rope_scores_depend_only_on_relative_position():
+    g = torch.Generator().manual_seed(0)
+    q, k = torch.randn(1, 1, 1, 8, generator=g), torch.randn(1, 1, 1, 8, generator=g)
+
+    def score(m, n):
+        cq, sq = rope_cos_sin(torch.tensor([[m]]), 8, 1e4)
+        ck, sk = rope_cos_sin(torch.tensor([[n]]), 8, 1e4)
+        return (apply_rope(q, cq, sq) * apply_rope(k, ck, sk)).sum().item()
+
+    assert score(7, 3) == pytest.approx(score(104, 100), abs=1e-5)
+    assert score(7, 3) != pytest.approx(score(7, 4), abs=1e-3)
+
+
+def test_hidden_then_logits_equals_forward_and_logits_are_float32(model):
+    tokens = torch.tensor([[1, 2, 3, 4]])
+    assert torch.equal(model.logits(model.hidden(tokens)), model(tokens))
+    bf16 = Transformer(model.args).to(torch.bfloat16)
+    assert bf16(tokens).dtype == torch.float32
+
+
+def test_causal_a_later_token_does_not_change_earlier_logits(model):
+    a = model(torch.tensor([[1, 2, 3, 4, 5]]))
+    b = model(torch.tensor([[1, 2, 3, 9, 5]]))
+    assert torch.equal(a[:, :3], b[:, :3]) and not torch.allclose(a[:, 3:], b[:, 3:])
+
+
+def test_gqa_equals_multi_head_with_repeated_kv_heads(model):
+    """2 key/value heads shared by 4 query heads == 4 heads whose k/v weights repeat in pairs."""
+    mha = Transformer(ModelArgs.from_name("tiny", n_kv_heads=4))
+    state = model.state_dict()
+    for name, w in state.items():
+        if name.endswith(("k_proj.weight", "v_proj.weight")):   # (Hkv * D, C) -> (H * D, C)
+            D = model.args.head_dim
+            state[name] = w.view(2, D, -1).repeat_interleave(2, dim=0).reshape(4 * D, -1)
+    mha.load_state_dict(state)
+    tokens = torch.tensor([[1, 7, 3, 12, 40]])
+    torch.testing.assert_close(mha(tokens), model(tokens), rtol=0, atol=1e-6)
+
+
+def test_tied_embeddings_use_the_embedding_as_output():
+    torch.manual_seed(0)
+    tied = Transformer(ModelArgs.from_name("tiny", tie_embeddings=True))
+    tokens = torch.tensor([[1, 2, 3]])
+    assert tied.lm_head is None
+    torch.testing.assert_close(tied(tokens), tied.hidden(tokens) @ tied.embed_tokens.weight.T,
+                               rtol=0, atol=1e-6)
+
+
+def test_left_padded_row_with_cache_start_equals_the_row_alone(model):
+    prompt = torch.tensor([[5, 6, 7]])
+    alone = model(prompt)                                            # (1, 3, V)
+    padded = torch.tensor([[0, 0, 5, 6, 7], [1, 2, 3, 4, 8]])         # row 0 left-padded by 2
+    cache = KVCache(model.args, 2, 6, torch.float32, "cpu")
+    cache.start = torch.tensor([2, 0])
+    positions = (torch.arange(5) - cache.start[:, None]).clamp(min=0)   # (2, 5)
+    out = model(padded, positions, cache)
+    torch.testing.assert_close(out[0, 2:], alone[0], rtol=0, atol=1e-5)
+    step = model(torch.tensor([[9], [9]]), torch.tensor([[3], [5]]), cache)   # one decode step
+    torch.testing.assert_close(step[0, 0], model(torch.tensor([[5, 6, 7, 9]]))[0, -1],
+                               rtol=0, atol=1e-5)
+
+
+def test_cache_repeat_interleave_and_overflow(model):
+    cache = KVCache(model.args, 2, 4, torch.float32, "cpu")
+    cache.start = torch.tensor([1, 0])
+    model(torch.tensor([[1, 2, 3], [4, 5, 6]]), cache=cache)
+    k0 = cache.k[0].clone()
+    cache.repeat_interleave(3)
+    assert cache.k[0].shape == (6, 2, 4, 8) and torch.equal(cache.k[0][2], k0[0])
+    assert torch.equal(cache.k[0][3], k0[1]) and cache.start.tolist() == [1, 1, 1, 0, 0, 0]
+    with pytest.raises(ValueError, match="5 slots needed, only 4 allocated"):
+        model(torch.zeros(6, 2, dtype=torch.long), cache=cache)
+
+
+def test_parameter_names_mirror_hf_llama(model):
+    names = set(dict(model.named_parameters()))
+    assert {"embed_tokens.weight", "norm.weight", "lm_head.weight",
+            "layers.1.self_attn.k_proj.weight", "layers.1.mlp.gate_proj.weight",
+            "layers.1.input_layernorm.weight", "layers.1.post_attention_layernorm.weight"} <= names
+    assert len(names) == 3 + 2 * 9
+
+
+def test_llemma_7b_preset_has_the_published_parameter_count():
+    with torch.device("meta"):
+        m = Transformer(ModelArgs.from_name("llemma-7b"))
+    C, F, V, L = 4096, 11008, 32016, 32
+    per_layer = 4 * C * C + 3 * C * F + 2 * C                       # attention, SwiGLU, two norms
+    assert sum(p.numel() for p in m.parameters()) == 2 * V * C + L * per_layer + C == 6_738_546_688
+
+
+def test_model_never_imports_torch_distributed():
+    tree = ast.parse((Path(__file__).resolve().parents[1] / "e2h" / "model.py").read_text())
+    modules = [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
+    modules += [n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
+    assert "torch" in modules and not any(m.startswith("torch.distributed") for m in modules)

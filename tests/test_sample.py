@@ -1,0 +1,149 @@
+"""KV-cache sampling against full forwards without a cache, on the tiny preset in float32."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+import e2h.sample as sample_mod
+from e2h.model import KVCache, ModelArgs, Transformer
+from e2h.sample import filter_logits, generate
+
+PROMPTS = [[1, 5, 9], [1, 7, 3, 12, 40, 8, 2], [1, 30, 31, 32, 33]]   # lengths 3, 7, 5
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    m = Transformer(ModelArgs.from_name("tiny"))
+    m.init_weights(std=0.3)   # peaked distributions: greedy ties are impossible in practice
+    return m.eval()
+
+
+def full_logps(model, prompt, completion, temperature):
+    """log p(completion[t] | prompt + completion[:t]) from one forward without a cache."""
+    tokens = torch.tensor([prompt + completion])
+    logits = model(tokens)[0, len(prompt) - 1:-1]                  # (T, V) predicting completion
+    if temperature > 0:
+        logits = logits / temperature
+    return F.log_softmax(logits, -1).gather(-1, torch.tensor(completion)[:, None])[:, 0]
+
+
+def greedy_without_cache(model, prompt, steps):
+    tokens = list(prompt)
+    for _ in range(steps):
+        tokens.append(model(torch.tensor([tokens]))[0, -1].argmax().item())
+    return tokens[len(prompt):]
+
+
+def test_cached_decode_equals_full_forward(model):
+    tokens = torch.randint(0, 64, (2, 10), generator=torch.Generator().manual_seed(1))
+    full = model(tokens)                                           # (2, 10, V)
+    cache = KVCache(model.args, 2, 10, torch.float32, "cpu")
+    steps = [model(tokens[:, :4], cache=cache)]                    # prefill 4, then 1 at a time
+    steps += [model(tokens[:, t:t + 1], cache=cache) for t in range(4, 10)]
+    torch.testing.assert_close(torch.cat(steps, 1), full, rtol=0, atol=1e-5)
+
+
+def test_greedy_equals_argmax_loop_without_cache(model):
+    out = generate(model, PROMPTS, max_new_tokens=6, temperature=0.0)
+    again = generate(model, PROMPTS, max_new_tokens=6, temperature=0.0)
+    for prompt, s, s2 in zip(PROMPTS, out, again):
+        assert s.tokens == greedy_without_cache(model, prompt, 6)
+        assert (s.tokens, s.logps) == (s2.tokens, s2.logps)        # deterministic
+        assert not s.finished                                      # cut by length, no EOS
+
+
+def test_batched_prompts_of_different_lengths_equal_each_alone(model):
+    batched = generate(model, PROMPTS, max_new_tokens=8, temperature=0.0)
+    for prompt, s in zip(PROMPTS, batched):
+        alone = generate(model, [prompt], max_new_tokens=8, temperature=0.0)[0]
+        assert s.tokens == alone.tokens
+        torch.testing.assert_close(torch.tensor(s.logps), torch.tensor(alone.logps),
+                                   rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("temperature, top_k, top_p", [(0.0, None, None), (0.7, 10, None),
+                                                       (1.3, None, 0.9)])
+def test_logps_equal_full_forward_at_same_temperature(model, temperature, top_k, top_p):
+    g = torch.Generator().manual_seed(2)
+    out = generate(model, PROMPTS, max_new_tokens=7, temperature=temperature, top_k=top_k,
+                   top_p=top_p, n=2, generator=g)
+    assert len(out) == 6
+    for i, s in enumerate(out):
+        expected = full_logps(model, PROMPTS[i // 2], s.tokens, temperature)   # prompt-major
+        torch.testing.assert_close(torch.tensor(s.logps), expected, rtol=0, atol=1e-5)
+
+
+def test_n_samples_share_one_prefill_and_a_seed_reproduces_them(model, monkeypatch):
+    batch_sizes, caches = [], []
+    hidden = model.hidden
+
+    def spy(tokens, positions=None, cache=None):
+        batch_sizes.append(tuple(tokens.shape))
+        return hidden(tokens, positions, cache)
+
+    class CountingCache(KVCache):
+        def __init__(self, *args):
+            super().__init__(*args)
+            caches.append(self.max_len)
+
+    monkeypatch.setattr(model, "hidden", spy)
+    monkeypatch.setattr(sample_mod, "KVCache", CountingCache)
+    run = lambda seed: generate(model, PROMPTS, max_new_tokens=5, n=4,
+                                generator=torch.Generator().manual_seed(seed))
+    first = run(3)
+    # one prefill of the 3 prompts (longest 7), then 4 decode steps of 3 * 4 rows
+    assert batch_sizes == [(3, 7)] + [(12, 1)] * 4
+    assert caches == [7 + 5]                                       # one cache per call
+    assert [(s.tokens, s.logps) for s in run(3)] == [(s.tokens, s.logps) for s in first]
+    assert [s.tokens for s in run(4)] != [s.tokens for s in first]
+    assert len({tuple(s.tokens) for s in first[:4]}) > 1           # independent draws
+
+
+def test_top_k_1_equals_greedy(model):
+    greedy = generate(model, PROMPTS, max_new_tokens=6, temperature=0.0)
+    top1 = generate(model, PROMPTS, max_new_tokens=6, temperature=1.0, top_k=1,
+                    generator=torch.Generator().manual_seed(5))
+    assert [s.tokens for s in top1] == [s.tokens for s in greedy]
+    assert [s.logps for s in top1] == [s.logps for s in greedy]   # T = 1: same distribution
+
+
+def test_eos_stops_one_sequence_and_the_others_go_on(model):
+    free = generate(model, PROMPTS[:2], max_new_tokens=6, temperature=0.0)
+    # an EOS id that row 0 produces at step 2 (first time) and row 1 never produces
+    eos = free[0].tokens[2]
+    assert eos not in free[0].tokens[:2] and eos not in free[1].tokens
+    out = generate(model, PROMPTS[:2], max_new_tokens=6, temperature=0.0, eos_id=eos)
+    assert out[0].tokens == free[0].tokens[:3] and out[0].finished
+    assert out[0].logps == free[0].logps[:3]
+    assert out[1].tokens == free[1].tokens and not out[1].finished
+
+
+def test_stop_fn_ends_a_sequence_after_the_matching_token(model):
+    free = generate(model, PROMPTS, max_new_tokens=6, temperature=0.0)
+    stop_after = free[1].tokens[:4]
+    out = generate(model, PROMPTS, max_new_tokens=6, temperature=0.0,
+                   stop_fn=lambda ids: ids == stop_after)
+    assert out[1].tokens == stop_after and out[1].finished
+    assert [out[0].tokens, out[2].tokens] == [free[0].tokens, free[2].tokens]
+
+
+def test_filter_logits_top_k_then_top_p():
+    logits = torch.tensor([[0.5, 0.3, 0.15, 0.05]]).log()
+    inf = float("-inf")
+    # top-k 3 drops the last token
+    kept = filter_logits(logits, 3, None)
+    assert kept[0, 3].item() == inf and torch.equal(kept[0, :3], logits[0, :3])
+    # top-p 0.7: mass above token 1 is 0.5 < 0.7 (kept), above token 2 is 0.8 > 0.7 (dropped)
+    kept = filter_logits(logits, None, 0.7)
+    assert kept[0, 2:].tolist() == [inf, inf] and torch.equal(kept[0, :2], logits[0, :2])
+    # top-p 0.4: the most likely token is always kept
+    assert torch.isinf(filter_logits(logits, None, 0.4)[0]).tolist() == [False, True, True, True]
+
+
+def test_training_mode_is_restored(model):
+    model.train()
+    generate(model, [[1, 2]], max_new_tokens=2, temperature=0.0)
+    assert model.training
+    model.eval()
+    generate(model, [[1, 2]], max_new_tokens=2, temperature=0.0)
+    assert not model.training
