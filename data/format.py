@@ -10,7 +10,8 @@ never text. Token spans come from character offsets, so any tokenizer works.
 
 Canonical jsonl records (one JSON object per line; see docs/data.md):
 - problem:    {"id", "question", "answer", "level" (1-5), "subject", "steps": [str] (optional)}
-- SFT:        {"id", "question", "completion", "level"}    (or "prompt" instead of "question")
+- SFT:        {"id", "question", "completion", "level"}    (or "prompt" instead of "question";
+              "eos": false for a target that is a middle step)
 - RM:         {"id", "question", "steps": [str], "answer": str|null,
                "step_labels": [1|0|null], "outcome_label": 1|0|null, "level"}
 - sample:     {"id", "question", "completion", "answer", "correct", "level",

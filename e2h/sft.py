@@ -58,9 +58,13 @@ def collate(seqs: list[list], pad_value, max_len: int | None = None) -> torch.Te
 
 
 def encode_sft(tok, record: dict) -> tuple[list[int], list[int]]:
-    """Tokens and loss mask of one SFT record: ``question`` (or ``prompt``) + ``completion``."""
+    """Tokens and loss mask of one SFT record: ``question`` (or ``prompt``) + ``completion``.
+
+    ``eos`` (default true) is false for a PRM800K middle step: its target ends with "\n\n",
+    and an EOS there would teach the model to stop after every step.
+    """
     prompt = record["prompt"] if "prompt" in record else format_prompt(record["question"])
-    return tokenize_sft(tok, prompt, record["completion"])
+    return tokenize_sft(tok, prompt, record["completion"], eos=record.get("eos", True))
 
 
 def sft_batch(encoded: list[tuple[list[int], list[int]]], pad_id: int,
