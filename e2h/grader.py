@@ -254,7 +254,7 @@ def _brackets(s: str) -> tuple[str, str, str] | None:
 
 
 def _all_equal(xs: list[str], ys: list[str]) -> bool:
-    return len(xs) == len(ys) and all(_equivalent(x, y) for x, y in zip(xs, ys))
+    return len(xs) == len(ys) and all(equivalent(x, y) for x, y in zip(xs, ys))
 
 
 def _unordered_equal(xs: list[str], ys: list[str]) -> bool:
@@ -262,7 +262,7 @@ def _unordered_equal(xs: list[str], ys: list[str]) -> bool:
         return False
     left = list(ys)
     for x in xs:
-        match = next((i for i, y in enumerate(left) if _equivalent(x, y)), None)
+        match = next((i for i, y in enumerate(left) if equivalent(x, y)), None)
         if match is None:
             return False
         left.pop(match)
@@ -276,8 +276,9 @@ def _matrix(s: str) -> list[list[str]] | None:
     return [row.split("&") for row in m.group(1).split(r"\\")]
 
 
-def _equivalent(a: str, b: str) -> bool:
-    """Equivalence of two normalized answers (recursive over structure)."""
+def equivalent(a: str, b: str) -> bool:
+    """Equivalence of two answers already passed through ``normalize_answer`` (recursive over
+    structure). Voting normalizes each distinct answer once and compares forms with this."""
     if a == b:
         return True
     numbers = _numbers_equal(a, b)
@@ -309,4 +310,4 @@ def grade_answer(given: str | None, truth: str | None) -> bool:
     if given is None or truth is None:
         return False
     a, b = normalize_answer(given), normalize_answer(truth)
-    return bool(a) and bool(b) and _equivalent(a, b)
+    return bool(a) and bool(b) and equivalent(a, b)

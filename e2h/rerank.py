@@ -23,7 +23,7 @@ import re
 
 import numpy as np
 
-from e2h.grader import grade_answer, normalize_answer
+from e2h.grader import equivalent, normalize_answer
 
 _INTEGER = re.compile(r"[-+]?\d{1,50}")
 
@@ -49,7 +49,7 @@ def group_answers(answers: list[str | None]) -> np.ndarray:
             g = by_form.get(form) if form else -1
             if g is None:
                 g = next((j for j, (rep, rep_form) in enumerate(reps)
-                          if not _different_integers(form, rep_form) and grade_answer(a, rep)),
+                          if not _different_integers(form, rep_form) and equivalent(form, rep_form)),
                          len(reps))
                 if g == len(reps):
                     reps.append((a, form))
