@@ -1,0 +1,219 @@
+"""Every use of torch.distributed in e2h: process group, FSDP2 sharding, reductions, sharded
+checkpoints.
+
+Without a ``RANK`` environment variable (plain ``python train.py``) there is no process group
+and every function here degrades to its one-process meaning, so the rest of the code never asks
+whether it runs distributed. Under ``torchrun`` the group uses gloo on CPU and nccl on CUDA.
+
+Sharding follows torchtitan's plain FSDP2 recipe: ``fully_shard`` each TransformerBlock, then
+the root module, so one block's parameters are gathered at a time. Sampling inside RL calls the
+model once per new token; ``gathered`` unshards every parameter once for the whole rollout.
+"""
+from __future__ import annotations
+
+import contextlib
+import datetime
+import os
+import warnings
+
+import torch
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
+                                                     get_state_dict, set_model_state_dict,
+                                                     set_state_dict)
+from torch.distributed.fsdp import (FSDPModule, MixedPrecisionPolicy, fully_shard,
+                                    register_fsdp_forward_method)
+
+from e2h.model import TransformerBlock
+
+
+def init() -> torch.device:
+    """Join the torchrun process group when there is one; return this process's device."""
+    cuda = torch.cuda.is_available()
+    if "RANK" not in os.environ:
+        return torch.device("cuda" if cuda else "cpu")
+    if cuda:
+        local_rank = int(os.environ.get("LOCAL_RANK", 0))
+        torch.cuda.set_device(local_rank)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if cuda else "gloo",
+                                timeout=datetime.timedelta(minutes=30))
+    return torch.device("cuda", torch.cuda.current_device()) if cuda else torch.device("cpu")
+
+
+def is_distributed() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def rank() -> int:
+    return dist.get_rank() if is_distributed() else 0
+
+
+def world_size() -> int:
+    return dist.get_world_size() if is_distributed() else 1
+
+
+def is_main() -> bool:
+    return rank() == 0
+
+
+def barrier():
+    if is_distributed():
+        dist.barrier()
+
+
+def shutdown():
+    if is_distributed():
+        dist.destroy_process_group()
+
+
+def _comm_device() -> torch.device:
+    """nccl reduces CUDA tensors only; gloo CPU tensors."""
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def all_reduce_sum(values: dict[str, float]) -> dict[str, float]:
+    """The sum over ranks of each scalar (every rank must pass the same keys, in order)."""
+    if not is_distributed() or not values:
+        return dict(values)
+    keys = sorted(values)
+    t = torch.tensor([values[k] for k in keys], dtype=torch.float64, device=_comm_device())  # (K,)
+    dist.all_reduce(t)
+    return dict(zip(keys, t.tolist()))
+
+
+def all_reduce_mean(values: dict[str, float]) -> dict[str, float]:
+    """The mean over ranks of each scalar."""
+    return {k: v / world_size() for k, v in all_reduce_sum(values).items()}
+
+
+def broadcast_object(obj):
+    """Rank 0's ``obj`` on every rank (decisions taken once, e.g. a data set built from files)."""
+    if not is_distributed():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def all_gather_objects(obj) -> list:
+    """Every rank's ``obj``, in rank order (e.g. samples drawn on each rank's share of prompts)."""
+    if not is_distributed():
+        return [obj]
+    out = [None] * world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def shard(model: torch.nn.Module, param_dtype: torch.dtype | None = None,
+          activation_checkpointing: bool = False) -> torch.nn.Module:
+    """FSDP2 over every TransformerBlock inside ``model`` (a policy or a reward model's trunk),
+    then the root. ``param_dtype`` bf16 = mixed precision: fp32 master weights, bf16 compute,
+    fp32 gradient reduction. Without a process group only activation checkpointing applies."""
+    blocks = [m for m in model.modules() if isinstance(m, TransformerBlock)]
+    if activation_checkpointing:
+        from torch.distributed._composable import checkpoint
+        for block in blocks:
+            checkpoint(block)   # recompute the block's activations in backward
+    if not is_distributed():
+        return model
+    # e2h never modifies a model output in place, which is what this warning is about
+    warnings.filterwarnings("ignore", message="FSDP2-wrapped module .* returned a view tensor")
+    mp = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32)
+    for block in blocks:
+        fully_shard(block, mp_policy=mp, reshard_after_forward=True)
+    # the root keeps its (small) parameters after forward: backward needs them first
+    fully_shard(model, mp_policy=mp, reshard_after_forward=False)
+    _hook_methods(model, [m for m in ("hidden", "logits") if hasattr(model, m)])
+    return model
+
+
+def _hook_methods(model: torch.nn.Module, names: list[str]):
+    """FSDP gathers a module's parameters around ``forward``; sampling and reward heads call
+    ``hidden`` and ``logits`` directly, so those get the same hooks, except when forward itself
+    calls them: the inner call's post-hook would reshard the root as forward ends, and inside
+    ``gathered`` every later forward would all-gather again."""
+    inside = []   # non-empty while forward runs
+
+    def enter(*_):
+        inside.append(True)
+
+    def leave(*_):   # returns None: the output is left alone
+        inside.pop()
+    model.register_forward_pre_hook(enter)
+    model.register_forward_hook(leave, always_call=True)
+    for name in names:
+        plain = getattr(model, name)
+        register_fsdp_forward_method(model, name)
+        hooked = getattr(model, name)
+        setattr(model, name, lambda *a, _plain=plain, _hooked=hooked, **k:
+                (_plain if inside else _hooked)(*a, **k))
+
+
+@contextlib.contextmanager
+def gathered(model: torch.nn.Module):
+    """Full parameters on every rank for the duration (one all-gather per rollout, not per
+    token). Every rank must enter; inside, ranks may run different numbers of forwards."""
+    blocks = [m for m in model.modules() if isinstance(m, FSDPModule) and m is not model]
+    for m in blocks:
+        m.set_reshard_after_forward(False, recurse=False)
+    fsdp = blocks + ([model] if isinstance(model, FSDPModule) else [])
+    for m in fsdp:
+        m.unshard()
+    try:
+        yield model
+    finally:
+        for m in fsdp:
+            m.reshard()
+        for m in blocks:
+            m.set_reshard_after_forward(True, recurse=False)
+
+
+def clip_grad_norm(params: list[torch.nn.Parameter], max_norm: float) -> float:
+    """Clip the global gradient norm (over all shards); return the norm before clipping."""
+    params = [p for p in params if p.grad is not None]
+    norm = torch.nn.utils.clip_grad_norm_(params, max_norm if max_norm > 0 else float("inf"))
+    if hasattr(norm, "full_tensor"):   # a DTensor under FSDP2
+        norm = norm.full_tensor()
+    return norm.item()
+
+
+def full_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Unsharded CPU tensors of ``model`` on rank 0 (empty elsewhere), for the HF export."""
+    if not is_distributed():
+        return {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    return get_model_state_dict(model, options=opts)
+
+
+def load_full_state_dict(model: torch.nn.Module, state: dict[str, torch.Tensor]):
+    """Load an unsharded state dict held by rank 0 (other ranks pass {}) into ``model``."""
+    if not is_distributed():
+        model.load_state_dict(state)
+        return
+    opts = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True)
+    set_model_state_dict(model, state, options=opts)
+
+
+def save_state(path, model: torch.nn.Module, optimizers: list[torch.optim.Optimizer]):
+    """Model and optimizer states, each rank writing its own shards (torch.distributed.checkpoint).
+    The layout is independent of the world size, so a run may resume on more or fewer ranks."""
+    msd, osd = get_state_dict(model, optimizers)
+    with warnings.catch_warnings():   # "assuming the intent is to save in a single process": it is
+        warnings.simplefilter("ignore", UserWarning)
+        dcp.save({"model": msd, "optim": osd}, checkpoint_id=str(path),
+                 no_dist=not is_distributed())
+
+
+def load_state(path, model: torch.nn.Module, optimizers: list[torch.optim.Optimizer]):
+    """Inverse of ``save_state``: reshard the saved tensors onto this run's ranks, in place."""
+    msd, osd = get_state_dict(model, optimizers)
+    state = {"model": msd, "optim": osd}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        dcp.load(state, checkpoint_id=str(path), no_dist=not is_distributed())
+    set_state_dict(model, optimizers, model_state_dict=state["model"],
+                   optim_state_dict=state["optim"])

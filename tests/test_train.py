@@ -1,0 +1,248 @@
+"""train.py end to end on the tiny preset (subprocesses), and the pieces of its loop.
+
+Every run caps its phases with --max-steps and samples a handful of short solutions, so a
+subprocess costs a few seconds, most of it importing torch. The algorithms that need an SFT
+policy or a PRM share them through the stage cache of one temporary folder.
+"""
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["--preset", "tiny", "--max-steps", "2", "--n-problems", "2", "--eval-problems", "0",
+        "--batch-size", "4", "--max-new-tokens", "24", "--sample-batch-size", "8"]
+
+
+def train(*argv, timeout=300):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    return subprocess.run([sys.executable, "train.py", *map(str, argv)], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def ok(result):
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def weights(folder) -> dict[str, torch.Tensor]:
+    return load_file(str(Path(folder) / "model.safetensors"))
+
+
+def steps(run_dir) -> list[dict]:
+    lines = [json.loads(x) for x in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
+    return [x for x in lines if "loss" in x]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    return tmp_path_factory.mktemp("runs")
+
+
+@pytest.fixture(scope="module")
+def init_model(runs):
+    """A tiny model and tokenizer saved in the HF layout, to start SFT from (--model)."""
+    from data.format import format_prompt
+    from data.synthetic import make_split, reference_completion
+    from e2h.checkpoint import save_model
+    from e2h.model import ModelArgs, Transformer
+    from e2h.tokenizer import train_tokenizer
+
+    folder = runs / "init"
+    problems = make_split(20, seed=0)
+    tok = train_tokenizer([format_prompt(p["question"]) + reference_completion(p) for p in problems],
+                          runs / "tokenizer.json", vocab_size=64)
+    torch.manual_seed(0)
+    save_model(Transformer(ModelArgs.from_name("tiny", vocab_size=tok.vocab_size)), folder)
+    tok.save(folder / "tokenizer.json")
+    return folder
+
+
+def check_metrics(run_dir, n_steps):
+    lines = steps(run_dir)
+    assert [x["step"] for x in lines] == list(range(1, n_steps + 1))
+    for x in lines:
+        assert {"loss", "lr", "grad_norm", "tokens_per_s"} <= set(x)
+        assert math.isfinite(x["loss"]) and x["tokens_per_s"] > 0
+
+
+def changed(before: dict, after: dict, key: str) -> bool:
+    return not torch.equal(before[key], after[key])
+
+# ----------------------------------------------------------------------------- one run per algorithm
+
+
+def test_sft_from_a_model_trains_blocks_and_keeps_embeddings_frozen(runs, init_model):
+    ok(train("--algo", "sft", "--out", runs / "sft", "--model", init_model, "--hparams", "embedded", *TINY))
+    before, after = weights(init_model), weights(runs / "sft" / "model")
+    assert changed(before, after, "model.layers.0.self_attn.q_proj.weight")
+    for frozen in ("model.embed_tokens.weight", "model.norm.weight", "lm_head.weight",
+                   "model.layers.0.input_layernorm.weight"):
+        assert not changed(before, after, frozen)
+    check_metrics(runs / "sft", 2)
+    args = json.loads((runs / "sft" / "args.json").read_text())
+    assert args["algo"] == "sft" and args["max_steps"] == 2
+
+
+def test_prm_trains_the_missing_sft_stage_then_a_reward_head(runs):
+    result = ok(train("--algo", "prm", "--out", runs / "prm", *TINY))
+    assert "no --policy given: training the SFT stage first (cached at" in result.stdout
+    policy = json.loads((runs / "prm" / "args.json").read_text())["policy"]
+    before, after = weights(policy), weights(runs / "prm" / "model")
+    assert after["score.weight"].abs().sum() > 0      # the head starts at exactly zero
+    assert changed(before, after, "model.layers.1.mlp.down_proj.weight")
+    check_metrics(runs / "prm", 2)
+    # a second run with the same settings reuses the cached stage
+    again = ok(train("--algo", "prm", "--out", runs / "prm", *TINY))
+    assert "using the SFT stage cached at" in again.stdout
+
+
+def test_orm_on_given_outcome_labels(runs):
+    from data.format import parse_solution
+    from data.synthetic import make_split, reference_completion
+    records = []
+    for p in make_split(3, levels=(1, 2), seed=0):
+        steps_, answer = parse_solution(reference_completion(p))
+        wrong = f"{(int(answer) + 1) % 100:02d}"
+        for ans, label in ((answer, 1), (wrong, 0)):
+            records.append({"id": p["id"], "question": p["question"], "steps": steps_, "answer": ans,
+                            "step_labels": None, "outcome_label": label, "level": p["level"]})
+    data = runs / "orm.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in records))
+    ok(train("--algo", "orm", "--out", runs / "orm", "--data", data, *TINY))
+    assert weights(runs / "orm" / "model")["score.weight"].abs().sum() > 0
+    check_metrics(runs / "orm", 2)
+
+
+def test_oprm(runs):
+    ok(train("--algo", "oprm", "--out", runs / "oprm", *TINY))
+    assert weights(runs / "oprm" / "model")["score.weight"].abs().sum() > 0
+    check_metrics(runs / "oprm", 2)
+
+
+@pytest.mark.parametrize("algo, extra, n_steps", [
+    ("dpo", ["--pair-gap", "0", "--iterations", "1"], 2),    # tiny models are never right: pair on PRM score
+    ("rest", ["--levels", "all", "--hard-threshold", "0", "--iterations", "1"], 2),
+    ("ppo", ["--rollouts", "4"], 2),
+])
+def test_rl_from_the_cached_policy_and_prm(runs, algo, extra, n_steps):
+    result = ok(train("--algo", algo, "--out", runs / algo, *TINY, *extra))
+    assert "no --reward-model given" in result.stdout
+    policy = json.loads((runs / algo / "args.json").read_text())["policy"]
+    assert changed(weights(policy), weights(runs / algo / "model"), "model.layers.0.mlp.up_proj.weight")
+    check_metrics(runs / algo, n_steps)
+
+# ----------------------------------------------------------------------------- resume, guards
+
+
+SFT = ["--algo", "sft", "--preset", "tiny", "--n-problems", "4", "--batch-size", "4",
+       "--micro-batch-size", "2", "--epochs", "1", "--eval-problems", "0", "--save-every", "2"]
+
+
+def test_stop_then_resume_ends_with_exactly_the_uninterrupted_weights(runs):
+    ok(train(*SFT, "--out", runs / "whole"))
+    stopped = ok(train(*SFT, "--out", runs / "parts", "--stop-after", "1"))
+    assert "--stop-after" in stopped.stdout
+    assert len(steps(runs / "parts")) == 1
+    ok(train(*SFT, "--out", runs / "parts", "--resume"))
+    whole, parts = weights(runs / "whole" / "model"), weights(runs / "parts" / "model")
+    assert all(torch.equal(whole[k], parts[k]) for k in whole)
+    assert [x["loss"] for x in steps(runs / "whole")] == [x["loss"] for x in steps(runs / "parts")]
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(runs):
+    # lr 1e30: the first update blows the weights up, the second step's loss is NaN
+    out = runs / "nan"
+    result = train(*SFT, "--out", out, "--lr", "1e30", "--warmup-ratio", "0", "--save-every", "1")
+    assert result.returncode == 1
+    assert "error: loss is nan (gradient norm nan) at step 2" in result.stderr
+    assert "Last good checkpoint:" in result.stderr and "step_000001" in result.stderr
+    assert [x["step"] for x in steps(out)] == [1]
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_000001"]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--algo", "ppx"], "invalid choice: 'ppx'"),
+    (["--algo", "sft", "--batch-size", "0"], "--batch-size: must be > 0"),
+    (["--algo", "sft", "--dtype", "float8"], "invalid choice: 'float8'"),
+    (["--algo", "sft", "--batch-size", "6", "--micro-batch-size", "4"], "must be a multiple of"),
+    (["--algo", "sft", "--levels", "1,7"], "--levels '1,7'"),
+])
+def test_bad_flags_are_argparse_errors(argv, message):
+    result = train(*argv)
+    assert result.returncode == 2
+    assert message in result.stderr and "usage:" in result.stderr
+
+
+def test_missing_file_empty_data_and_oversized_tokenizer_are_one_line_errors(runs, init_model):
+    from data.format import format_prompt
+    from data.synthetic import make_split, reference_completion
+    from e2h.tokenizer import train_tokenizer
+    missing = train("--algo", "sft", "--data", runs / "nope.jsonl", "--out", runs / "e1", *TINY)
+    assert missing.returncode == 1
+    assert missing.stderr.strip().splitlines()[-1] == f"error: {runs / 'nope.jsonl'}: data file not found"
+    (runs / "empty.jsonl").write_text("\n")
+    empty = train("--algo", "sft", "--data", runs / "empty.jsonl", "--out", runs / "e2", *TINY)
+    assert empty.returncode == 1 and "error: " in empty.stderr and "empty data file" in empty.stderr
+    texts = [format_prompt(p["question"]) + reference_completion(p) for p in make_split(20, seed=0)]
+    big = train_tokenizer(texts, runs / "big" / "tokenizer.json", vocab_size=100)
+    assert big.vocab_size > 64
+    result = train("--algo", "sft", "--model", init_model, "--tokenizer", big.path, "--hparams",
+                   "embedded", "--out", runs / "e3", *TINY)
+    assert result.returncode == 1
+    assert f"tokenizer has {big.vocab_size} tokens but the model's embedding has only 64 rows" in result.stderr
+
+# ----------------------------------------------------------------------------- loop pieces
+
+
+def test_lr_warms_up_linearly_then_follows_the_cosine():
+    from argparse import Namespace
+    from e2h.loop import lr_at
+    args = Namespace(lr=1.0, warmup_ratio=0.2, min_lr_ratio=0.0)
+    # 10 steps, 2 of warmup: (step + 1) / 2, then 0.5 * (1 + cos(pi * (step - 2) / 8))
+    assert [lr_at(s, 10, args) for s in (0, 1, 2, 6, 10)] == pytest.approx(
+        [0.5, 1.0, 1.0, 0.5, 0.0], abs=1e-12)
+    args.min_lr_ratio = 0.1                    # 0.1 + 0.9 * 0.5 at the middle
+    assert lr_at(6, 10, args) == pytest.approx(0.55, abs=1e-12)
+
+
+def test_batches_walk_one_seeded_permutation_per_epoch():
+    from e2h.loop import batch_indices
+    perm0 = torch.randperm(3, generator=torch.Generator().manual_seed(7)).tolist()
+    perm1 = torch.randperm(3, generator=torch.Generator().manual_seed(8)).tolist()
+    assert batch_indices(3, 0, 2, seed=7) == perm0[:2]
+    assert batch_indices(3, 1, 2, seed=7) == [perm0[2], perm1[0]]   # crosses into epoch 1
+    assert batch_indices(3, 2, 2, seed=7) == perm1[1:]
+
+
+def test_a_checkpoint_killed_while_writing_leaves_the_previous_one(tmp_path, monkeypatch):
+    from e2h import distributed, trainstate
+    from e2h.model import ModelArgs, Transformer
+    torch.manual_seed(0)
+    model = Transformer(ModelArgs.from_name("tiny"))
+    opt = torch.optim.AdamW(model.parameters())
+    model(torch.zeros(1, 3, dtype=torch.long)).sum().backward()
+    opt.step()
+    first = trainstate.save(tmp_path, 1, model, [opt], {"iteration": 0})
+
+    def killed(*a, **k):
+        raise KeyboardInterrupt("killed while writing")
+    monkeypatch.setattr(distributed, "save_state", killed)
+    with pytest.raises(KeyboardInterrupt):
+        trainstate.save(tmp_path, 2, model, [opt], {"iteration": 0})
+    assert trainstate.latest(tmp_path) == first
+    assert (tmp_path / "checkpoints" / "step_000002.tmp").is_dir()   # the unfinished write
+    monkeypatch.undo()
+    fresh = Transformer(ModelArgs.from_name("tiny"))
+    fresh_opt = torch.optim.AdamW(fresh.parameters())
+    meta = trainstate.load(first, fresh, [fresh_opt])
+    assert meta == {"step": 1, "iteration": 0}
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), fresh.parameters()))
+    exp_avg = [opt.state[p]["exp_avg"] for p in model.parameters()]
+    assert all(torch.equal(a, fresh_opt.state[p]["exp_avg"]) for a, p in zip(exp_avg, fresh.parameters()))
