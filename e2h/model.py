@@ -12,7 +12,7 @@ Two choices make Hugging Face / Llemma checkpoints load without any weight surge
 
 RMSNorm statistics and the RoPE tables are computed in float32 whatever the weight dtype.
 Attention goes through ``kernels.attend``: the Triton kernel on CUDA, PyTorch on CPU.
-This file never imports torch.distributed: sharding wraps the model from outside.
+Nothing here is distributed: sharding (e2h/distributed.py) wraps the model from outside.
 
 Letters: B batch, T new tokens, S cache slots, H query heads, Hkv key/value heads, D head dim,
 C model dim, V vocab.
