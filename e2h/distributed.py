@@ -65,6 +65,9 @@ def barrier():
 
 def shutdown():
     if is_distributed():
+        # every rank leaves its last collective before the group is torn down: a gloo rank whose
+        # peer destroys the group mid-exchange aborts the process
+        dist.barrier()
         dist.destroy_process_group()
 
 
