@@ -18,8 +18,17 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore", "PYTHON
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
 
 
+GLOO_TEARDOWN_ABORT = "terminate called without an active exception"
+
+
 def run(cmd, timeout=240):
     result = subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=timeout)
+    if result.returncode != 0 and GLOO_TEARDOWN_ABORT in result.stderr:
+        # On a loaded 2-core machine a gloo rank occasionally aborts in its C++ teardown after
+        # the script has finished (seen about once in ten runs); one rerun tells that apart from
+        # a real failure, which fails again.
+        result = subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True,
+                                timeout=timeout)
     assert result.returncode == 0, result.stderr[-3000:]
     return result
 
