@@ -1,0 +1,386 @@
+"""The study: the paper's findings (PAPER.md, "Results to reproduce") in miniature, one command.
+
+    python study.py                 # the full study on the synthetic curriculum, 3 seeds
+    python study.py --quick         # every stage on tiny settings (CI; numbers meaningless)
+
+Per seed, every stage runs as a subprocess of the entry points users run (``train.py``,
+``python -m e2h.evaluate``), two at a time, each on one thread; finished stages are skipped on
+a re-run (their outputs are the cache). Stages:
+1. generators (Table 1): SFT on easy (levels 1-3), on all levels, on hard (4-5); greedy and
+   majority@16 on Easy / Hard / All. ICL is not run: the embedded base model is randomly
+   initialized, so a few-shot prompt tests nothing the paper's ICL row tests.
+2. evaluators trained on easy problems only (ORM, PRM, OPRM): majority vs weighted voting vs
+   best-of-n at N = 1, 2, ..., 64 over one set of samples from the easy SFT policy, and each
+   evaluator's step / outcome ROC-AUC on held-out easy and hard solutions (train.py's own).
+   Deliberate choice: the evaluators' training solutions are sampled from an earlier SFT
+   checkpoint (80% of the steps), whose more frequent errors give more negative steps, while
+   the trunk is the final easy SFT model (data/synthetic.py docstring has the measurements).
+3. RL from the easy SFT policy against the easy PRM (Table 2): PPO (all problems, easy final
+   answers, process reward), PPO with the final-answer reward only on easy problems,
+   iterative DPO and ReST-EM; greedy accuracy from each run's closing evaluation.
+Findings F1-F4 are computed from the numbers with rules fixed in ``findings`` (mean and std
+over seeds) and reported as reproduced or not. Writes ``<out>/report.md`` and
+``<out>/results.json``; runs, samples and logs go to ``--runs`` (the full study: runs/study).
+
+Quick mode only checks that every number is produced: a generator trained for seconds is
+never right, so its ORM trains on reference / corrupted solutions given with ``--data``, DPO
+pairs on the PRM score alone (``--pair-gap 0``) and ReST-EM keeps solutions by PRM score.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+SPLITS = ("easy", "hard", "all")
+EVALUATORS = ("orm", "prm", "oprm")
+RL = ("ppo", "ppo_outcome", "dpo", "rest")
+FULL = dict(preset="small", sft_steps=500, sft_batch=32, sft_lr=2e-3, eval_problems=100,
+            rm_lr=1e-4, rm_steps=300, rm_problems=100, rm_samples=8, test_problems=30, n=64,
+            t1_n=16, ppo_steps=20, rollouts=64, rl_problems=50, seeds=3)
+QUICK = dict(preset="tiny", sft_steps=20, sft_batch=8, sft_lr=3e-3, eval_problems=2,
+             rm_lr=1e-3, rm_steps=4, rm_problems=2, rm_samples=2, test_problems=2, n=4,
+             t1_n=4, ppo_steps=2, rollouts=8, rl_problems=2, seeds=2)
+
+
+class Job:
+    def __init__(self, name, argv, done_file, deps=()):
+        self.name, self.argv, self.done_file, self.deps = name, argv, Path(done_file), set(deps)
+
+
+def train(algo, out, seed, cfg, *flags) -> list[str]:
+    return [sys.executable, "train.py", "--algo", algo, "--out", str(out), "--seed", str(seed),
+            "--preset", cfg["preset"], "--hparams", "embedded",
+            "--eval-problems", str(cfg["eval_problems"]), *map(str, flags)]
+
+
+def evaluate(policy, test, out, seed, n, tok) -> list[str]:
+    return [sys.executable, "-m", "e2h.evaluate", "--policy", str(policy), "--data", str(test),
+            "--tokenizer", str(tok), "--out", str(out), "--n", str(n), "--seed", str(seed),
+            "--max-new-tokens", "96", "--temperature", "0.7", "--top-k", "20"]
+
+
+def seed_jobs(seed: int, cfg: dict, root: Path, quick: bool) -> list[Job]:
+    """The stages of one seed, in the order they should start."""
+    r = root / f"seed{seed}"
+    test = r / "test.jsonl"
+    tok = r / "sft_easy" / "model" / "tokenizer.json"
+    weak = int(cfg["sft_steps"] * 0.8)
+    sft = ["--batch-size", cfg["sft_batch"], "--lr", cfg["sft_lr"], "--max-steps", cfg["sft_steps"]]
+    jobs = [Job("sft_easy", train("sft", r / "sft_easy", seed, cfg, "--levels", "1,2,3", *sft,
+                                  "--save-every", weak, "--keep", 2), r / "sft_easy/model/config.json")]
+    for name, levels in (("sft_all", "1,2,3,4,5"), ("sft_hard", "4,5")):
+        jobs.append(Job(name, train("sft", r / name, seed, cfg, "--levels", levels, *sft,
+                                    "--tokenizer", tok), r / name / "model/config.json", ["sft_easy"]))
+    weak_dir = r / "sft_easy" / "checkpoints" / f"step_{weak:06d}" / "model"
+    for algo in EVALUATORS:
+        flags = ["--levels", "1,2,3", "--model", r / "sft_easy/model", "--policy", weak_dir,
+                 "--tokenizer", tok, "--lr", cfg["rm_lr"], "--max-steps", cfg["rm_steps"],
+                 "--n-problems", cfg["rm_problems"], "--n-samples", cfg["rm_samples"]]
+        if quick and algo == "orm":
+            flags += ["--data", r / "orm_quick.jsonl"]
+        jobs.append(Job(algo, train(algo, r / algo, seed, cfg, *flags),
+                        r / algo / "model/config.json", ["sft_easy"]))
+    for name in ("sft_easy", "sft_all", "sft_hard"):
+        n = cfg["n"] if name == "sft_easy" else cfg["t1_n"]
+        jobs.append(Job(f"eval_{name}", evaluate(r / name / "model", test, r / f"eval_{name}",
+                                                 seed, n, tok), r / f"eval_{name}/table.json", [name]))
+    jobs.append(Job("rerank", [sys.executable, "study.py", "--rerank", str(r)],
+                    r / "eval_sft_easy/rerank.json", ["eval_sft_easy", *EVALUATORS]))
+    rl = ["--policy", r / "sft_easy/model", "--reward-model", r / "prm/model", "--tokenizer", tok,
+          "--n-problems", cfg["rl_problems"]]
+    ppo = ["--ppo-steps", cfg["ppo_steps"], "--rollouts", cfg["rollouts"], "--eval-every", 10]
+    if quick:
+        ppo += ["--batch-size", cfg["rollouts"]]
+    dpo, rest = (["--pair-gap", 0], ["--hard-threshold", 0, "--answer-levels", "4,5"]) if quick else ([], [])
+    rl_flags = {"ppo": ppo, "ppo_outcome": [*ppo, "--levels", "1,2,3", "--no-process-reward"],
+                "dpo": dpo, "rest": rest}
+    for name, flags in rl_flags.items():
+        algo = name.split("_")[0]
+        jobs.append(Job(name, train(algo, r / name, seed, cfg, *rl, *flags),
+                        r / name / "model/config.json", ["sft_easy", "prm"]))
+    for j in jobs:
+        j.name, j.deps = f"seed{seed}/{j.name}", {f"seed{seed}/{d}" for d in j.deps}
+    return jobs
+
+
+def write_inputs(seed: int, cfg: dict, root: Path, quick: bool):
+    """The test problems of a seed (and, in quick mode, the ORM's given records)."""
+    from data import synthetic
+    from data.readers import write_jsonl
+    r = root / f"seed{seed}"
+    r.mkdir(parents=True, exist_ok=True)
+    write_jsonl(r / "test.jsonl", synthetic.make_split(cfg["test_problems"], seed=seed, split="test"))
+    if quick:
+        records, rng = [], random.Random(seed)
+        for p in synthetic.make_split(4, levels=(1, 2, 3), seed=seed, split="train"):
+            wrong = f"{(int(p['answer']) + rng.randint(1, 99)) % 100:02d}"
+            for answer, label in ((p["answer"], 1), (wrong, 0)):
+                records.append({"id": p["id"], "question": p["question"], "steps": p["steps"],
+                                "answer": answer, "step_labels": [None] * len(p["steps"]),
+                                "outcome_label": label, "level": p["level"]})
+        write_jsonl(r / "orm_quick.jsonl", records)
+
+
+def run_jobs(jobs: list[Job], workers: int, log_dir: Path, on_done=None) -> dict:
+    """Run jobs whose dependencies are met, ``workers`` at a time, earliest in the list first;
+    a job whose output exists is skipped. Returns {name: wall seconds}."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    log_dir.mkdir(parents=True, exist_ok=True)
+    pending, running, done, times = list(jobs), {}, set(), {}
+    while pending or running:
+        for job in list(pending):          # in list order, so a chain of cached stages clears
+            if job.done_file.is_file() and job.deps <= done:
+                pending.remove(job)
+                done.add(job.name)
+                print(f"[cached] {job.name}", flush=True)
+        ready = [j for j in pending if j.deps <= done]
+        while ready and len(running) < workers:
+            job = ready.pop(0)
+            pending.remove(job)
+            log = open(log_dir / (job.name.replace("/", "_") + ".log"), "w")
+            running[job.name] = (job, subprocess.Popen(job.argv, stdout=log, stderr=subprocess.STDOUT,
+                                                       env=env), time.time(), log)
+            print(f"[start] {job.name}", flush=True)
+        time.sleep(1)
+        for name, (job, proc, t0, log) in list(running.items()):
+            if proc.poll() is None:
+                continue
+            log.close()
+            del running[name]
+            times[name] = time.time() - t0
+            if proc.returncode != 0:
+                for _, other, *_ in running.values():
+                    other.kill()
+                sys.exit(f"study.py: stage {name} failed (exit {proc.returncode}); see {log.name}")
+            done.add(name)
+            print(f"[done] {name} in {times[name]:.0f}s", flush=True)
+            if on_done:
+                on_done(done, times)
+    return times
+
+
+def rerank(seed_dir: Path):
+    """Score the easy SFT policy's samples with each easy-trained evaluator and re-rank them
+    (the same samples and subsets for every evaluator)."""
+    import torch
+    from e2h.checkpoint import load_model
+    from data import synthetic
+    from e2h.evaluate import rerank_table, rm_auc_by_difficulty, score_samples
+    from e2h.rm import prm_examples
+    from e2h.tokenizer import Tokenizer
+    torch.set_num_threads(1)
+    ev = seed_dir / "eval_sft_easy"
+    args = json.loads((ev / "table.json").read_text())["args"]
+    tok = Tokenizer(seed_dir / "sft_easy/model/tokenizer.json")
+    samples = [json.loads(line) for line in (ev / "samples.jsonl").read_text().splitlines()]
+    problems = [json.loads(line) for line in (seed_dir / "test.jsonl").read_text().splitlines()]
+    first = {}                                   # held-out RM records: 4 samples per problem
+    for s in samples:
+        first.setdefault(s["id"], []).append(s)
+    records = prm_examples([s for group in first.values() for s in group[:4]], problems,
+                           synthetic.label_solution)
+    tables = {}
+    for name in EVALUATORS:
+        rm = load_model(seed_dir / name / "model").eval()
+        with torch.no_grad():
+            scored = score_samples(rm, tok, [dict(s) for s in samples])
+            auc = rm_auc_by_difficulty(rm, tok, records, 16)
+        tables[name] = rerank_table(scored, seed=args["seed"], with_rm=True)
+        tables[name]["held_out_auc"] = auc
+    (ev / "rerank.json").write_text(json.dumps(tables) + "\n")
+
+
+def final_metrics(run_dir: Path) -> dict:
+    out = {}
+    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
+        rec = json.loads(line)
+        out.update({k[len("final/"):]: v for k, v in rec.items() if k.startswith("final/")})
+    return out
+
+
+def collect(seed_dir: Path, cfg: dict) -> dict:
+    """Every number of one seed."""
+    t1 = {}
+    for name in ("sft_easy", "sft_all", "sft_hard"):
+        table = json.loads((seed_dir / f"eval_{name}/table.json").read_text())
+        maj = table["methods"]["majority"][str(cfg["t1_n"])]
+        t1[name] = {"greedy": table["greedy"], f"maj@{cfg['t1_n']}": {k: maj[k][0] for k in SPLITS}}
+    reranked = json.loads((seed_dir / "eval_sft_easy/rerank.json").read_text())
+    curves, auc = {}, {}
+    for name, table in reranked.items():
+        curves[name] = {m: {n: {k: v[k][0] for k in SPLITS} for n, v in by_n.items()}
+                        for m, by_n in table["methods"].items()}
+        auc[name] = {f"{s}_{kind}": table["held_out_auc"][s][f"{kind}_auc"] for s in ("easy", "hard")
+                     for kind in ("step", "outcome")}
+        auc[name].update({f"test_{s}_outcome_min": table["auc"]["min"][s] for s in ("easy", "hard")})
+    t2 = {"sft_easy": {k: final_metrics(seed_dir / "sft_easy")[f"test_{k}_acc"] for k in SPLITS}}
+    for name in RL:
+        t2[name] = {k: final_metrics(seed_dir / name)[f"test_{k}_acc"] for k in SPLITS}
+    return {"table1": t1, "rerank": curves, "auc": auc, "table2": t2}
+
+
+def stats(per_seed: list[dict]):
+    """Nested dicts of numbers -> the same nesting with [mean, std] over seeds."""
+    first = per_seed[0]
+    if isinstance(first, dict):
+        return {k: stats([d[k] for d in per_seed]) for k in first}
+    vals = np.array(per_seed, dtype=float)
+    return [float(np.mean(vals)), float(np.std(vals))]
+
+
+def diff(per_seed, a, b) -> list[float]:
+    return [a(s) - b(s) for s in per_seed]
+
+
+def verdict(name, claim, values, ok, unit="points") -> dict:
+    m, s = float(np.mean(values)), float(np.std(values))
+    return {"name": name, "claim": claim, "reproduced": bool(ok(m, s, values)),
+            "value": f"{m:+.1f} ± {s:.1f} {unit} (per seed: " + ", ".join(f"{v:+.1f}" for v in values) + ")"}
+
+
+def findings(per_seed: list[dict], cfg: dict) -> list[dict]:
+    """F1-F4 with their rules: a difference counts when its mean over seeds exceeds one std."""
+    big = [n for n in map(str, (16, 32, 64)) if int(n) <= cfg["n"]] or [str(cfg["n"])]
+    top, consistent = str(cfg["n"]), (lambda m, s, v: m > s)
+    out = []
+    for ev in ("prm", "oprm"):
+        for n in big:
+            out.append(verdict(f"F1 {ev.upper()} N={n}", f"weighted voting ({ev.upper()}) > majority on Hard",
+                               diff(per_seed, lambda s: s["rerank"][ev]["weighted"][n]["hard"],
+                                    lambda s: s["rerank"][ev]["majority"][n]["hard"]), consistent))
+    for ev in EVALUATORS:
+        out.append(verdict(f"F2 {ev.upper()} N={top}", f"weighted voting >= best-of-n ({ev.upper()}) on All",
+                           diff(per_seed, lambda s: s["rerank"][ev]["weighted"][top]["all"],
+                                lambda s: s["rerank"][ev]["best_of_n"][top]["all"]),
+                           lambda m, s, v: m >= 0))
+    for name in RL:
+        out.append(verdict(f"F3 {name}", "RL improves greedy Hard accuracy over the easy SFT policy",
+                           diff(per_seed, lambda s: s["table2"][name]["hard"],
+                                lambda s: s["table2"]["sft_easy"]["hard"]), consistent))
+    out.append(verdict("F4", "easy SFT: greedy Hard >= 10 points below Easy (every seed)",
+                       diff(per_seed, lambda s: s["table1"]["sft_easy"]["greedy"]["easy"],
+                            lambda s: s["table1"]["sft_easy"]["greedy"]["hard"]),
+                       lambda m, s, v: m >= 10 and min(v) > 0))
+    return out
+
+
+def cell(ms) -> str:
+    return f"{ms[0]:.1f} ± {ms[1]:.1f}"
+
+
+def markdown(summary: dict, found: list[dict], meta: dict, cfg: dict) -> str:
+    t1n, top = f"maj@{cfg['t1_n']}", str(cfg["n"])
+    row = lambda name, by_split: f"| {name} | " + " | ".join(cell(by_split[k]) for k in SPLITS) + " |"
+    head = ["| | Easy | Hard | All |", "|---|---|---|---|"]
+    lines = [f"# e2h study: {meta['mode']} mode, seeds {meta['seeds']}", "",
+             *(["**Partial: written while later seeds were still running.**", ""] if meta.get("partial") else []),
+             f"Command: `{meta['command']}`  ", f"Machine: {meta['machine']}  ",
+             f"Wall time: {meta['wall_s'] / 60:.1f} min (2 stages at a time, one thread each)", "",
+             "Accuracy (%) on the synthetic curriculum's test problems, mean ± std over seeds; "
+             f"Easy = levels 1-3, Hard = 4-5. Settings: `{json.dumps(cfg)}`.", "",
+             "## Findings", "", "Rule: a difference counts when its mean over seeds exceeds one std "
+             "(with one seed, when it is positive); F2 asks for a mean >= 0, F4 for >= 10 points.", "",
+             "| finding | claim | result | reproduced |", "|---|---|---|---|"]
+    lines += [f"| {f['name']} | {f['claim']} | {f['value']} | {'yes' if f['reproduced'] else 'no'} |"
+              for f in found]
+    lines += ["", f"## Table 1: generators ({meta['t1_problems']} test problems per level)", "",
+              "| generator | decoding | Easy | Hard | All |", "|---|---|---|---|---|"]
+    for name, by_dec in summary["table1"].items():
+        for dec, by_split in by_dec.items():
+            lines.append(row(f"{name} | {dec}", by_split))
+    lines += ["| ICL | - | not run: the embedded base model is random | | |", ""]
+    lines += [f"## Re-ranking the easy SFT policy's samples with easy-trained evaluators (N = {top})", "",
+              "| evaluator | method | Easy | Hard | All |", "|---|---|---|---|---|"]
+    for ev, by_m in summary["rerank"].items():
+        for m, by_n in by_m.items():
+            lines.append(row(f"{ev.upper()} | {m}", by_n[top]))
+    ns = list(summary["rerank"]["prm"]["majority"])
+    for split in ("hard", "all"):
+        lines += ["", f"{split.capitalize()} accuracy by N:", "",
+                  "| evaluator | method | " + " | ".join(ns) + " |", "|---|---" + "|---" * len(ns) + "|"]
+        for ev, by_m in summary["rerank"].items():
+            for m, by_n in by_m.items():
+                if m != "majority" or ev == "prm":
+                    name = "any" if m == "majority" else ev.upper()
+                    lines.append(f"| {name} | {m} | " + " | ".join(f"{by_n[n][split][0]:.1f}" for n in ns) + " |")
+    lines += ["", "Evaluator ROC-AUC on the easy SFT policy's test samples (program-checked labels): "
+              "step and outcome level on 4 samples per problem, and the min-aggregated score "
+              "against final-answer correctness on all samples:", "",
+              "| evaluator | " + " | ".join(summary["auc"]["prm"]) + " |", "|---" * (1 + len(summary["auc"]["prm"])) + "|"]
+    for ev, by_k in summary["auc"].items():
+        lines.append(f"| {ev.upper()} | " + " | ".join(f"{v[0]:.3f} ± {v[1]:.3f}" for v in by_k.values()) + " |")
+    lines += ["", "## Table 2: RL from the easy SFT policy against the easy PRM (greedy, "
+              f"{cfg['eval_problems']} test problems per level)", "",
+              "| method | Easy | Hard | All |", "|---|---|---|---|"]
+    lines += [row(name, by_split) for name, by_split in summary["table2"].items()]
+    lines += ["", "## Wall time per stage (s, mean over seeds)", "", "| stage | s |", "|---|---|"]
+    lines += [f"| {k} | {v:.0f} |" for k, v in meta["stage_s"].items()]
+    return "\n".join(lines) + "\n"
+
+
+def write_report(out: Path, runs: Path, seeds: list[int], cfg: dict, meta: dict) -> list[dict]:
+    per_seed = [collect(runs / f"seed{s}", cfg) for s in seeds]
+    summary, found = stats(per_seed), findings(per_seed, cfg)
+    meta = {**meta, "seeds": seeds}
+    (out / "results.json").write_text(json.dumps({"meta": meta, "settings": cfg, "summary": summary,
+                                                  "findings": found, "per_seed": per_seed}, indent=1) + "\n")
+    (out / "report.md").write_text(markdown(summary, found, meta, cfg))
+    return found
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--quick", action="store_true", help="tiny settings: checks that every number is produced")
+    p.add_argument("--seeds", type=int, default=None, help="seeds 0..S-1 (default: 3; quick: 2)")
+    p.add_argument("--out", default="results", help="report folder; runs go to <out>/runs")
+    p.add_argument("--runs", default=None, help="run folders, samples and logs (default: <out>/runs)")
+    p.add_argument("--jobs", type=int, default=2, help="stages run at once")
+    p.add_argument("--rerank", default=None, help=argparse.SUPPRESS)   # internal stage
+    args = p.parse_args(argv)
+    if args.rerank:
+        return rerank(Path(args.rerank))
+    cfg = dict(QUICK if args.quick else FULL)
+    seeds = list(range(args.seeds or cfg.pop("seeds")))
+    cfg.pop("seeds", None)
+    out, runs = Path(args.out), Path(args.runs or Path(args.out) / "runs")
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    jobs = []
+    for s in seeds:
+        write_inputs(s, cfg, runs, args.quick)
+        jobs += seed_jobs(s, cfg, runs, args.quick)
+    meta = {"mode": "quick" if args.quick else "full", "command": " ".join(["python", *sys.argv]),
+            "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, {platform.platform()}",
+            "t1_problems": cfg["test_problems"]}
+    def stage_means(times):
+        by_stage = {}
+        for name, secs in times.items():
+            by_stage.setdefault(name.split("/", 1)[1], []).append(secs)
+        return {k: float(np.mean(v)) for k, v in by_stage.items()}
+
+    def partial_report(done, times):   # the seeds finished so far, in case time runs out
+        finished = [s for s in seeds if all(j.name in done for j in jobs if j.name.startswith(f"seed{s}/"))]
+        if finished and len(done) < len(jobs):
+            write_report(out, runs, finished, cfg, {**meta, "wall_s": time.time() - t0,
+                                                    "stage_s": stage_means(times), "partial": True})
+
+    times = run_jobs(jobs, args.jobs, runs / "logs", partial_report)
+    meta.update(wall_s=time.time() - t0, stage_s=stage_means(times))
+    found = write_report(out, runs, seeds, cfg, meta)
+    print((out / "report.md").read_text())
+    print(f"study: {len(found)} checks, {sum(f['reproduced'] for f in found)} reproduced; "
+          f"wall {meta['wall_s'] / 60:.1f} min; report in {out / 'report.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
