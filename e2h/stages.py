@@ -34,8 +34,6 @@ PAPER = {   # PAPER.md, Llemma-7B
     "prm": dict(lr=2e-5, batch_size=128, epochs=2, max_len=768),
     "orm": dict(lr=2e-5, batch_size=128, epochs=2, max_len=1024, n_samples=32, top_k=20,
                 temperature=0.7),
-    "oprm": dict(lr=2e-5, batch_size=128, epochs=2, max_len=1024, n_samples=32, top_k=20,
-                 temperature=0.7),
     "dpo": dict(lr=2e-6, batch_size=64, epochs=1, max_len=1024, iterations=5, n_samples=8,
                 top_k=0, temperature=1.0),
     "rest": dict(lr=2e-5, batch_size=128, epochs=1, max_len=1024, iterations=2, n_samples=32,
@@ -47,10 +45,6 @@ EMBEDDED = {   # the small preset from scratch on the synthetic curriculum, 2 CP
     "sft": dict(lr=3e-3, batch_size=64, epochs=3, n_problems=3000),
     "prm": dict(lr=1e-3, batch_size=16, epochs=2, n_problems=100, n_samples=16, top_k=0,
                 temperature=1.0),
-    "orm": dict(lr=1e-3, batch_size=16, epochs=2, n_problems=100, n_samples=16, top_k=0,
-                temperature=1.0),
-    "oprm": dict(lr=1e-3, batch_size=16, epochs=2, n_problems=100, n_samples=16, top_k=0,
-                 temperature=1.0),
     "dpo": dict(lr=1e-5, batch_size=32, epochs=1, n_problems=100, iterations=2, n_samples=8,
                 top_k=0, temperature=1.0),
     "rest": dict(lr=1e-4, batch_size=32, epochs=1, n_problems=100, iterations=2, n_samples=8,
@@ -58,6 +52,10 @@ EMBEDDED = {   # the small preset from scratch on the synthetic curriculum, 2 CP
     "ppo": dict(lr=1e-5, batch_size=32, epochs=1, n_problems=200, ppo_steps=20, rollouts=64,
                 top_k=50, temperature=0.7),
 }
+# OPRM trains on the union of ORM and PRM data, with the ORM's settings (PAPER.md); on the
+# embedded default every reward model samples its own data the same way
+PAPER["oprm"] = PAPER["orm"]
+EMBEDDED["orm"] = EMBEDDED["oprm"] = EMBEDDED["prm"]
 COMMON = {"paper": dict(max_new_tokens=768, n_problems=0, eval_problems=0, warmup_ratio=0.2),
           "embedded": dict(max_len=256, max_new_tokens=96, eval_problems=100, warmup_ratio=0.05)}
 RM_ALGOS = ("orm", "prm", "oprm")
