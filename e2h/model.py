@@ -67,7 +67,7 @@ PRESETS = {
     "tiny": dict(dim=32, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=64, vocab_size=64,
                  max_seq_len=256),
     # the embedded default: trains on the synthetic curriculum on 2 CPU cores in minutes
-    "small": dict(dim=128, n_layers=4, n_heads=4, n_kv_heads=4, ffn_dim=352, vocab_size=64,
+    "small": dict(dim=128, n_layers=4, n_heads=4, n_kv_heads=4, ffn_dim=352, vocab_size=128,
                   max_seq_len=512),
     "llemma-7b": dict(dim=4096, n_layers=32, n_heads=32, n_kv_heads=32, ffn_dim=11008,
                       vocab_size=32016, rope_theta=1e4, max_seq_len=4096),
