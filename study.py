@@ -2,22 +2,27 @@
 
     python study.py                 # the full study on the synthetic curriculum, 3 seeds
     python study.py --quick         # every stage on tiny settings (CI; numbers meaningless)
+    python study.py --model DIR     # the real study: an HF Llama (Llemma-7B) on PRM800K / MATH
 
 Per seed, every stage runs as a subprocess of the entry points users run (``train.py``,
 ``python -m e2h.evaluate``), two at a time, each on one thread; finished stages are skipped on
 a re-run (their outputs are the cache). Stages:
 1. generators (Table 1): SFT on easy (levels 1-3), on all levels, on hard (4-5); greedy and
-   majority@16 on Easy / Hard / All. ICL is not run: the embedded base model is randomly
-   initialized, so a few-shot prompt tests nothing the paper's ICL row tests.
+   majority@16 on Easy / Hard / All. ICL runs on real weights only: the embedded base model is
+   randomly initialized, so a few-shot prompt would test nothing the paper's ICL row tests.
 2. evaluators trained on easy problems only (ORM, PRM, OPRM): majority vs weighted voting vs
-   best-of-n at N = 1, 2, ..., 64 over one set of samples from the easy SFT policy, and each
-   evaluator's step / outcome ROC-AUC on held-out easy and hard solutions (train.py's own).
-   Deliberate choice: the evaluators' training solutions are sampled from an earlier SFT
+   best-of-n at N = 1, 2, ..., 64 over one set of samples from the easy SFT policy; each
+   evaluator's step / outcome ROC-AUC on held-out easy and hard solutions, and its ROC-AUC
+   *within* each problem's samples (what voting depends on), next to the same quantity for the
+   generator's own smallest token probability.
+   Synthetic choice: the evaluators' training solutions are sampled from an earlier SFT
    checkpoint (80% of the steps), whose more frequent errors give more negative steps, while
    the trunk is the final easy SFT model (data/synthetic.py docstring has the measurements).
-3. RL from the easy SFT policy against the easy PRM (Table 2): PPO (all problems, easy final
-   answers, process reward), PPO with the final-answer reward only on easy problems,
-   iterative DPO and ReST-EM; greedy accuracy from each run's closing evaluation.
+3. RL from the easy SFT policy (Table 2): PPO (all problems, easy final answers, process
+   reward from the easy PRM) and iterative DPO (pairs scored by the PRM) optimize against the
+   evaluator; PPO with the final-answer reward only on easy problems and ReST-EM (easy final
+   answers) do not use it and are the paper's comparison rows. Greedy accuracy from each run's
+   closing evaluation (real: ``e2h.evaluate`` on MATH500).
 Findings F1-F4 are computed from the numbers with rules fixed in ``findings`` (mean and std
 over seeds) and reported as reproduced or not. Writes ``<out>/report.md`` and
 ``<out>/results.json``; runs, samples and logs go to ``--runs`` (the full study: runs/study).
@@ -25,14 +30,17 @@ over seeds) and reported as reproduced or not. Writes ``<out>/report.md`` and
 Quick mode only checks that every number is produced: a generator trained for seconds is
 never right, so its ORM trains on reference / corrupted solutions given with ``--data``, DPO
 pairs on the PRM score alone (``--pair-gap 0``) and ReST-EM keeps solutions by PRM score.
+With ``--model`` it runs every real stage on a few problems (tests/test_study_real.py).
 """
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 import os
 import platform
 import random
+import shutil
 import subprocess
 import sys
 import time
@@ -130,6 +138,142 @@ def write_inputs(seed: int, cfg: dict, root: Path, quick: bool):
         write_jsonl(r / "orm_quick.jsonl", records)
 
 
+# ----------------------------------------------------------------------------- real weights and data
+
+REAL = dict(n=64, t1_n=16, test_limit=0, max_new_tokens=768, rl_problems=0, auc_records=0,
+            seeds=3, train_flags=[], rl_flags=[])
+REAL_QUICK = dict(n=4, t1_n=4, test_limit=8, max_new_tokens=24, rl_problems=2, auc_records=4,
+                  seeds=1, train_flags=["--max-steps", 2, "--batch-size", 2, "--max-len", 160,
+                               "--n-samples", 4, "--n-problems", 2, "--max-new-tokens", 24,
+                               "--sample-batch-size", 2],
+                  rl_flags=["--ppo-steps", 1, "--rollouts", 4, "--iterations", 1, "--pair-gap", 0,
+                            "--temperature", 0.7, "--top-k", 5])
+
+
+def real_files(data_dir: Path, tokenizer=None) -> dict:
+    """The ../shared/data files the real study reads (PRM800K, MATH, the Llama-2 tokenizer)."""
+    files = {"steptree": data_dir / "prm800k/phase1_train_steptree.jsonl",
+             "auc_steptree": data_dir / "prm800k/phase1_test_steptree.jsonl",
+             "math": data_dir / "math/math_train_12k.jsonl",
+             "test": data_dir / "math/math500_test.jsonl",
+             "tokenizer": Path(tokenizer) if tokenizer else data_dir / "tokenizer/llama2/tokenizer.json"}
+    for key, path in files.items():
+        if not path.is_file():
+            sys.exit(f"study.py: {path}: file not found (--data-dir {data_dir}, needed for {key})")
+    return files
+
+
+def real_seed_jobs(seed: int, cfg: dict, root: Path, model: str, files: dict, quick: bool) -> list[Job]:
+    """The same stages on real weights (--model: the base LM of every generator and evaluator)
+    and data: SFT and PRM on PRM800K (easy = MATH levels 1-3), ORM samples on MATH train
+    problems, evaluation on MATH500; the paper's hyper-parameters (train.py --hparams auto)."""
+    r = root / f"seed{seed}"
+    def train_real(algo, name, *flags, math=True):
+        common = ["--model", model, "--tokenizer", files["tokenizer"], *cfg["train_flags"]]
+        common += ["--math-problems", files["math"]] if math else []
+        return [sys.executable, "train.py", "--algo", algo, "--out", str(r / name), "--seed", str(seed),
+                *map(str, common), *map(str, flags)]
+
+    def evaluate_real(policy, name, n):
+        argv = evaluate(policy, files["test"], r / name, seed, n, files["tokenizer"])
+        argv[argv.index("--max-new-tokens") + 1] = str(cfg["max_new_tokens"])
+        return argv + (["--limit", str(cfg["test_limit"])] if cfg["test_limit"] else [])
+
+    # quick: the easy SFT trains long enough at a large lr to write "\n\n"-separated steps,
+    # which the evaluators score and DPO pairs by (the other generators stay at 2 steps)
+    learn = ["--max-steps", 60, "--lr", 3e-2] if quick else []
+    jobs = [Job(name, train_real("sft", name, "--data", files["steptree"], "--levels", levels,
+                                 *(learn if name == "sft_easy" else [])), r / name / "model/config.json")
+            for name, levels in (("sft_easy", "1,2,3"), ("sft_all", "1,2,3,4,5"), ("sft_hard", "4,5"))]
+    jobs.append(Job("icl", [sys.executable, "study.py", "--icl", str(r)], r / "icl.json"))
+    policy = ["--policy", r / "sft_easy/model", "--levels", "1,2,3"]
+    rm_flags = {"prm": ["--data", files["steptree"]], "orm": [], "oprm": ["--data", files["steptree"]]}
+    if quick:   # a generator trained for seconds is never right: the ORM gets given examples
+        rm_flags["orm"] = ["--data", r / "orm_quick.jsonl"]
+    for algo in EVALUATORS:   # (quick ORM: the given records only, no sampling from MATH)
+        jobs.append(Job(algo, train_real(algo, algo, *policy, *rm_flags[algo], math=not (quick and algo == "orm")),
+                        r / algo / "model/config.json", ["sft_easy"]))
+    for name in ("sft_easy", "sft_all", "sft_hard"):
+        n = cfg["n"] if name == "sft_easy" else cfg["t1_n"]
+        jobs.append(Job(f"eval_{name}", evaluate_real(r / name / "model", f"eval_{name}", n),
+                        r / f"eval_{name}/table.json", [name]))
+    jobs.append(Job("rerank", [sys.executable, "study.py", "--rerank", str(r)],
+                    r / "eval_sft_easy/rerank.json", ["eval_sft_easy", *EVALUATORS]))
+    rl = ["--policy", r / "sft_easy/model", "--reward-model", r / "prm/model", *cfg["rl_flags"]]
+    rl += ["--n-problems", cfg["rl_problems"]] if cfg["rl_problems"] else []
+    rl_flags = {"ppo": [], "ppo_outcome": ["--levels", "1,2,3", "--no-process-reward"], "dpo": [],
+                "rest": ["--hard-threshold", 0, "--answer-levels", "4,5"] if quick else []}
+    for name, flags in rl_flags.items():
+        jobs.append(Job(name, train_real(name.split("_")[0], name, *rl, *flags),
+                        r / name / "model/config.json", ["sft_easy", "prm"]))
+        jobs.append(Job(f"eval_{name}", evaluate_real(r / name / "model", f"eval_{name}", 1),
+                        r / f"eval_{name}/table.json", [name]))
+    for j in jobs:
+        j.name, j.deps = f"seed{seed}/{j.name}", {f"seed{seed}/{d}" for d in j.deps}
+    return jobs
+
+
+def write_real_inputs(seed: int, cfg: dict, root: Path, model: str, files: dict, quick: bool):
+    """What the rerank / icl stages of a real seed read: settings, held-out PRM800K test step
+    ratings (MATH500 problems, levels attached) and, in quick mode, the ORM's given records."""
+    from data import prm800k
+    from data.readers import load_math, write_jsonl
+    r = root / f"seed{seed}"
+    r.mkdir(parents=True, exist_ok=True)
+    test = load_math(files["test"])
+    _, records = prm800k.load_prm800k_steptree(files["auc_steptree"], math_problems=test)
+    records = [x for x in records if x["level"] is not None]
+    if cfg["auc_records"]:   # the first few of each difficulty
+        kept = {"easy": [], "hard": []}
+        for x in records:
+            group = kept["easy" if x["level"] <= 3 else "hard"]
+            if len(group) < cfg["auc_records"]:
+                group.append(x)
+        records = kept["easy"] + kept["hard"]
+    write_jsonl(r / "auc_records.jsonl", records)
+    settings = {"mode": "real", "model": str(model), "test": str(files["test"]), "math": str(files["math"]),
+                "tokenizer": str(files["tokenizer"]), "limit": cfg["test_limit"],
+                "max_new_tokens": cfg["max_new_tokens"], "seed": seed}
+    (r / "inputs.json").write_text(json.dumps(settings, indent=1) + "\n")
+    if quick:
+        rows = []
+        for p in [p for p in load_math(files["math"]) if p["level"] in (1, 2, 3)][:4]:
+            for answer, label in ((p["answer"], 1), (p["answer"] + "1", 0)):
+                rows.append({"id": p["id"], "question": p["question"], "steps": p["steps"],
+                             "answer": answer, "step_labels": [None] * len(p["steps"]),
+                             "outcome_label": label, "level": p["level"]})
+        write_jsonl(r / "orm_quick.jsonl", rows)
+
+
+def device_and_dtype():
+    """A GPU in bfloat16 when there is one, else the CPU in float32 on one thread."""
+    import torch
+    if torch.cuda.is_available():
+        return "cuda", torch.bfloat16
+    torch.set_num_threads(1)
+    return "cpu", torch.float32
+
+
+def icl(seed_dir: Path):
+    """The few-shot baseline on the base model: 4 easy exemplars from MATH train, greedy."""
+    import torch
+    from data.readers import load_math
+    from e2h.checkpoint import load_model
+    from e2h.sft import evaluate_icl, pick_exemplars
+    from e2h.tokenizer import Tokenizer
+    inputs = json.loads((seed_dir / "inputs.json").read_text())
+    device, dtype = device_and_dtype()
+    model = load_model(inputs["model"], dtype=dtype, device=device).eval()
+    exemplars = pick_exemplars(load_math(inputs["math"]), "easy", 4, random.Random(inputs["seed"]))
+    problems = load_math(inputs["test"])[:inputs["limit"] or None]
+    with torch.no_grad():
+        samples, acc = evaluate_icl(model, Tokenizer(inputs["tokenizer"]), problems, exemplars,
+                                    max_new_tokens=inputs["max_new_tokens"])
+    from data.readers import write_jsonl
+    write_jsonl(seed_dir / "icl_samples.jsonl", samples)
+    (seed_dir / "icl.json").write_text(json.dumps({"greedy": acc}) + "\n")
+
+
 def run_jobs(jobs: list[Job], workers: int, log_dir: Path, on_done=None) -> dict:
     """Run jobs whose dependencies are met, ``workers`` at a time, earliest in the list first;
     a job whose output exists is skipped. Returns {name: wall seconds}."""
@@ -173,35 +317,53 @@ def rerank(seed_dir: Path):
     (the same samples and subsets for every evaluator)."""
     import torch
     from e2h.checkpoint import load_model
-    from data import synthetic
     from e2h.evaluate import rerank_table, rm_auc_by_difficulty, score_samples
-    from e2h.rm import prm_examples
     from e2h.tokenizer import Tokenizer
-    torch.set_num_threads(1)
+    device, dtype = device_and_dtype()
     ev = seed_dir / "eval_sft_easy"
     args = json.loads((ev / "table.json").read_text())["args"]
     tok = Tokenizer(seed_dir / "sft_easy/model/tokenizer.json")
     samples = [json.loads(line) for line in (ev / "samples.jsonl").read_text().splitlines()]
-    problems = [json.loads(line) for line in (seed_dir / "test.jsonl").read_text().splitlines()]
-    first = {}                                   # held-out RM records: 4 samples per problem
-    for s in samples:
-        first.setdefault(s["id"], []).append(s)
-    records = prm_examples([s for group in first.values() for s in group[:4]], problems,
-                           synthetic.label_solution)
-    tables = {}
+    records = held_out_rm_records(seed_dir, samples)
+    tables, kept = {}, [{k: s[k] for k in ("id", "level", "completion", "answer", "correct")} | {"scores": {}}
+                        for s in samples]
     for name in EVALUATORS:
-        rm = load_model(seed_dir / name / "model").eval()
+        rm = load_model(seed_dir / name / "model", dtype=dtype, device=device).eval()
         with torch.no_grad():
             scored = score_samples(rm, tok, [dict(s) for s in samples])
             auc = rm_auc_by_difficulty(rm, tok, records, 16)
+        for k, s in zip(kept, scored):
+            k["scores"][name] = {"steps": s["step_scores"], "outcome": s["outcome_score"]}
         tables[name] = rerank_table(scored, seed=args["seed"], with_rm=True)
         tables[name]["held_out_auc"] = auc
         tables[name]["within_auc"] = within_problem_auc(
             scored, [min(s["step_scores"] or [0.0]) for s in scored])
+        del rm
     # the same quantity for the generator's own confidence: does the signal exist at all?
-    policy = load_model(seed_dir / "sft_easy" / "model").eval()
-    tables["generator"] = {"within_auc": within_problem_auc(samples, min_token_probs(policy, tok, samples))}
+    policy = load_model(seed_dir / "sft_easy" / "model", dtype=dtype, device=device).eval()
+    confidence = min_token_probs(policy, tok, samples)
+    tables["generator"] = {"within_auc": within_problem_auc(samples, confidence)}
+    for k, c in zip(kept, confidence):
+        k["scores"]["generator_min_token_prob"] = c
+    with gzip.open(ev / "scored_samples.jsonl.gz", "wt") as f:
+        f.writelines(json.dumps(k) + "\n" for k in kept)
     (ev / "rerank.json").write_text(json.dumps(tables) + "\n")
+
+
+def held_out_rm_records(seed_dir: Path, samples: list[dict]) -> list[dict]:
+    """Step-labelled RM records the evaluators never trained on: real mode, the PRM800K test
+    ratings written by ``write_real_inputs``; synthetic, the first 4 test samples per problem
+    with program-checked labels."""
+    from data import synthetic
+    from e2h.rm import prm_examples
+    if (seed_dir / "inputs.json").is_file():
+        return [json.loads(line) for line in (seed_dir / "auc_records.jsonl").read_text().splitlines()]
+    problems = [json.loads(line) for line in (seed_dir / "test.jsonl").read_text().splitlines()]
+    first = {}
+    for s in samples:
+        first.setdefault(s["id"], []).append(s)
+    return prm_examples([s for group in first.values() for s in group[:4]], problems,
+                        synthetic.label_solution)
 
 
 def within_problem_auc(samples: list[dict], scores: list[float]) -> dict:
@@ -231,7 +393,7 @@ def min_token_probs(policy, tok, samples: list[dict], batch_size: int = 64) -> l
     out = []
     for i in range(0, len(samples), batch_size):
         part = [encode_completion(tok, s["question"], s["completion"]) for s in samples[i:i + batch_size]]
-        tokens = collate([p + c for p, c in part], tok.pad_id)
+        tokens = collate([p + c for p, c in part], tok.pad_id).to(next(policy.parameters()).device)
         with torch.no_grad():
             logps = token_logps(policy(tokens), tokens)                      # (B, T-1)
         for b, (p, c) in enumerate(part):
@@ -265,9 +427,12 @@ def collect(seed_dir: Path, cfg: dict) -> dict:
                      for kind in ("step", "outcome")}
         auc[name].update({f"test_{s}_outcome_min": table["auc"]["min"][s] for s in ("easy", "hard")})
         auc[name].update({f"within_{s}": table["within_auc"][s] for s in ("easy", "hard")})
-    t2 = {"sft_easy": {k: final_metrics(seed_dir / "sft_easy")[f"test_{k}_acc"] for k in SPLITS}}
-    for name in RL:
-        t2[name] = {k: final_metrics(seed_dir / name)[f"test_{k}_acc"] for k in SPLITS}
+    if (seed_dir / "inputs.json").is_file():   # real: greedy on MATH500 by e2h.evaluate
+        t1["icl"] = json.loads((seed_dir / "icl.json").read_text())
+        greedy = lambda name: json.loads((seed_dir / f"eval_{name}/table.json").read_text())["greedy"]
+    else:                                      # synthetic: train.py's closing evaluation
+        greedy = lambda name: {k: final_metrics(seed_dir / name)[f"test_{k}_acc"] for k in SPLITS}
+    t2 = {name: greedy(name) for name in ("sft_easy", *RL)}
     return {"table1": t1, "rerank": curves, "auc": auc, "table2": t2}
 
 
@@ -332,19 +497,21 @@ def markdown(summary: dict, found: list[dict], meta: dict, cfg: dict) -> str:
              *(["**Partial: written while later seeds were still running.**", ""] if meta.get("partial") else []),
              f"Command: `{meta['command']}`  ", f"Machine: {meta['machine']}  ",
              f"Wall time: {meta['wall_s'] / 60:.1f} min (2 stages at a time, one thread each)", "",
-             "Accuracy (%) on the synthetic curriculum's test problems, mean ± std over seeds; "
+             f"Accuracy (%) on {meta['test_set']}, mean ± std over seeds; "
              f"Easy = levels 1-3, Hard = 4-5. Settings: `{json.dumps(cfg)}`.", "",
              "## Findings", "", "Rule: a difference counts when its mean over seeds exceeds one std "
              "(with one seed, when it is positive); F2 asks for a mean >= 0, F4 for >= 10 points.", "",
              "| finding | claim | result | reproduced |", "|---|---|---|---|"]
     said = {True: "yes", False: "no", None: "-"}
     lines += [f"| {f['name']} | {f['claim']} | {f['value']} | {said[f['reproduced']]} |" for f in found]
-    lines += ["", f"## Table 1: generators ({meta['t1_problems']} test problems per level)", "",
+    lines += ["", f"## Table 1: generators ({meta['test_set']})", "",
               "| generator | decoding | Easy | Hard | All |", "|---|---|---|---|---|"]
     for name, by_dec in summary["table1"].items():
         for dec, by_split in by_dec.items():
             lines.append(row(f"{name} | {dec}", by_split))
-    lines += ["| ICL | - | not run: the embedded base model is random | | |", ""]
+    if "icl" not in summary["table1"]:
+        lines += ["| ICL | - | not run: the embedded base model is random | | |"]
+    lines += [""]
     lines += [f"## Re-ranking the easy SFT policy's samples with easy-trained evaluators (N = {top})", "",
               "| evaluator | method | Easy | Hard | All |", "|---|---|---|---|---|"]
     for ev, by_m in summary["rerank"].items():
@@ -368,8 +535,7 @@ def markdown(summary: dict, found: list[dict], meta: dict, cfg: dict) -> str:
     for ev, by_k in summary["auc"].items():
         lines.append(f"| {ev.upper()} | " + " | ".join(
             f"{by_k[k][0]:.3f} ± {by_k[k][1]:.3f}" if k in by_k else "-" for k in summary["auc"]["prm"]) + " |")
-    lines += ["", "## Table 2: RL from the easy SFT policy against the easy PRM (greedy, "
-              f"{cfg['eval_problems']} test problems per level)", "",
+    lines += ["", f"## Table 2: RL from the easy SFT policy against the easy PRM (greedy, {meta['greedy_set']})", "",
               "| method | Easy | Hard | All |", "|---|---|---|---|"]
     lines += [row(name, by_split) for name, by_split in summary["table2"].items()]
     lines += ["", "## Wall time per stage (s, mean over seeds)", "", "| stage | s |", "|---|---|"]
@@ -384,6 +550,11 @@ def write_report(out: Path, runs: Path, seeds: list[int], cfg: dict, meta: dict)
     (out / "results.json").write_text(json.dumps({"meta": meta, "settings": cfg, "summary": summary,
                                                   "findings": found, "per_seed": per_seed}, indent=1) + "\n")
     (out / "report.md").write_text(markdown(summary, found, meta, cfg))
+    for s in seeds:   # the re-ranked samples with every score, for a reader to re-analyse
+        scored = runs / f"seed{s}" / "eval_sft_easy" / "scored_samples.jsonl.gz"
+        if scored.is_file():
+            (out / "samples").mkdir(exist_ok=True)
+            shutil.copyfile(scored, out / "samples" / f"seed{s}_sft_easy.jsonl.gz")
     return found
 
 
@@ -394,11 +565,22 @@ def main(argv=None):
     p.add_argument("--out", default="results", help="report folder; runs go to <out>/runs")
     p.add_argument("--runs", default=None, help="run folders, samples and logs (default: <out>/runs)")
     p.add_argument("--jobs", type=int, default=2, help="stages run at once")
-    p.add_argument("--rerank", default=None, help=argparse.SUPPRESS)   # internal stage
+    p.add_argument("--model", default=None, help="HF Llama directory (e.g. Llemma-7B): the real "
+                   "study on PRM800K / MATH from --data-dir instead of the synthetic curriculum")
+    p.add_argument("--data-dir", default="../shared/data", help="real data folder (with --model)")
+    p.add_argument("--tokenizer", default=None, help="tokenizer.json with --model "
+                   "(default: <data-dir>/tokenizer/llama2/tokenizer.json)")
+    p.add_argument("--rerank", default=None, help=argparse.SUPPRESS)   # internal stages
+    p.add_argument("--icl", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.rerank:
         return rerank(Path(args.rerank))
-    cfg = dict(QUICK if args.quick else FULL)
+    if args.icl:
+        return icl(Path(args.icl))
+    if args.model and not (Path(args.model) / "config.json").is_file():
+        sys.exit(f"study.py: --model {args.model}: no config.json there (an HF Llama directory)")
+    files = real_files(Path(args.data_dir), args.tokenizer) if args.model else None
+    cfg = dict((REAL_QUICK if args.quick else REAL) if args.model else (QUICK if args.quick else FULL))
     seeds = list(range(args.seeds or cfg.pop("seeds")))
     cfg.pop("seeds", None)
     out, runs = Path(args.out), Path(args.runs or Path(args.out) / "runs")
@@ -406,11 +588,21 @@ def main(argv=None):
     t0 = time.time()
     jobs = []
     for s in seeds:
-        write_inputs(s, cfg, runs, args.quick)
-        jobs += seed_jobs(s, cfg, runs, args.quick)
-    meta = {"mode": "quick" if args.quick else "full", "command": " ".join(["python", *sys.argv]),
+        if args.model:
+            write_real_inputs(s, cfg, runs, args.model, files, args.quick)
+            jobs += real_seed_jobs(s, cfg, runs, args.model, files, args.quick)
+        else:
+            write_inputs(s, cfg, runs, args.quick)
+            jobs += seed_jobs(s, cfg, runs, args.quick)
+    if args.model:
+        test_set = greedy_set = "MATH500" + (f" (its first {cfg['test_limit']} problems)" if cfg["test_limit"] else "")
+    else:
+        test_set = f"{cfg['test_problems']} synthetic test problems per level"
+        greedy_set = f"{cfg['eval_problems']} synthetic test problems per level"
+    meta = {"mode": ("quick" if args.quick else "full") + (" real" if args.model else ""),
+            "command": " ".join(["python", *sys.argv]),
             "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, {platform.platform()}",
-            "t1_problems": cfg["test_problems"]}
+            "test_set": test_set, "greedy_set": greedy_set}
     def stage_means(times):
         by_stage = {}
         for name, secs in times.items():

@@ -2,6 +2,7 @@
 report is produced. The values of a generator trained for seconds mean nothing, so only their
 presence and type are checked; the AUCs may be NaN (a class can be empty when every sample is
 wrong)."""
+import gzip
 import json
 import math
 import subprocess
@@ -71,6 +72,9 @@ def test_quick_study_produces_every_number(tmp_path):
         assert (f["reproduced"] is None) if f["name"] in comparisons else isinstance(f["reproduced"], bool)
     report = (out / "report.md").read_text()
     assert "## Findings" in report and "## Table 2" in report
+    with gzip.open(out / "samples" / "seed0_sft_easy.jsonl.gz", "rt") as f:
+        first = json.loads(f.readline())
+    assert set(first["scores"]) == {"orm", "prm", "oprm", "generator_min_token_prob"}
 
 
 def test_within_problem_auc_by_hand():
