@@ -163,15 +163,19 @@ def real_files(data_dir: Path, tokenizer=None) -> dict:
     return files
 
 
-def real_seed_jobs(seed: int, cfg: dict, root: Path, model: str, files: dict, quick: bool) -> list[Job]:
+def real_seed_jobs(seed: int, cfg: dict, root: Path, model: str, files: dict, quick: bool,
+                   nproc: int = 1) -> list[Job]:
     """The same stages on real weights (--model: the base LM of every generator and evaluator)
     and data: SFT and PRM on PRM800K (easy = MATH levels 1-3), ORM samples on MATH train
-    problems, evaluation on MATH500; the paper's hyper-parameters (train.py --hparams auto)."""
+    problems, evaluation on MATH500; the paper's hyper-parameters (train.py --hparams auto).
+    ``nproc`` > 1 runs each training stage under torchrun with that many ranks (FSDP2)."""
     r = root / f"seed{seed}"
+    launch = [sys.executable] + (["-m", "torch.distributed.run", "--standalone",
+                                  f"--nproc_per_node={nproc}"] if nproc > 1 else [])
     def train_real(algo, name, *flags, math=True):
         common = ["--model", model, "--tokenizer", files["tokenizer"], *cfg["train_flags"]]
         common += ["--math-problems", files["math"]] if math else []
-        return [sys.executable, "train.py", "--algo", algo, "--out", str(r / name), "--seed", str(seed),
+        return [*launch, "train.py", "--algo", algo, "--out", str(r / name), "--seed", str(seed),
                 *map(str, common), *map(str, flags)]
 
     def evaluate_real(policy, name, n):
@@ -570,6 +574,8 @@ def main(argv=None):
     p.add_argument("--data-dir", default="../shared/data", help="real data folder (with --model)")
     p.add_argument("--tokenizer", default=None, help="tokenizer.json with --model "
                    "(default: <data-dir>/tokenizer/llama2/tokenizer.json)")
+    p.add_argument("--nproc", type=int, default=1, help="with --model: ranks per training stage "
+                   "(torchrun, FSDP2; e.g. the GPU count, with --jobs 1)")
     p.add_argument("--rerank", default=None, help=argparse.SUPPRESS)   # internal stages
     p.add_argument("--icl", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -590,7 +596,7 @@ def main(argv=None):
     for s in seeds:
         if args.model:
             write_real_inputs(s, cfg, runs, args.model, files, args.quick)
-            jobs += real_seed_jobs(s, cfg, runs, args.model, files, args.quick)
+            jobs += real_seed_jobs(s, cfg, runs, args.model, files, args.quick, args.nproc)
         else:
             write_inputs(s, cfg, runs, args.quick)
             jobs += seed_jobs(s, cfg, runs, args.quick)
