@@ -70,10 +70,12 @@ def train(algo, out, seed, cfg, *flags) -> list[str]:
             "--eval-problems", str(cfg["eval_problems"]), *map(str, flags)]
 
 
-def evaluate(policy, test, out, seed, n, tok) -> list[str]:
+def evaluate(policy, test, out, seed, n, tok, max_new_tokens=96, limit=0) -> list[str]:
+    """e2h.evaluate at the paper's sampling settings (T 0.7, top-k 20); limit 0: every problem."""
     return [sys.executable, "-m", "e2h.evaluate", "--policy", str(policy), "--data", str(test),
             "--tokenizer", str(tok), "--out", str(out), "--n", str(n), "--seed", str(seed),
-            "--max-new-tokens", "96", "--temperature", "0.7", "--top-k", "20"]
+            "--max-new-tokens", str(max_new_tokens), "--temperature", "0.7", "--top-k", "20",
+            *(["--limit", str(limit)] if limit else [])]
 
 
 def seed_jobs(seed: int, cfg: dict, root: Path, quick: bool) -> list[Job]:
@@ -179,9 +181,8 @@ def real_seed_jobs(seed: int, cfg: dict, root: Path, model: str, files: dict, qu
                 *map(str, common), *map(str, flags)]
 
     def evaluate_real(policy, name, n):
-        argv = evaluate(policy, files["test"], r / name, seed, n, files["tokenizer"])
-        argv[argv.index("--max-new-tokens") + 1] = str(cfg["max_new_tokens"])
-        return argv + (["--limit", str(cfg["test_limit"])] if cfg["test_limit"] else [])
+        return evaluate(policy, files["test"], r / name, seed, n, files["tokenizer"],
+                        cfg["max_new_tokens"], cfg["test_limit"])
 
     # quick: the easy SFT trains long enough at a large lr to write "\n\n"-separated steps,
     # which the evaluators score and DPO pairs by (the other generators stay at 2 steps)
@@ -322,6 +323,7 @@ def rerank(seed_dir: Path):
     import torch
     from e2h.checkpoint import load_model
     from e2h.evaluate import rerank_table, rm_auc_by_difficulty, score_samples
+    from e2h.rm import aggregate
     from e2h.tokenizer import Tokenizer
     device, dtype = device_and_dtype()
     ev = seed_dir / "eval_sft_easy"
@@ -340,8 +342,8 @@ def rerank(seed_dir: Path):
             k["scores"][name] = {"steps": s["step_scores"], "outcome": s["outcome_score"]}
         tables[name] = rerank_table(scored, seed=args["seed"], with_rm=True)
         tables[name]["held_out_auc"] = auc
-        tables[name]["within_auc"] = within_problem_auc(
-            scored, [min(s["step_scores"] or [0.0]) for s in scored])
+        tables[name]["within_auc"] = within_problem_auc(   # the score best-of-n ranks by
+            scored, [aggregate(s["step_scores"] or [], s["outcome_score"], "min") for s in scored])
         del rm
     # the same quantity for the generator's own confidence: does the signal exist at all?
     policy = load_model(seed_dir / "sft_easy" / "model", dtype=dtype, device=device).eval()
