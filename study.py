@@ -52,7 +52,7 @@ SPLITS = ("easy", "hard", "all")
 EVALUATORS = ("orm", "prm", "oprm")
 RL = ("ppo", "ppo_outcome", "dpo", "rest")
 FULL = dict(preset="small", sft_steps=500, sft_batch=32, sft_lr=2e-3, eval_problems=100,
-            rm_lr=1e-4, rm_steps=300, rm_problems=100, rm_samples=8, test_problems=30, n=64,
+            rm_lr=3e-4, rm_steps=600, rm_problems=400, rm_samples=8, test_problems=30, n=64,
             t1_n=16, ppo_steps=20, rollouts=64, rl_problems=50, seeds=3)
 QUICK = dict(preset="tiny", sft_steps=20, sft_batch=8, sft_lr=3e-3, eval_problems=2,
              rm_lr=1e-3, rm_steps=4, rm_problems=2, rm_samples=2, test_problems=2, n=4,

@@ -1,60 +1,67 @@
-"""The embedded default: a synthetic easy-to-hard arithmetic curriculum (levels 1-5).
+"""The embedded default: a synthetic easy-to-hard curriculum (levels 1-5), a walk on primes.
 
-A problem starts from a two-digit value and applies five operations, left to right, mod 100:
+A problem starts at an odd prime and has five slots; each slot offers two operations, and
+exactly one way through the slots keeps every value prime (mod 100):
 
-    Start at 47. Apply +05, -00, -08, +09, +00 (mod 100).
+    Start at 43. Apply -06/-08, -02/-06, +06/-08, +00/-00, +04/-02 (mod 100);
+    each result must be prime.
 
-Every problem has the same five operation slots; level L has L real operations (add or
-subtract a digit 1-9, carries and borrows included) at random slots and 5 - L do-nothing
-ones (+00, -00). The reference solution always writes one step per slot, ``47+05=52``, then
-``# Answer`` and the final value; numbers have two digits. Prompt and solution have the same
-layout and length at every level, so a hard problem is more real arithmetic, never an unseen
-length or position (a level written as "L operations" fails: CURRICULUM.md). The steps of a
-hard problem are the same kind as an easy one's, which is what lets a step-level evaluator
-trained on easy problems judge hard ones; the generator's errors compound over more steps.
+    43-06=37, 37-06=31, 31+06=37, 37+00=37, 37+04=41   answer 41
 
-Step labels (the stand-in for PRM800K's raters) are judged locally: step k is correct iff
-it reads ``a<op>b=c`` with ``a`` the previous *written* result (the start value for k = 1),
-``<op>b`` slot k of the question, and ``c = a <op> b mod 100``. A step after an error that
-correctly carries the wrong value on is labelled 1. The label is then a function of (slot k,
-previous result, step k) alone, the same function at every level: the thing an easy-trained
-evaluator must carry over to hard problems. min/prod aggregation still turns one wrong step
-into a low solution score, and PPO's min-shaped process reward lands on the wrong step
-instead of on every later one. Steps beyond the fifth are wrong. The outcome label is
-final-answer correctness (``e2h.grader.grade_answer``).
+Level L has L real slots (two different operations from +-2, +-4, +-6, +-8) at random
+positions and 5 - L do-nothing ones (``+00/-00`` or ``-00/+00``: either keeps the value). The
+reference solution writes one step per slot, ``43-06=37``, then ``# Answer`` and the final
+value; numbers have two digits. Prompt and solution have the same layout and length at every
+level, so a hard problem is more real choices, never an unseen length or position (a level
+written as "L operations" fails: CURRICULUM.md).
 
-Design measurements (model "small", 0.83M parameters, tokenizer vocab 128 -> 79 tokens per
-example; AdamW, cosine, SFT on levels 1-3; greedy accuracy on 200 test problems per level):
-- two-digit operands and *b: 237 steps of batch 64 (1.6M tokens) left arithmetic unlearned
-  (greedy 0.05 / 0.04 / 0.04 / 0.02 / 0.04); the model learned the layout (do-nothing steps
-  right 698/700) but only ~4 of 79 tokens per example carry arithmetic.
-- one-digit +/-, batch 32, lr 2e-3: learning is a sharp transition with SFT steps:
-  step 300: 0.37/0.26/0.20/0.12/0.05, 350: 0.69/0.46/0.37/0.28/0.19,
-  400: 0.80/0.67/0.55/0.56/0.44, 450: 0.93/0.85/0.75/0.78/0.68, 500: 0.97/0.94/0.90/0.89/0.82.
-  At 500 steps, T 0.7 top-k 20: pass@16 0.99 / 0.99 / 0.98 on levels 3-5 against
-  maj@16 0.92 / 0.89 / 0.85 (errors are systematic per problem, majority ~ greedy).
-- verifier (generator trunk + zero-initialised head, per-token BCE on 6000 program-labelled
-  solutions to easy problems sampled at T 1.0 from the step-400 checkpoint, 13% wrong steps;
-  600 steps, batch 32): within-problem AUC on levels 4/5 0.50/0.45 at lr 2e-3, 0.53/0.52
-  at 3e-4, 0.62/0.55 at 1e-4; weighted voting = majority +-0.015; best-of-16 0.57-0.69, far
-  below majority. "First error" labels (later steps 0) did no better (0.50 on level 4). The
-  generator's own minimum token probability ranks the same samples at AUC 0.89: the signal
-  exists, and a short verifier run does not yet extract it.
-- the same verifier with one corrupted copy of the reference solution added per sampled
-  solution (one real step's result off by 1, 2, 9, 10 or 11, later steps carried on: 14% wrong
-  steps, every problem with a right and a wrong version): within-problem AUC on levels 4/5
-  0.48/0.56 at lr 3e-4, 0.55/0.52 at 1e-3; labels on the "\n\n" tokens only: 0.51/0.50;
-  3000 steps instead of 600 (lr 3e-4): 0.57/0.50, training loss 0.28 -> 0.24. Weighted voting
-  stays within 1 point of majority in every variant. The verifier learns which steps are risky
-  (step AUC 0.7-0.8 across problems: a real operation fails more often than +00), not whether
-  a step's arithmetic is right: in this curriculum, checking a step is the same computation as
-  writing it, so an evaluator has no advantage over the generator it judges.
-- with train.py's SFT (batch 32, lr 2e-3, cosine to 0, 3000 problems per level) the
-  transition comes at a seed-dependent step: at 500 steps seed 0 reaches 34 / 15 (easy /
-  hard greedy, 100 problems per level), seed 1 79 / 52; at 800 steps both reach 100 / 100.
-  Once the arithmetic is learned it carries to hard problems in full: the easy-to-hard gap of
-  this curriculum exists only while the generator is learning (errors compound over more real
-  operations), unlike MATH, where hard problems need skills easy ones do not teach.
+Why a walk on primes: checking a written step is easier than choosing it, as in the paper's
+mathematics. A step is right iff it starts from the previous value, uses an operation on its
+slot's menu, has the arithmetic right and lands on a prime: a local check on numbers the
+checker can read, the same at every level. Writing a step means trying both operations and,
+where both land on primes (a branch point), looking ahead to see which one the later menus
+can continue; the wrong branch only fails at a later slot. Hard problems have more real slots
+and more branch points (of 300 problems per level, levels 1 / 3 / 5: 0 / 81 / 191 have at
+least one), so the generator's errors grow with the level while the check does not change.
+In an earlier version of this curriculum (one given operation per slot, no choice) checking
+a step was the same computation as writing it, and no evaluator trained on easy problems
+re-ranked hard ones better than majority voting: measurements below.
+
+Step labels (the stand-in for PRM800K's raters) are judged locally: step k is correct iff it
+reads ``a<op>b=c`` with ``a`` the previous *written* value (the start for k = 1), ``<op>b``
+one of slot k's two operations, ``c = a <op> b mod 100`` and ``c`` prime. A step after an
+error that correctly continues from the wrong value is labelled 1, so one wrong choice shows
+as a wrong step where the walk can no longer go on; steps beyond the fifth are wrong. The
+outcome label is final-answer correctness (``e2h.grader.grade_answer``): with one walk per
+problem, a solution whose steps are all right has the right answer.
+
+Measurements (model "small", 0.83M parameters, tokenizer vocab 128; ``study.py``'s settings:
+SFT 500 steps of batch 32 on levels 1-3; seed 0, 30 test problems per level, 64 samples at
+T 0.7, top-k 20):
+- easy SFT greedy 64.7 / 35.0 % (easy / hard, 100 problems per level); pass@64 on levels
+  1-5 1.00 / 1.00 / 0.97 / 0.93 / 1.00 with per-sample accuracy 0.70 / 0.55 / 0.37 / 0.34 /
+  0.23: plenty for a re-ranker to pick from.
+- the generator hardly ever writes a composite (4 of 5388 first errors): when it goes wrong it
+  writes a prime with the arithmetic off (2767) or an operation that is not on the slot's menu
+  (2614). Its own smallest token probability ranks its samples at chance within a problem.
+- PRM (easy SFT trunk, program labels on 800 sampled easy solutions, 300 steps, lr 1e-4):
+  weighted voting 2-3 points *below* majority on Hard. With 4800 sampled solutions, 900
+  steps at lr 3e-4: step AUC 0.94 / 0.80 (easy / hard) and weighted voting 38.8 / 45.0 % on
+  Hard at N = 16 / 64 against majority 33.2 / 33.3; at lr 1e-3 no gain (32.2 / 31.7).
+
+Measurements of the earlier version (one given +/- operation per slot; greedy accuracy on 200
+test problems per level):
+- two-digit operands: 237 SFT steps of batch 64 left the arithmetic unlearned (greedy
+  0.05 / 0.04 / 0.04 / 0.02 / 0.04). One-digit operands, batch 32, lr 2e-3: learning is a
+  sharp transition, 300 steps 0.37 / 0.26 / 0.20 / 0.12 / 0.05, 500 steps 0.97 / 0.94 / 0.90
+  / 0.89 / 0.82, and at 800 steps 100 / 100 (easy / hard): once learned, the arithmetic
+  carries to hard problems in full and the easy-to-hard gap exists only while learning.
+- verifiers (generator trunk + zero-initialised head, per-token BCE on 6000-7500 program-
+  labelled easy solutions; 600-3000 steps; lr 1e-4 to 2e-3; with or without a corrupted copy
+  of the reference per sample; labels on every token or on the step delimiters only): within-
+  problem AUC 0.48-0.62 on levels 4 / 5 and weighted voting within 1.5 points of majority in
+  every variant. They learned which steps are risky (a real operation fails more often than
+  +00), not whether a step's arithmetic is right.
 """
 from __future__ import annotations
 
@@ -68,11 +75,12 @@ from e2h.grader import grade_answer
 SYNTHETIC_LEVELS = (1, 2, 3, 4, 5)
 N_SLOTS = 5
 MOD = 100
-OPS = "+-"            # real operations: add or subtract a one-digit operand (1-9)
-OPERAND_MAX = 9
-IDENTITY_OPS = (("+", 0), ("-", 0))
+REAL_OPS = tuple((op, b) for op in "+-" for b in (2, 4, 6, 8))
+IDENTITY_MENU = (("+", 0), ("-", 0))
+PRIMES = frozenset(p for p in range(2, MOD) if all(p % d for d in range(2, int(p ** 0.5) + 1)))
 SPLIT_BUCKETS = {"test": (0,), "validation": (1,), "train": tuple(range(2, 10))}
-_STEP = re.compile(r"^(\d+)([+\-*])(\d+)=(\d+)$")
+_STEP = re.compile(r"^(\d+)([+\-])(\d+)=(\d+)$")
+_QUESTION = re.compile(r"Start at (\d+)\. Apply (.*) \(mod \d+\); each result must be prime\.$")
 
 
 def _num(x: int) -> str:
@@ -84,42 +92,49 @@ def apply_op(a: int, op: str, b: int) -> int:
         return (a + b) % MOD
     if op == "-":
         return (a - b) % MOD
-    if op == "*":
-        return (a * b) % MOD
     raise ValueError(f"data/synthetic.py: unknown operation {op!r}")
 
 
-def _real_op(rng: random.Random) -> tuple[str, int]:
-    op = rng.choice(OPS)
-    return (op, rng.randint(2, OPERAND_MAX)) if op == "*" else (op, rng.randint(1, OPERAND_MAX))
+def question_text(start: int, menus: list[tuple]) -> str:
+    slots = ("/".join(f"{op}{_num(b)}" for op, b in menu) for menu in menus)
+    return f"Start at {_num(start)}. Apply {', '.join(slots)} (mod {MOD}); each result must be prime."
 
 
-def question_text(start: int, ops: list[tuple[str, int]]) -> str:
-    return f"Start at {_num(start)}. Apply " + ", ".join(f"{o}{_num(b)}" for o, b in ops) \
-        + f" (mod {MOD})."
-
-
-def solve(start: int, ops: list[tuple[str, int]]) -> tuple[list[str], str]:
-    """Reference steps (one per slot) and the final answer."""
-    steps, x = [], start
-    for op, b in ops:
-        y = apply_op(x, op, b)
-        steps.append(f"{_num(x)}{op}{_num(b)}={_num(y)}")
-        x = y
-    return steps, _num(x)
+def walks(start: int, menus: list[tuple]) -> list[list[tuple[str, int, int]]]:
+    """Every way through the menus that keeps each value prime, as [(op, b, value), ...] per
+    walk; two operations of one slot that give the same value count once."""
+    if len(menus) == 0:
+        return [[]]
+    found, seen = [], set()
+    for op, b in menus[0]:
+        y = apply_op(start, op, b)
+        if y in PRIMES and y not in seen:
+            seen.add(y)
+            found += [[(op, b, y)] + rest for rest in walks(y, menus[1:])]
+    return found
 
 
 def make_problem(level: int, rng: random.Random) -> dict:
-    """One problem of the given level, drawn from ``rng`` (a ``random.Random``)."""
+    """One problem of the given level, drawn from ``rng`` (a ``random.Random``): menus are
+    drawn until exactly one walk keeps every value prime."""
     if level not in SYNTHETIC_LEVELS:
         raise ValueError(f"data/synthetic.py: level {level} not in {SYNTHETIC_LEVELS}")
-    real = set(rng.sample(range(N_SLOTS), level))
-    ops = [_real_op(rng) if k in real else rng.choice(IDENTITY_OPS) for k in range(N_SLOTS)]
-    start = rng.randint(1, MOD - 1)
-    steps, answer = solve(start, ops)
-    question = question_text(start, ops)
+    odd_primes = sorted(p for p in PRIMES if p % 2)
+    while True:
+        start = rng.choice(odd_primes)
+        real = set(rng.sample(range(N_SLOTS), level))
+        menus = [tuple(rng.sample(REAL_OPS if k in real else IDENTITY_MENU, 2))
+                 for k in range(N_SLOTS)]
+        found = walks(start, menus)
+        if len(found) == 1:
+            break
+    steps, x = [], start
+    for op, b, y in found[0]:
+        steps.append(f"{_num(x)}{op}{_num(b)}={_num(y)}")
+        x = y
+    question = question_text(start, menus)
     return {"id": "syn-" + hashlib.sha1(question.encode()).hexdigest()[:12],
-            "question": question, "answer": answer, "level": level,
+            "question": question, "answer": _num(x), "level": level,
             "subject": "arithmetic", "steps": steps}
 
 
@@ -151,30 +166,32 @@ def make_split(n_per_level: int, levels=SYNTHETIC_LEVELS, seed: int = 0,
     return problems
 
 
-def parse_question(question: str) -> tuple[int, list[tuple[str, int]]]:
-    m = re.match(r"Start at (\d+)\. Apply (.*) \(mod \d+\)\.$", question.strip())
+def parse_question(question: str) -> tuple[int, list[tuple]]:
+    """(start, menus): one tuple of (op, operand) pairs per slot."""
+    m = _QUESTION.match(question.strip())
     if m is None:
         raise ValueError(f"data/synthetic.py: not a synthetic question: {question!r}")
-    ops = [(s[0], int(s[1:])) for s in m.group(2).split(", ")]
-    return int(m.group(1)), ops
+    menus = [tuple((s[0], int(s[1:])) for s in slot.split("/")) for slot in m.group(2).split(", ")]
+    return int(m.group(1)), menus
 
 
 def label_solution(problem: dict, completion: str) -> tuple[list[int], int]:
     """Program-checked labels of a written solution: (one 0/1 per step, 0/1 outcome).
 
-    Local judgement (module docstring): step k is checked against slot k and the previous
-    written result. The outcome is final-answer correctness.
+    Local judgement (module docstring): step k is checked against slot k's menu and the
+    previous written value, and must land on a prime. The outcome is final-answer correctness.
     """
-    start, ops = parse_question(problem["question"])
+    start, menus = parse_question(problem["question"])
     steps, answer = parse_solution(completion)
     labels, prev = [], start
     for k, step in enumerate(steps):
         m = _STEP.match(step.replace(" ", ""))
-        if m is None or k >= len(ops):
+        if m is None or k >= len(menus):
             labels.append(0)
             continue
         a, op, b, c = int(m.group(1)), m.group(2), int(m.group(3)), int(m.group(4))
-        labels.append(int(a == prev and (op, b) == ops[k] and c == apply_op(a, op, b)))
+        labels.append(int(a == prev and (op, b) in menus[k] and c == apply_op(a, op, b)
+                          and c in PRIMES))
         prev = c
     return labels, int(grade_answer(answer, problem["answer"]))
 

@@ -3,8 +3,9 @@ import random
 import pytest
 
 from data.format import format_solution, parse_solution
-from data.synthetic import (IDENTITY_OPS, N_SLOTS, SYNTHETIC_LEVELS, label_solution, make_problem, make_split,
-                            parse_question, reference_completion, split_of)
+from data.synthetic import (IDENTITY_MENU, N_SLOTS, PRIMES, SYNTHETIC_LEVELS, apply_op, label_solution,
+                            make_problem, make_split, parse_question, reference_completion, split_of,
+                            walks)
 
 
 
@@ -17,34 +18,41 @@ def test_same_seed_same_problems_other_seed_other_problems():
     assert {p["question"] for p in a}.isdisjoint({p["question"] for p in c})
 
 
-def test_level_is_the_number_of_real_operations_in_a_fixed_layout():
+def test_level_is_the_number_of_real_slots_in_a_fixed_layout():
     rng = random.Random(0)
     for level in SYNTHETIC_LEVELS:
         for _ in range(20):
             p = make_problem(level, rng)
-            start, ops = parse_question(p["question"])
-            assert len(ops) == N_SLOTS
-            assert sum(op not in IDENTITY_OPS for op in ops) == level
+            start, menus = parse_question(p["question"])
+            assert len(menus) == N_SLOTS and all(len(menu) == 2 for menu in menus)
+            assert sum(set(menu) != set(IDENTITY_MENU) for menu in menus) == level
             assert len(p["steps"]) == N_SLOTS
             assert p["level"] == level
 
 
 def test_every_level_has_the_same_text_length():
     rng = random.Random(1)
-    lengths = {len(reference_completion(make_problem(level, rng))) for level in SYNTHETIC_LEVELS}
-    assert lengths == {len("00+00=00") * 5 + 2 * 4 + len("\n\n# Answer\n\n00")}
+    problems = [make_problem(level, rng) for level in SYNTHETIC_LEVELS for _ in range(5)]
+    assert {len(reference_completion(p)) for p in problems} == \
+        {len("00+00=00") * 5 + 2 * 4 + len("\n\n# Answer\n\n00")}
+    assert len({len(p["question"]) for p in problems}) == 1
 
 
-def test_reference_solution_by_hand():
-    rng = random.Random(0)
-    p = make_problem(5, rng)
-    start, ops = parse_question(p["question"])
-    x = start
-    for (op, b), step in zip(ops, p["steps"]):
-        y = {"+": x + b, "-": x - b}[op] % 100
-        assert step == f"{x:02d}{op}{b:02d}={y:02d}"
-        x = y
-    assert p["answer"] == f"{x:02d}"
+def test_primes_below_100():
+    assert sorted(PRIMES)[:10] == [2, 3, 5, 7, 11, 13, 17, 19, 23, 29]
+    assert len(PRIMES) == 25 and 97 in PRIMES and 91 not in PRIMES   # 91 = 7 * 13
+
+
+def test_every_problem_has_exactly_one_walk_and_the_reference_follows_it():
+    for p in make_split(20, seed=0, split="validation"):
+        start, menus = parse_question(p["question"])
+        (walk,) = walks(start, menus)
+        x = start
+        for k, (step, (op, b, y)) in enumerate(zip(p["steps"], walk)):
+            assert (op, b) in menus[k] and y == apply_op(x, op, b) and y in PRIMES
+            assert step == f"{x:02d}{op}{b:02d}={y:02d}"
+            x = y
+        assert p["answer"] == f"{x:02d}"
 
 
 def test_reference_solutions_are_labelled_all_correct_and_parse():
@@ -55,44 +63,63 @@ def test_reference_solutions_are_labelled_all_correct_and_parse():
         assert label_solution(p, text) == ([1] * N_SLOTS, 1)
 
 
-PROBLEM = {"question": "Start at 47. Apply +05, -00, -08, +09, +00 (mod 100).", "answer": "53"}
-# 47+5 = 52, 52-0 = 52, 52-8 = 44, 44+9 = 53, 53+0 = 53
-GOOD = ["47+05=52", "52-00=52", "52-08=44", "44+09=53", "53+00=53"]
+PROBLEM = {"question": "Start at 73. Apply -02/+06, +00/-00, -00/+00, -06/-04, +08/-02 (mod 100); "
+                       "each result must be prime.", "answer": "71"}
+# slot 1 is a branch point: 73-2 = 71 and 73+6 = 79 are both prime. From 79: 79-6 = 73
+# (79-4 = 75 = 3*25), then 73-2 = 71 (73+8 = 81 = 9*9). From 71: 71-4 = 67 (71-6 = 65), then
+# 67+8 = 75 and 67-2 = 65 are both composite: the walk through 71 dies at slot 5.
+GOOD = ["73+06=79", "79+00=79", "79-00=79", "79-06=73", "73-02=71"]
 
 
-def test_hand_written_solution():
-    assert label_solution(PROBLEM, format_solution(GOOD, "53")) == ([1, 1, 1, 1, 1], 1)
+def test_hand_written_solution_and_the_walk():
+    assert label_solution(PROBLEM, format_solution(GOOD, "71")) == ([1, 1, 1, 1, 1], 1)
+    start, menus = parse_question(PROBLEM["question"])
+    assert walks(start, menus) == [[("+", 6, 79), ("+", 0, 79), ("-", 0, 79), ("-", 6, 73),
+                                    ("-", 2, 71)]]
+    # a do-nothing slot accepts either of its operations
+    other = GOOD[:1] + ["79-00=79", "79+00=79"] + GOOD[3:]
+    assert label_solution(PROBLEM, format_solution(other, "71")) == ([1, 1, 1, 1, 1], 1)
 
 
-def test_wrong_arithmetic_is_wrong_at_its_step_and_later_steps_are_judged_locally():
-    # step 3 writes 52-08=46; steps 4-5 carry 46 on correctly: 46+9 = 55, 55+0 = 55
-    steps = GOOD[:2] + ["52-08=46", "46+09=55", "55+00=55"]
-    assert label_solution(PROBLEM, format_solution(steps, "55")) == ([1, 1, 0, 1, 1], 0)
+def test_the_wrong_branch_is_right_until_it_dies():
+    # 73-02=71 is a right step (on the menu, prime); the walk fails at slot 5, where both
+    # operations give composites: 67+08 = 75 is wrong, and so the answer
+    dead = ["73-02=71", "71+00=71", "71-00=71", "71-04=67", "67+08=75"]
+    assert label_solution(PROBLEM, format_solution(dead, "75")) == ([1, 1, 1, 1, 0], 0)
+    # writing a prime instead: 67-02 is 65, not 61
+    fudged = dead[:4] + ["67-02=61"]
+    assert label_solution(PROBLEM, format_solution(fudged, "61")) == ([1, 1, 1, 1, 0], 0)
 
 
-def test_wrong_operation_or_operand_or_carried_value_is_wrong():
-    # slot 2 (-00) skipped: every later step does another slot's operation; the do-nothing
-    # slot leaves the final value right, so only the steps reveal the error
-    skipped = GOOD[:1] + GOOD[2:]
-    assert label_solution(PROBLEM, format_solution(skipped, "53")) == ([1, 0, 0, 0], 1)
-    extra = GOOD + ["53+00=53"]                              # the question asks for 5 steps
-    assert label_solution(PROBLEM, format_solution(extra, "53")) == ([1, 1, 1, 1, 1, 0], 1)
-    operand = GOOD[:3] + ["44+08=52", "52+00=52"]           # slot 4 asks +09
-    assert label_solution(PROBLEM, format_solution(operand, "52")) == ([1, 1, 1, 0, 1], 0)
-    carried = GOOD[:3] + ["45+09=54", "54+00=54"]           # reads 45, step 3 wrote 44
-    assert label_solution(PROBLEM, format_solution(carried, "54")) == ([1, 1, 1, 0, 1], 0)
-    wrapped = {"question": "Start at 95. Apply +07, -00, -09, +00, +00 (mod 100).", "answer": "93"}
-    # 95+7 = 102 -> 02, 02-9 = -7 -> 93: both wrap around modulo 100
-    steps = ["95+07=02", "02-00=02", "02-09=93", "93+00=93", "93+00=93"]
-    assert label_solution(wrapped, format_solution(steps, "93")) == ([1, 1, 1, 1, 1], 1)
+def test_wrong_operation_or_carried_value_or_composite_is_wrong():
+    # -04 is not on slot 1's menu (-02/+06) and 69 = 3*23; step 2 reads 79, not the 69 it
+    # follows: wrong; steps 3-5 carry 79 on right
+    off_menu = ["73-04=69"] + GOOD[1:]
+    assert label_solution(PROBLEM, format_solution(off_menu, "71")) == ([0, 0, 1, 1, 1], 1)
+    # slot 4's +06 is not on its menu (-06/-04): 79+6 = 85; the last step reads 85 right
+    not_listed = GOOD[:3] + ["79+06=85", "85-02=83"]
+    assert label_solution(PROBLEM, format_solution(not_listed, "83")) == ([1, 1, 1, 0, 1], 0)
+    carried = GOOD[:3] + ["97-06=91", "91-02=89"]           # reads 97, step 3 wrote 79
+    assert label_solution(PROBLEM, format_solution(carried, "89")) == ([1, 1, 1, 0, 1], 0)
+    composite = GOOD[:3] + ["79-04=75", "75-02=73"]          # on the menu, 75 = 3*25
+    assert label_solution(PROBLEM, format_solution(composite, "73")) == ([1, 1, 1, 0, 1], 0)
+    extra = GOOD + ["71+00=71"]                               # the question has 5 slots
+    assert label_solution(PROBLEM, format_solution(extra, "71")) == ([1, 1, 1, 1, 1, 0], 1)
+    wrapped = {"question": "Start at 97. Apply +06/+02, -04/-06, +00/-00, -00/+00, +00/-00 "
+                           "(mod 100); each result must be prime.", "answer": "97"}
+    # 97+6 = 103 -> 03 (97+2 = 99 = 9*11), 03-6 = -3 -> 97 (03-4 = 99): both wrap modulo 100
+    steps = ["97+06=03", "03-06=97", "97+00=97", "97-00=97", "97+00=97"]
+    assert label_solution(wrapped, format_solution(steps, "97")) == ([1, 1, 1, 1, 1], 1)
+    start, menus = parse_question(wrapped["question"])
+    assert len(walks(start, menus)) == 1
 
 
 def test_unparseable_step_and_missing_answer():
-    steps = GOOD[:2] + ["fifty-two minus eight"] + GOOD[3:]
-    # the garbled step is wrong; step 4 reads 44 but the last written value was 52
-    assert label_solution(PROBLEM, format_solution(steps, "53")) == ([1, 1, 0, 0, 1], 1)
+    steps = GOOD[:2] + ["seventy-nine minus nothing"] + GOOD[3:]
+    # the garbled step is wrong; step 4 reads 79, the last written value, so it stays right
+    assert label_solution(PROBLEM, format_solution(steps, "71")) == ([1, 1, 0, 1, 1], 1)
     assert label_solution(PROBLEM, format_solution(GOOD, None)) == ([1, 1, 1, 1, 1], 0)
-    assert label_solution(PROBLEM, format_solution(GOOD, "54")) == ([1, 1, 1, 1, 1], 0)
+    assert label_solution(PROBLEM, format_solution(GOOD, "73")) == ([1, 1, 1, 1, 1], 0)
 
 
 def test_splits_do_not_overlap():
