@@ -43,7 +43,7 @@ PAPER = {   # PAPER.md, Llemma-7B
 }
 EMBEDDED = {   # the small preset from scratch on the synthetic curriculum, 2 CPU cores
     "sft": dict(lr=3e-3, batch_size=64, epochs=3, n_problems=3000),
-    "prm": dict(lr=1e-3, batch_size=16, epochs=2, n_problems=100, n_samples=16, top_k=0,
+    "prm": dict(lr=3e-4, batch_size=16, epochs=2, n_problems=300, n_samples=16, top_k=0,
                 temperature=1.0),
     "dpo": dict(lr=1e-5, batch_size=32, epochs=1, n_problems=100, iterations=2, n_samples=8,
                 top_k=0, temperature=1.0),
