@@ -18,6 +18,8 @@ a re-run (their outputs are the cache). Stages:
    Synthetic choice: the evaluators' training solutions are sampled from an earlier SFT
    checkpoint (80% of the steps), whose more frequent errors give more negative steps, while
    the trunk is the final easy SFT model (data/synthetic.py docstring has the measurements).
+   The PRM stage samples them once and ORM / OPRM label the same solutions (``--samples``);
+   the ORM, which no finding needs at full strength, trains for a third of the steps.
 3. RL from the easy SFT policy (Table 2): PPO (all problems, easy final answers, process
    reward from the easy PRM) and iterative DPO (pairs scored by the PRM) optimize against the
    evaluator; PPO with the final-answer reward only on easy problems and ReST-EM (easy final
@@ -52,10 +54,11 @@ SPLITS = ("easy", "hard", "all")
 EVALUATORS = ("orm", "prm", "oprm")
 RL = ("ppo", "ppo_outcome", "dpo", "rest")
 FULL = dict(preset="small", sft_steps=500, sft_batch=32, sft_lr=2e-3, eval_problems=100,
-            rm_lr=3e-4, rm_steps=600, rm_problems=400, rm_samples=8, test_problems=30, n=64,
+            rm_lr=3e-4, rm_steps=900, orm_steps=300, rm_problems=600, rm_samples=8,
+            test_problems=30, n=64,
             t1_n=16, ppo_steps=20, rollouts=64, rl_problems=50, seeds=3)
 QUICK = dict(preset="tiny", sft_steps=20, sft_batch=8, sft_lr=3e-3, eval_problems=2,
-             rm_lr=1e-3, rm_steps=4, rm_problems=2, rm_samples=2, test_problems=2, n=4,
+             rm_lr=1e-3, rm_steps=4, orm_steps=4, rm_problems=2, rm_samples=2, test_problems=2, n=4,
              t1_n=4, ppo_steps=2, rollouts=8, rl_problems=2, seeds=2)
 
 
@@ -91,14 +94,20 @@ def seed_jobs(seed: int, cfg: dict, root: Path, quick: bool) -> list[Job]:
         jobs.append(Job(name, train("sft", r / name, seed, cfg, "--levels", levels, *sft,
                                     "--tokenizer", tok), r / name / "model/config.json", ["sft_easy"]))
     weak_dir = r / "sft_easy" / "checkpoints" / f"step_{weak:06d}" / "model"
-    for algo in EVALUATORS:
+    # the PRM samples the weak policy once; ORM and OPRM label those same solutions. Their AUCs
+    # are measured by the rerank stage, on the test samples.
+    samples = r / "prm" / "data" / "samples.jsonl"
+    for algo in ("prm", "orm", "oprm"):
         flags = ["--levels", "1,2,3", "--model", r / "sft_easy/model", "--policy", weak_dir,
-                 "--tokenizer", tok, "--lr", cfg["rm_lr"], "--max-steps", cfg["rm_steps"],
+                 "--tokenizer", tok, "--lr", cfg["rm_lr"], "--eval-problems", 0,
+                 "--max-steps", cfg["orm_steps" if algo == "orm" else "rm_steps"],
                  "--n-problems", cfg["rm_problems"], "--n-samples", cfg["rm_samples"]]
         if quick and algo == "orm":
             flags += ["--data", r / "orm_quick.jsonl"]
-        jobs.append(Job(algo, train(algo, r / algo, seed, cfg, *flags),
-                        r / algo / "model/config.json", ["sft_easy"]))
+        elif algo != "prm":
+            flags += ["--samples", samples]
+        jobs.append(Job(algo, train(algo, r / algo, seed, cfg, *flags), r / algo / "model/config.json",
+                        ["sft_easy"] if algo == "prm" else ["sft_easy", "prm"]))
     for name in ("sft_easy", "sft_all", "sft_hard"):
         n = cfg["n"] if name == "sft_easy" else cfg["t1_n"]
         jobs.append(Job(f"eval_{name}", evaluate(r / name / "model", test, r / f"eval_{name}",

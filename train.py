@@ -7,8 +7,10 @@
 
 A run folder (--out, default runs/<algo>) holds args.json, metrics.jsonl (one line per optimizer
 step), checkpoints/step_N/ (HF weights and the sharded training state; --resume continues from the
-newest) and model/, the final weights in the HF layout with their tokenizer.json: the --policy or
---reward-model of the next stage. A stage that an algorithm needs and was not given is trained
+newest), data/ (the examples it trained on; a reward model's sampled solutions in
+data/samples.jsonl, which --samples lets another reward model label) and model/, the final
+weights in the HF layout with their tokenizer.json: the --policy or --reward-model of the next
+stage. A stage that an algorithm needs and was not given is trained
 first into <out>/../cache/<stage>-<hash of its settings>, and reused by later runs.
 
 Every supervised algorithm (sft, the reward models, each DPO and ReST-EM iteration) runs the same
@@ -114,6 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("--top-k", type=non_negative(int), default=None, help="top-k sampling, 0: off; " + d("top_k"))
     add("--max-new-tokens", type=positive(int), default=None,
         help="longest sampled solution; " + d("max_new_tokens"))
+    add("--samples", default=None, help="orm/prm/oprm: label these graded samples (an RM run's "
+        "<out>/data/samples.jsonl) instead of sampling --policy again")
     add("--sample-batch-size", type=positive(int), default=16, help="problems per generate call")
     # dpo and rest
     add("--iterations", type=positive(int), default=None, help="dpo/rest iterations; " + d("iterations"))
@@ -156,6 +160,8 @@ def get_args(argv=None) -> argparse.Namespace:
     if per_rank == 0 or rest:
         parser.error(f"--batch-size {args.batch_size} must be a multiple of --micro-batch-size "
                      f"{args.micro_batch_size} x {dist.world_size()} ranks")
+    if args.samples and args.algo not in stages.RM_ALGOS:
+        parser.error(f"--samples is for orm / prm / oprm, not --algo {args.algo}")
     for flag in ("levels", "answer_levels"):
         value = getattr(args, flag)
         if value != "all" and not all(x.strip() in "12345" and x.strip() for x in value.split(",")):

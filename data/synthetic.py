@@ -3,17 +3,17 @@
 A problem starts at an odd prime and has five slots; each slot offers two operations, and
 exactly one way through the slots keeps every value prime (mod 100):
 
-    Start at 43. Apply -06/-08, -02/-06, +06/-08, +00/-00, +04/-02 (mod 100);
+    Start at 43. Apply -6/-8, -2/-6, +6/-8, +0/-0, +4/-2 (mod 100);
     each result must be prime.
 
-    43-06=37, 37-06=31, 31+06=37, 37+00=37, 37+04=41   answer 41
+    43-6=37, 37-6=31, 31+6=37, 37+0=37, 37+4=41   answer 41
 
 Level L has L real slots (two different operations from +-2, +-4, +-6, +-8) at random
-positions and 5 - L do-nothing ones (``+00/-00`` or ``-00/+00``: either keeps the value). The
-reference solution writes one step per slot, ``43-06=37``, then ``# Answer`` and the final
-value; numbers have two digits. Prompt and solution have the same layout and length at every
-level, so a hard problem is more real choices, never an unseen length or position (a level
-written as "L operations" fails: CURRICULUM.md).
+positions and 5 - L do-nothing ones (``+0/-0`` or ``-0/+0``: either keeps the value). The
+reference solution writes one step per slot, ``43-6=37``, then ``# Answer`` and the final
+value; values have two digits (``03``), operands one. Prompt and solution have the same layout
+and length at every level, so a hard problem is more real choices, never an unseen length or
+position (a level written as "L operations" fails: CURRICULUM.md).
 
 Why a walk on primes: checking a written step is easier than choosing it, as in the paper's
 mathematics. A step is right iff it starts from the previous value, uses an operation on its
@@ -61,7 +61,7 @@ test problems per level):
   of the reference per sample; labels on every token or on the step delimiters only): within-
   problem AUC 0.48-0.62 on levels 4 / 5 and weighted voting within 1.5 points of majority in
   every variant. They learned which steps are risky (a real operation fails more often than
-  +00), not whether a step's arithmetic is right.
+  +0), not whether a step's arithmetic is right.
 """
 from __future__ import annotations
 
@@ -84,6 +84,7 @@ _QUESTION = re.compile(r"Start at (\d+)\. Apply (.*) \(mod \d+\); each result mu
 
 
 def _num(x: int) -> str:
+    """A value, always two digits: every step has the same length."""
     return str(x).zfill(len(str(MOD - 1)))
 
 
@@ -96,7 +97,7 @@ def apply_op(a: int, op: str, b: int) -> int:
 
 
 def question_text(start: int, menus: list[tuple]) -> str:
-    slots = ("/".join(f"{op}{_num(b)}" for op, b in menu) for menu in menus)
+    slots = ("/".join(f"{op}{b}" for op, b in menu) for menu in menus)
     return f"Start at {_num(start)}. Apply {', '.join(slots)} (mod {MOD}); each result must be prime."
 
 
@@ -130,7 +131,7 @@ def make_problem(level: int, rng: random.Random) -> dict:
             break
     steps, x = [], start
     for op, b, y in found[0]:
-        steps.append(f"{_num(x)}{op}{_num(b)}={_num(y)}")
+        steps.append(f"{_num(x)}{op}{b}={_num(y)}")
         x = y
     question = question_text(start, menus)
     return {"id": "syn-" + hashlib.sha1(question.encode()).hexdigest()[:12],

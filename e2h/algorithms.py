@@ -113,10 +113,14 @@ def rm_records(run) -> list[dict]:
     given = [r for r in given if stages.keep_level(r, stages.parse_levels(args.levels))]
     if not stages.rm_samples_policy(args):
         return given
-    policy = load(run, args.policy, trainable=False)
     problems = stages.problems(args)
-    samples = sample(run, policy, problems, args.n_samples, "rm-data")
-    del policy
+    if args.samples:
+        samples = read_samples(args.samples, problems)
+    else:
+        def draw():
+            return sample(run, load(run, args.policy, trainable=False), problems, args.n_samples,
+                          "rm-data")
+        samples = cached_records(run, "samples.jsonl", draw)   # what --samples reads
     records = []
     if args.algo in ("prm", "oprm"):
         # program-checked steps on the synthetic curriculum; rated steps from --data otherwise
@@ -130,6 +134,21 @@ def rm_records(run) -> list[dict]:
                              f"{sum(bool(s['correct']) for s in samples)} correct)")
         records += orm
     return records
+
+
+def read_samples(path, problems: list[dict]) -> list[dict]:
+    """Graded samples written by another RM run (its <out>/data/samples.jsonl), checked to
+    belong to this run's problems: ORM, PRM and OPRM can label the very same solutions."""
+    from data.readers import numbered_rows
+    ids = {p["id"] for p in problems}
+    samples = []
+    for lineno, s in numbered_rows(path, ("id", "question", "completion", "answer", "correct")):
+        if s["id"] not in ids:
+            raise ValueError(f"{path}:{lineno}: --samples id {s['id']!r} is not among this run's "
+                             f"{len(problems)} problems (use the --seed, --levels and "
+                             f"--n-problems of the run that wrote it)")
+        samples.append(s)
+    return samples
 
 
 def encode_rm(tok, record, max_len):

@@ -203,15 +203,15 @@ def test_orm_examples_rebalance_each_problem():
 
 
 def test_prm_examples_use_the_program_labels():
-    problem = {"id": "p", "question": "Start at 73. Apply -02/+06, +00/-00, -00/+00, -06/-04, "
-                                      "+08/-02 (mod 100); each result must be prime.",
+    problem = {"id": "p", "question": "Start at 73. Apply -2/+6, +0/-0, -0/+0, -6/-4, "
+                                      "+8/-2 (mod 100); each result must be prime.",
                "answer": "71", "level": 3}
-    # step 4 is wrong (79-06 is 73); step 5 is judged from the 74 it carries: 74-02=72 is
+    # step 4 is wrong (79-6 is 73); step 5 is judged from the 74 it carries: 74-2=72 is
     # right arithmetic but 72 is not prime
-    completion = "73+06=79\n\n79+00=79\n\n79-00=79\n\n79-06=74\n\n74-02=72\n\n# Answer\n\n72"
+    completion = "73+6=79\n\n79+0=79\n\n79-0=79\n\n79-6=74\n\n74-2=72\n\n# Answer\n\n72"
     records = prm_examples([sample("p", False, completion)], [problem], label_solution)
     assert records[0]["step_labels"] == [1, 1, 1, 0, 0] and records[0]["outcome_label"] == 0
-    assert records[0]["steps"][3] == "79-06=74" and records[0]["answer"] == "72"
+    assert records[0]["steps"][3] == "79-6=74" and records[0]["answer"] == "72"
     with pytest.raises(ValueError, match="5 steps but 2 step labels"):
         prm_examples([sample("p", False, completion)], [problem], lambda p, c: ([1, 1], 0))
     with pytest.raises(ValueError, match="sample id 'q' is not among the problems"):

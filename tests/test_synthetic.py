@@ -34,7 +34,7 @@ def test_every_level_has_the_same_text_length():
     rng = random.Random(1)
     problems = [make_problem(level, rng) for level in SYNTHETIC_LEVELS for _ in range(5)]
     assert {len(reference_completion(p)) for p in problems} == \
-        {len("00+00=00") * 5 + 2 * 4 + len("\n\n# Answer\n\n00")}
+        {len("00+0=00") * 5 + 2 * 4 + len("\n\n# Answer\n\n00")}
     assert len({len(p["question"]) for p in problems}) == 1
 
 
@@ -50,7 +50,7 @@ def test_every_problem_has_exactly_one_walk_and_the_reference_follows_it():
         x = start
         for k, (step, (op, b, y)) in enumerate(zip(p["steps"], walk)):
             assert (op, b) in menus[k] and y == apply_op(x, op, b) and y in PRIMES
-            assert step == f"{x:02d}{op}{b:02d}={y:02d}"
+            assert step == f"{x:02d}{op}{b}={y:02d}"
             x = y
         assert p["answer"] == f"{x:02d}"
 
@@ -63,12 +63,12 @@ def test_reference_solutions_are_labelled_all_correct_and_parse():
         assert label_solution(p, text) == ([1] * N_SLOTS, 1)
 
 
-PROBLEM = {"question": "Start at 73. Apply -02/+06, +00/-00, -00/+00, -06/-04, +08/-02 (mod 100); "
+PROBLEM = {"question": "Start at 73. Apply -2/+6, +0/-0, -0/+0, -6/-4, +8/-2 (mod 100); "
                        "each result must be prime.", "answer": "71"}
 # slot 1 is a branch point: 73-2 = 71 and 73+6 = 79 are both prime. From 79: 79-6 = 73
 # (79-4 = 75 = 3*25), then 73-2 = 71 (73+8 = 81 = 9*9). From 71: 71-4 = 67 (71-6 = 65), then
 # 67+8 = 75 and 67-2 = 65 are both composite: the walk through 71 dies at slot 5.
-GOOD = ["73+06=79", "79+00=79", "79-00=79", "79-06=73", "73-02=71"]
+GOOD = ["73+6=79", "79+0=79", "79-0=79", "79-6=73", "73-2=71"]
 
 
 def test_hand_written_solution_and_the_walk():
@@ -77,38 +77,38 @@ def test_hand_written_solution_and_the_walk():
     assert walks(start, menus) == [[("+", 6, 79), ("+", 0, 79), ("-", 0, 79), ("-", 6, 73),
                                     ("-", 2, 71)]]
     # a do-nothing slot accepts either of its operations
-    other = GOOD[:1] + ["79-00=79", "79+00=79"] + GOOD[3:]
+    other = GOOD[:1] + ["79-0=79", "79+0=79"] + GOOD[3:]
     assert label_solution(PROBLEM, format_solution(other, "71")) == ([1, 1, 1, 1, 1], 1)
 
 
 def test_the_wrong_branch_is_right_until_it_dies():
-    # 73-02=71 is a right step (on the menu, prime); the walk fails at slot 5, where both
-    # operations give composites: 67+08 = 75 is wrong, and so the answer
-    dead = ["73-02=71", "71+00=71", "71-00=71", "71-04=67", "67+08=75"]
+    # 73-2=71 is a right step (on the menu, prime); the walk fails at slot 5, where both
+    # operations give composites: 67+8 = 75 is wrong, and so the answer
+    dead = ["73-2=71", "71+0=71", "71-0=71", "71-4=67", "67+8=75"]
     assert label_solution(PROBLEM, format_solution(dead, "75")) == ([1, 1, 1, 1, 0], 0)
-    # writing a prime instead: 67-02 is 65, not 61
-    fudged = dead[:4] + ["67-02=61"]
+    # writing a prime instead: 67-2 is 65, not 61
+    fudged = dead[:4] + ["67-2=61"]
     assert label_solution(PROBLEM, format_solution(fudged, "61")) == ([1, 1, 1, 1, 0], 0)
 
 
 def test_wrong_operation_or_carried_value_or_composite_is_wrong():
-    # -04 is not on slot 1's menu (-02/+06) and 69 = 3*23; step 2 reads 79, not the 69 it
+    # -4 is not on slot 1's menu (-2/+6) and 69 = 3*23; step 2 reads 79, not the 69 it
     # follows: wrong; steps 3-5 carry 79 on right
-    off_menu = ["73-04=69"] + GOOD[1:]
+    off_menu = ["73-4=69"] + GOOD[1:]
     assert label_solution(PROBLEM, format_solution(off_menu, "71")) == ([0, 0, 1, 1, 1], 1)
-    # slot 4's +06 is not on its menu (-06/-04): 79+6 = 85; the last step reads 85 right
-    not_listed = GOOD[:3] + ["79+06=85", "85-02=83"]
+    # slot 4's +6 is not on its menu (-6/-4): 79+6 = 85; the last step reads 85 right
+    not_listed = GOOD[:3] + ["79+6=85", "85-2=83"]
     assert label_solution(PROBLEM, format_solution(not_listed, "83")) == ([1, 1, 1, 0, 1], 0)
-    carried = GOOD[:3] + ["97-06=91", "91-02=89"]           # reads 97, step 3 wrote 79
+    carried = GOOD[:3] + ["97-6=91", "91-2=89"]             # reads 97, step 3 wrote 79
     assert label_solution(PROBLEM, format_solution(carried, "89")) == ([1, 1, 1, 0, 1], 0)
-    composite = GOOD[:3] + ["79-04=75", "75-02=73"]          # on the menu, 75 = 3*25
+    composite = GOOD[:3] + ["79-4=75", "75-2=73"]            # on the menu, 75 = 3*25
     assert label_solution(PROBLEM, format_solution(composite, "73")) == ([1, 1, 1, 0, 1], 0)
-    extra = GOOD + ["71+00=71"]                               # the question has 5 slots
+    extra = GOOD + ["71+0=71"]                                 # the question has 5 slots
     assert label_solution(PROBLEM, format_solution(extra, "71")) == ([1, 1, 1, 1, 1, 0], 1)
-    wrapped = {"question": "Start at 97. Apply +06/+02, -04/-06, +00/-00, -00/+00, +00/-00 "
+    wrapped = {"question": "Start at 97. Apply +6/+2, -4/-6, +0/-0, -0/+0, +0/-0 "
                            "(mod 100); each result must be prime.", "answer": "97"}
     # 97+6 = 103 -> 03 (97+2 = 99 = 9*11), 03-6 = -3 -> 97 (03-4 = 99): both wrap modulo 100
-    steps = ["97+06=03", "03-06=97", "97+00=97", "97-00=97", "97+00=97"]
+    steps = ["97+6=03", "03-6=97", "97+0=97", "97-0=97", "97+0=97"]
     assert label_solution(wrapped, format_solution(steps, "97")) == ([1, 1, 1, 1, 1], 1)
     start, menus = parse_question(wrapped["question"])
     assert len(walks(start, menus)) == 1

@@ -120,10 +120,30 @@ def test_orm_on_given_outcome_labels(runs):
     check_metrics(runs / "orm", 2)
 
 
-def test_oprm(runs):
-    ok(train("--algo", "oprm", "--out", runs / "oprm", *TINY))
+def test_oprm_labels_the_solutions_the_prm_sampled(runs):
+    samples = runs / "prm" / "data" / "samples.jsonl"
+    ok(train("--algo", "oprm", "--out", runs / "oprm", "--samples", samples, *TINY))
     assert weights(runs / "oprm" / "model")["score.weight"].abs().sum() > 0
     check_metrics(runs / "oprm", 2)
+
+    def records(run):
+        rows = (runs / run / "data" / "rm_train.jsonl").read_text().splitlines()
+        return [(r["id"], r["steps"], r["answer"], r["step_labels"]) for r in map(json.loads, rows)]
+    # 2 problems per level x levels 1-3 x the embedded PRM's 16 samples, one PRM record each;
+    # the OPRM has those same records (program-labelled steps) and then its outcome-only ones
+    assert len(samples.read_text().splitlines()) == 2 * 3 * 16 == len(records("prm"))
+    assert records("oprm")[:96] == records("prm")
+    assert all(r[3] == [None] * len(r[1]) for r in records("oprm")[96:])
+
+
+def test_samples_from_other_problems_are_refused(runs, tmp_path):
+    bad = tmp_path / "samples.jsonl"
+    bad.write_text(json.dumps({"id": "syn-elsewhere", "question": "q", "completion": "c",
+                               "answer": None, "correct": False}) + "\n")
+    result = train("--algo", "orm", "--out", tmp_path / "orm", "--samples", bad, *TINY)
+    assert result.returncode == 1
+    assert f"{bad}:1: --samples id 'syn-elsewhere' is not among this run's 6 problems" in result.stderr
+    assert train("--algo", "sft", "--samples", bad, *TINY).returncode == 2
 
 
 @pytest.mark.parametrize("algo, extra, n_steps", [
