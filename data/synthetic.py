@@ -21,11 +21,12 @@ slot's menu, has the arithmetic right and lands on a prime: a local check on num
 checker can read, the same at every level. Writing a step means trying both operations and,
 where both land on primes (a branch point), looking ahead to see which one the later menus
 can continue; the wrong branch only fails at a later slot. Hard problems have more real slots
-and more branch points (of 300 problems per level, levels 1 / 3 / 5: 0 / 81 / 191 have at
-least one), so the generator's errors grow with the level while the check does not change.
-In an earlier version of this curriculum (one given operation per slot, no choice) checking
-a step was the same computation as writing it, and no evaluator trained on easy problems
-re-ranked hard ones better than majority voting: measurements below.
+and more branch points (a slot of the walk where both operations land on primes; of 300
+training problems per level, levels 1 / 3 / 5: 0 / 90 / 171 have one), so the generator's
+errors grow with the level while the check does not change. In an earlier version of this
+curriculum (one given operation per slot, no choice) checking a step was the same
+computation as writing it, and no evaluator trained on easy problems re-ranked hard ones
+better than majority voting: measurements below.
 
 Step labels (the stand-in for PRM800K's raters) are judged locally: step k is correct iff it
 reads ``a<op>b=c`` with ``a`` the previous *written* value (the start for k = 1), ``<op>b``
@@ -35,33 +36,42 @@ as a wrong step where the walk can no longer go on; steps beyond the fifth are w
 outcome label is final-answer correctness (``e2h.grader.grade_answer``): with one walk per
 problem, a solution whose steps are all right has the right answer.
 
-Measurements (model "small", 0.83M parameters, tokenizer vocab 128; ``study.py``'s settings:
-SFT 500 steps of batch 32 on levels 1-3; seed 0, 30 test problems per level, 64 samples at
-T 0.7, top-k 20):
-- easy SFT greedy 64.7 / 35.0 % (easy / hard, 100 problems per level); pass@64 on levels
-  1-5 1.00 / 1.00 / 0.97 / 0.93 / 1.00 with per-sample accuracy 0.70 / 0.55 / 0.37 / 0.34 /
-  0.23: plenty for a re-ranker to pick from.
-- the generator hardly ever writes a composite (4 of 5388 first errors): when it goes wrong it
-  writes a prime with the arithmetic off (2767) or an operation that is not on the slot's menu
-  (2614). Its own smallest token probability ranks its samples at chance within a problem.
-- PRM (easy SFT trunk, program labels on 800 sampled easy solutions, 300 steps, lr 1e-4):
-  weighted voting 2-3 points *below* majority on Hard. With 4800 sampled solutions, 900
-  steps at lr 3e-4: step AUC 0.94 / 0.80 (easy / hard) and weighted voting 38.8 / 45.0 % on
-  Hard at N = 16 / 64 against majority 33.2 / 33.3; at lr 1e-3 no gain (32.2 / 31.7).
+Measurements (model "small", 0.83M parameters, tokenizer vocab 128; ``study.py``'s settings,
+seeds 0-2; results/report.md has every number):
+- easy SFT (500 steps of batch 32 on levels 1-3) greedy 66.2 +- 4.8 / 31.5 +- 3.6 % (easy /
+  hard, 100 test problems per level). 64 samples at T 0.7, top-k 20 on 30 test problems per
+  level: pass@64 0.93-1.00 on levels 1-4 and 0.80-0.97 on level 5, per-sample accuracy
+  0.69-0.77 on level 1 down to 0.22-0.25 on level 5: plenty for a re-ranker to pick from.
+- first errors of those 28,800 samples: an operation that is not on the slot's menu
+  (12,419), a prime with the arithmetic off (7,886), a composite (220). The generator has
+  learned that every value is prime, so a wrong choice comes out as a step that looks right:
+  the checker has to read the slot's menu and redo the sum. Its own smallest token
+  probability does not rank its samples (within-problem AUC 0.46 +- 0.04 on Hard).
+- evaluators (easy SFT trunk, program labels on 600 easy problems per level x 8 samples at
+  T 1.0 from the step-400 checkpoint, 14,400 solutions; 900 steps of batch 16 at lr 3e-4):
+  PRM step AUC 0.93 / 0.79 (easy / hard), within-problem AUC on Hard 0.57 +- 0.07, weighted
+  voting minus majority on Hard +3.5 +- 3.3 / +4.5 +- 4.9 / +6.1 +- 4.4 points at N = 16 /
+  32 / 64 (seed 0: -1.1 to +0.0; seeds 1 and 2: +5.7 to +10.0).
+- what the PRM needed (operands written "+06" then, seed 0 unless said): 2,400 solutions, 300
+  steps at lr 1e-4: weighted voting 1-3 points *below* majority on Hard; 9,600 solutions, 600
+  steps at lr 3e-4, 3 seeds: +2.3 +- 3.1 / +2.5 +- 3.3 / +3.3 +- 2.4 at N = 16 / 32 / 64;
+  14,400 solutions, 900 steps: +5.6 / +11.7 at N = 16 / 64 at lr 3e-4, -1.0 / -1.7 at 1e-3.
 
-Measurements of the earlier version (one given +/- operation per slot; greedy accuracy on 200
-test problems per level):
+Measurements of the earlier version (one given +/- operation per slot):
 - two-digit operands: 237 SFT steps of batch 64 left the arithmetic unlearned (greedy
-  0.05 / 0.04 / 0.04 / 0.02 / 0.04). One-digit operands, batch 32, lr 2e-3: learning is a
-  sharp transition, 300 steps 0.37 / 0.26 / 0.20 / 0.12 / 0.05, 500 steps 0.97 / 0.94 / 0.90
-  / 0.89 / 0.82, and at 800 steps 100 / 100 (easy / hard): once learned, the arithmetic
-  carries to hard problems in full and the easy-to-hard gap exists only while learning.
+  0.05 / 0.04 / 0.04 / 0.02 / 0.04 on 200 problems per level). One-digit operands, batch 32,
+  lr 2e-3: learning is a sharp transition, 300 steps 0.37 / 0.26 / 0.20 / 0.12 / 0.05, 500
+  steps 0.97 / 0.94 / 0.90 / 0.89 / 0.82, and at 800 steps 100 / 100 (easy / hard): once
+  learned, the arithmetic carries to hard problems in full and the easy-to-hard gap exists
+  only while learning.
 - verifiers (generator trunk + zero-initialised head, per-token BCE on 6000-7500 program-
   labelled easy solutions; 600-3000 steps; lr 1e-4 to 2e-3; with or without a corrupted copy
   of the reference per sample; labels on every token or on the step delimiters only): within-
   problem AUC 0.48-0.62 on levels 4 / 5 and weighted voting within 1.5 points of majority in
-  every variant. They learned which steps are risky (a real operation fails more often than
-  +0), not whether a step's arithmetic is right.
+  every variant; in the 3-seed study, PRM weighted voting minus majority on Hard -0.9 / -0.7 /
+  -1.1 at N = 16 / 32 / 64. They learned which steps are risky (a real operation fails more
+  often than +0), not whether a step's arithmetic is right. PPO against that PRM did gain on
+  Hard (+2.3 +- 0.9 points); against this curriculum's PRM it does not (results/report.md).
 """
 from __future__ import annotations
 
