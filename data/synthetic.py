@@ -51,7 +51,7 @@ seeds 0-2; results/report.md has every number):
   T 1.0 from the step-400 checkpoint, 14,400 solutions; 900 steps of batch 16 at lr 3e-4):
   PRM step AUC 0.93 / 0.79 (easy / hard), within-problem AUC on Hard 0.57 +- 0.07, weighted
   voting minus majority on Hard +3.5 +- 3.3 / +4.5 +- 4.9 / +6.1 +- 4.4 points at N = 16 /
-  32 / 64 (seed 0: -1.1 to +0.0; seeds 1 and 2: +5.7 to +10.0).
+  32 / 64 (seed 0: -2.2 to +0.0; seeds 1 and 2: +5.7 to +10.0).
 - what the PRM needed (operands written "+06" then, seed 0 unless said): 2,400 solutions, 300
   steps at lr 1e-4: weighted voting 1-3 points *below* majority on Hard; 9,600 solutions, 600
   steps at lr 3e-4, 3 seeds: +2.3 +- 3.1 / +2.5 +- 3.3 / +3.3 +- 2.4 at N = 16 / 32 / 64;
