@@ -55,6 +55,21 @@ example; AdamW, cosine, SFT on levels 1-3; greedy accuracy on 200 test problems 
   Once the arithmetic is learned it carries to hard problems in full: the easy-to-hard gap of
   this curriculum exists only while the generator is learning (errors compound over more real
   operations), unlike MATH, where hard problems need skills easy ones do not teach.
+- a variant where checking a step should be easier than choosing it, a walk on primes: each
+  slot offers two operations (+-2, +-4, +-6, +-8; do-nothing slots +00/-00), exactly one walk
+  keeps every value prime, and a step is right iff it is on its slot's menu, its arithmetic is
+  right and it lands on a prime; level L has L real slots, and where both operations land on
+  primes only a look-ahead tells which one the later menus continue. study.py settings, seed 0,
+  30 test problems per level, 64 samples at T 0.7: easy SFT greedy 64.7 / 35.0 (easy / hard),
+  pass@64 0.93-1.00 on every level with per-sample accuracy 0.70 (level 1) to 0.23 (level 5),
+  i.e. much for a re-ranker to pick from. But the generator almost never writes a composite
+  (4 of 5387 first errors): it writes a prime with the arithmetic off (2767) or an operation
+  that is not on the menu (2614), so the check is again mostly arithmetic. PRM weighted voting
+  minus majority on Hard at N = 16 / 64: -0.9 / -3.3 with 800 training solutions (300 steps,
+  lr 1e-4); +5.6 / +11.7 with 4800 (900 steps, lr 3e-4); -0.8 / +0.0 with 3200 (600 steps, lr
+  3e-4); -1.0 / -1.7 with 4800 at lr 1e-3. The one gain needs an evaluator run that puts the
+  3-seed study over its 30-minute budget (with 3200 solutions one seed's stages already sum to
+  29 CPU-minutes, about 44 minutes for 3 seeds on 2 cores), so the curriculum above stays.
 """
 from __future__ import annotations
 
