@@ -67,9 +67,11 @@ example; AdamW, cosine, SFT on levels 1-3; greedy accuracy on 200 test problems 
   that is not on the menu (2614), so the check is again mostly arithmetic. PRM weighted voting
   minus majority on Hard at N = 16 / 64: -0.9 / -3.3 with 800 training solutions (300 steps,
   lr 1e-4); +5.6 / +11.7 with 4800 (900 steps, lr 3e-4); -0.8 / +0.0 with 3200 (600 steps, lr
-  3e-4); -1.0 / -1.7 with 4800 at lr 1e-3. The one gain needs an evaluator run that puts the
-  3-seed study over its 30-minute budget (with 3200 solutions one seed's stages already sum to
-  29 CPU-minutes, about 44 minutes for 3 seeds on 2 cores), so the curriculum above stays.
+  3e-4); -1.0 / -1.7 with 4800 at lr 1e-3. The full study with 3200-solution evaluators
+  (3 seeds, 41.6 minutes on 2 cores, over the 30-minute budget): PRM weighted voting minus
+  majority on Hard +2.3 +- 3.1 / +2.5 +- 3.3 / +3.3 +- 2.4 at N = 16 / 32 / 64 (OPRM +0.6 /
+  +1.0 / +0.6), F2 and F4 reproduced, but PPO against the PRM no longer gains on Hard (+0.0 +-
+  1.1; DPO -0.5 +- 0.7). Over budget and without F3, the curriculum above stays.
 """
 from __future__ import annotations
 
