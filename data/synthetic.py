@@ -60,11 +60,12 @@ example; AdamW, cosine, SFT on levels 1-3; greedy accuracy on 200 test problems 
   keeps every value prime, and a step is right iff it is on its slot's menu, its arithmetic is
   right and it lands on a prime; level L has L real slots, and where both operations land on
   primes only a look-ahead tells which one the later menus continue. study.py settings, seed 0,
-  30 test problems per level, 64 samples at T 0.7: easy SFT greedy 64.7 / 35.0 (easy / hard),
-  pass@64 0.93-1.00 on every level with per-sample accuracy 0.70 (level 1) to 0.23 (level 5),
-  i.e. much for a re-ranker to pick from. But the generator almost never writes a composite
-  (4 of 5387 first errors): it writes a prime with the arithmetic off (2767) or an operation
-  that is not on the menu (2614), so the check is again mostly arithmetic. PRM weighted voting
+  30 test problems per level, 64 samples at T 0.7: easy SFT greedy 64.7 / 35.0 (easy / hard;
+  100 problems per level), pass@64 0.93-1.00 on every level, per-sample accuracy 0.70 (level
+  1) to 0.23 (level 5): much for a re-ranker to pick from. But the generator almost never
+  writes a composite (4 of 5387 first errors): it writes a prime with the arithmetic off
+  (2767) or an operation that is not on the menu (2614), so the check is again mostly
+  arithmetic. PRM weighted voting
   minus majority on Hard at N = 16 / 64: -0.9 / -3.3 with 800 training solutions (300 steps,
   lr 1e-4); +5.6 / +11.7 with 4800 (900 steps, lr 3e-4); -0.8 / +0.0 with 3200 (600 steps, lr
   3e-4); -1.0 / -1.7 with 4800 at lr 1e-3. The full study with 3200-solution evaluators
