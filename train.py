@@ -10,8 +10,8 @@ step), checkpoints/step_N/ (HF weights and the sharded training state; --resume 
 newest), data/ (the examples it trained on; a reward model's sampled solutions in
 data/samples.jsonl, which --samples lets another reward model label) and model/, the final
 weights in the HF layout with their tokenizer.json: the --policy or --reward-model of the next
-stage. A stage that an algorithm needs and was not given is trained
-first into <out>/../cache/<stage>-<hash of its settings>, and reused by later runs.
+stage. A stage that an algorithm needs and was not given is trained first into
+<out>/../cache/<stage>-<hash of its settings>, and reused by later runs.
 
 Every supervised algorithm (sft, the reward models, each DPO and ReST-EM iteration) runs the same
 loop (e2h/loop.py): a seeded permutation of the data per epoch, gradient accumulation up to the
