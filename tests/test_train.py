@@ -131,9 +131,10 @@ def test_oprm_labels_the_solutions_the_prm_sampled(runs):
         return [(r["id"], r["steps"], r["answer"], r["step_labels"]) for r in map(json.loads, rows)]
     # 2 problems per level x levels 1-3 x the embedded PRM's 16 samples, one PRM record each;
     # the OPRM has those same records (program-labelled steps) and then its outcome-only ones
-    assert len(samples.read_text().splitlines()) == 2 * 3 * 16 == len(records("prm"))
-    assert records("oprm")[:96] == records("prm")
-    assert all(r[3] == [None] * len(r[1]) for r in records("oprm")[96:])
+    n = 2 * 3 * 16
+    assert len(samples.read_text().splitlines()) == n == len(records("prm"))
+    assert records("oprm")[:n] == records("prm")
+    assert all(r[3] == [None] * len(r[1]) for r in records("oprm")[n:])
 
 
 def test_samples_from_other_problems_are_refused(runs, tmp_path):
