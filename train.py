@@ -16,8 +16,9 @@ stage. A stage that an algorithm needs and was not given is trained first into
 Every supervised algorithm (sft, the reward models, each DPO and ReST-EM iteration) runs the same
 loop (e2h/loop.py): a seeded permutation of the data per epoch, gradient accumulation up to the
 global batch, AdamW, warmup then cosine learning rate, gradient clipping; PPO alternates rollouts
-and updates. What each algorithm builds and trains on is in e2h/algorithms.py and e2h/stages.py;
-under torchrun, e2h/distributed.py shards every model with FSDP2.
+and updates through the same step bookkeeping. What each algorithm builds and trains on is in
+e2h/recipes.py, its data in data/sources.py, the regime defaults of unset flags in
+e2h/defaults.py; under torchrun, e2h/distributed.py shards every model with FSDP2.
 """
 from __future__ import annotations
 
@@ -28,9 +29,10 @@ import sys
 import time
 from pathlib import Path
 
-from e2h import algorithms, stages, trainstate
+from e2h import defaults, recipes, trainstate
 from e2h import distributed as dist
-from e2h.loop import NonFiniteLoss, Run, Stopped
+from e2h.loop import NonFiniteLoss
+from e2h.run import Run, Stopped, setup_tokenizer
 from e2h.tokenizer import Tokenizer
 
 ALGOS = ("sft", "orm", "prm", "oprm", "ppo", "dpo", "rest")
@@ -56,7 +58,7 @@ def non_negative(kind):
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    add, d = p.add_argument, stages.describe   # d(flag): the paper's and the embedded defaults
+    add, d = p.add_argument, defaults.describe   # d(flag): the paper's and the embedded defaults
     # algorithm and run
     add("--algo", required=True, choices=ALGOS, help="what to train")
     add("--out", default=None, help="run folder (default: runs/<algo>)")
@@ -88,7 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
         "PRM800K/Math-Shepherd rows, and problems to sample from")
     add("--levels", default=None, help="levels trained on, like 1,2,3, or all (default: 1,2,3; "
         "ppo 1,2,3,4,5)")
-    add("--answer-levels", default="1,2,3", help="levels whose final answers RL may use")
+    add("--answer-levels", default=None, help="levels whose final answers RL may use "
+        "(default: the easy levels 1,2,3)")
     add("--n-problems", type=non_negative(int), default=None,
         help="problems per level (synthetic; with real data, a cap, 0: all); " + d("n_problems"))
     add("--max-len", type=positive(int), default=None, help="longest training sequence; " + d("max_len"))
@@ -150,7 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def get_args(argv=None) -> argparse.Namespace:
     parser = build_parser()
-    args = stages.fill_defaults(parser.parse_args(argv))
+    args = defaults.fill_defaults(parser.parse_args(argv))
     given = build_parser()
     for action in given._actions:
         action.default = argparse.SUPPRESS
@@ -160,7 +163,7 @@ def get_args(argv=None) -> argparse.Namespace:
     if per_rank == 0 or rest:
         parser.error(f"--batch-size {args.batch_size} must be a multiple of --micro-batch-size "
                      f"{args.micro_batch_size} x {dist.world_size()} ranks")
-    if args.samples and args.algo not in stages.RM_ALGOS:
+    if args.samples and args.algo not in recipes.RM_ALGOS:
         parser.error(f"--samples is for orm / prm / oprm, not --algo {args.algo}")
     for flag in ("levels", "answer_levels"):
         value = getattr(args, flag)
@@ -175,6 +178,15 @@ SHARED = ("preset", "seed", "max_steps", "dtype", "n_problems", "max_len", "max_
           "activation_checkpointing", "model", "tokenizer", "data", "math_problems",
           "eval_problems", "sample_batch_size")
 NOT_HASHED = ("out", "resume", "stop_after", "save_every", "keep", "explicit", "eval_problems")
+RL = ("dpo", "ppo", "rest")
+# flags only some algorithms read: a stage's cache key leaves out the flags it never uses, so
+# changing DPO's beta (or its default) reuses the cached SFT and PRM stages
+USED_BY = {"beta": ("dpo",), "pair_gap": ("dpo",), "max_pairs": ("dpo",), "hard_gap": ("dpo",),
+           "max_per_problem": ("rest",), "hard_threshold": ("rest",), "iterations": ("dpo", "rest"),
+           "ppo_steps": ("ppo",), "rollouts": ("ppo",), "kl_coef": ("ppo",), "clip": ("ppo",),
+           "value_clip": ("ppo",), "vf_coef": ("ppo",), "no_process_reward": ("ppo",),
+           "eval_every": ("ppo",), "answer_levels": RL, "reward_model": RL,
+           "samples": recipes.RM_ALGOS}
 
 
 def as_argv(key: str, value) -> list[str]:
@@ -192,20 +204,16 @@ def required_stage(args, stage: str, flag: str, extra=()) -> str:
     for key in SHARED:
         if key in args.explicit:
             argv += as_argv(key, getattr(args, key))
-    settings = {k: v for k, v in vars(get_args(argv)).items() if k not in NOT_HASHED}
+    settings = {k: v for k, v in vars(get_args(argv)).items()
+                if k not in NOT_HASHED and stage in USED_BY.get(k, ALGOS)}
     key = hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:8]
     out = Path(args.out).parent / "cache" / f"{stage}-{key}"
     if (out / "model" / "config.json").is_file():
-        say(f"no --{flag} given: using the {stage.upper()} stage cached at {out}")
+        dist.say(f"no --{flag} given: using the {stage.upper()} stage cached at {out}")
     else:
-        say(f"no --{flag} given: training the {stage.upper()} stage first (cached at {out})")
+        dist.say(f"no --{flag} given: training the {stage.upper()} stage first (cached at {out})")
         main(argv + ["--out", str(out), "--resume"])
     return str(out / "model")
-
-
-def say(text: str):
-    if dist.is_main():
-        print(text, flush=True)
 
 
 # ----------------------------------------------------------------------------- entry point
@@ -218,7 +226,7 @@ def main(argv=None) -> int:
         args.policy = args.policy or required_stage(args, "sft", "policy")
         args.reward_model = args.reward_model or required_stage(
             args, "prm", "reward-model", ["--policy", args.policy])
-    elif args.algo in stages.RM_ALGOS and stages.rm_samples_policy(args):
+    elif args.algo in recipes.RM_ALGOS and recipes.samples_policy(args):
         args.policy = args.policy or required_stage(args, "sft", "policy")
     out = Path(args.out)
     resume_from = trainstate.latest(out) if args.resume else None
@@ -227,14 +235,14 @@ def main(argv=None) -> int:
         (out / "args.json").write_text(json.dumps(vars(args), indent=1) + "\n")
         if resume_from is None:
             (out / "metrics.jsonl").unlink(missing_ok=True)
-    tok_path = stages.setup_tokenizer(args, out)
+    tok_path = setup_tokenizer(args, out)
     run = Run(args, out, device, Tokenizer(tok_path), tok_path)
     if resume_from is not None:
         run.resume_from(resume_from)
-        say(f"resuming from {resume_from} (step {run.step})")
+        dist.say(f"resuming from {resume_from} (step {run.step})")
     t0 = time.time()
-    summary = algorithms.TRAIN[args.algo](run)
-    say(f"done: {args.algo} in {time.time() - t0:.0f}s, {run.step} steps; "
+    summary = recipes.TRAIN[args.algo](run)
+    dist.say(f"done: {args.algo} in {time.time() - t0:.0f}s, {run.step} steps; "
         + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in summary.items())
         + f"; model in {out / 'model'}")
     return 0
@@ -244,7 +252,7 @@ if __name__ == "__main__":
     try:
         code = main()
     except Stopped as e:
-        say(str(e))
+        dist.say(str(e))
         code = 0
     except (NonFiniteLoss, ValueError, FileNotFoundError) as e:
         if dist.is_main():   # every rank meets the same bad input; one line is enough

@@ -16,13 +16,30 @@ Canonical jsonl records (one JSON object per line; see docs/data.md):
                "step_labels": [1|0|null], "outcome_label": 1|0|null, "level"}
 - sample:     {"id", "question", "completion", "answer", "correct", "level",
                "step_scores": [float], "outcome_score": float|null}
-Easy = levels 1-3, hard = levels 4-5.
+Easy = levels 1-3, hard = levels 4-5: ``EASY_LEVELS`` / ``HARD_LEVELS`` below are the one
+definition of difficulty every stage, evaluation and the study use.
 """
 from __future__ import annotations
+
+EASY_LEVELS = (1, 2, 3)
+HARD_LEVELS = (4, 5)
+LEVELS = EASY_LEVELS + HARD_LEVELS
 
 PROMPT = "# Question\n\n{question}\n\n# Solution\n\n"
 STEP_SEP = "\n\n"
 ANSWER_HEADING = "# Answer"
+
+
+def difficulty(level) -> str | None:
+    """"easy" (levels 1-3), "hard" (4-5), or None for a record without a MATH level."""
+    return "easy" if level in EASY_LEVELS else "hard" if level in HARD_LEVELS else None
+
+
+def is_easy(level) -> bool:
+    """Levels 1-3 are easy, 4-5 hard; anything else (None, GSM8K, 7) is a ValueError."""
+    if type(level) is not int or level not in LEVELS:
+        raise ValueError(f"unknown level {level!r}: easy/hard needs a MATH level 1-5")
+    return level in EASY_LEVELS
 
 
 def format_prompt(question: str) -> str:

@@ -11,7 +11,7 @@ level (MATH has two, "Level ?") or an empty reference answer (two more) is skipp
 warning that counts and names them, or raises with ``strict=True``.
 
 GSM8K and Math-Shepherd have no difficulty levels: their records carry ``"level": None``, so
-``split_of`` refuses them instead of counting them as easy or hard.
+``data.format.is_easy`` refuses them instead of counting them as easy or hard.
 """
 from __future__ import annotations
 
@@ -26,8 +26,6 @@ from pathlib import Path
 
 from data.format import format_solution
 
-EASY_LEVELS = (1, 2, 3)
-HARD_LEVELS = (4, 5)
 SHEPHERD_TAG = "ки"
 _CALCULATOR = re.compile(r"<<[^<>]*>>")  # GSM8K calculator annotations `<<3+5=8>>`
 _STEP_NUMBER = re.compile(r"^Step \d+:\s*")  # Math-Shepherd "Step 3: "
@@ -85,17 +83,6 @@ def parse_level(value, where: str) -> int | None:
     if isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= 5:
         return value
     raise ValueError(f"{where}: unknown level {value!r} (expected 1-5)")
-
-
-def is_easy(level) -> bool:
-    """Levels 1-3 are easy, 4-5 hard; anything else (None, GSM8K, 7) is a ValueError."""
-    if type(level) is not int or level not in EASY_LEVELS + HARD_LEVELS:
-        raise ValueError(f"unknown level {level!r}: easy/hard needs a MATH level 1-5")
-    return level in EASY_LEVELS
-
-
-def split_of(level) -> str:
-    return "easy" if is_easy(level) else "hard"
 
 
 def warn_skipped(path, reason: str, ids: list[str]) -> None:

@@ -28,7 +28,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from e2h.model import ModelArgs, Transformer
+from e2h.model import ModelArgs, RewardModel, Transformer
 
 INDEX = "model.safetensors.index.json"
 SINGLE = "model.safetensors"
@@ -45,8 +45,6 @@ CONFIG = {"hidden_size": ("dim", None), "intermediate_size": ("ffn_dim", None),
 
 def hf_params(model) -> dict[str, torch.nn.Parameter]:
     """Parameters of a Transformer or RewardModel under their HF keys."""
-    from e2h.rm import RewardModel
-
     is_rm = isinstance(model, RewardModel)
     trunk = model.trunk if is_rm else model
     out = {}
@@ -186,8 +184,7 @@ def load_model(path, dtype: torch.dtype | None = None, device=None):
     with torch.device("meta"):
         model = Transformer(args)
         if is_rm:
-            from e2h.rm import RewardModel
-            model = RewardModel(model)
+                    model = RewardModel(model)
     params = hf_params(model)
     check_weights(found, params, path)
     dtype = dtype or DTYPES[found["model.embed_tokens.weight"][1]]
@@ -215,8 +212,6 @@ def check_tokenizer(tok, model):
 
 def hf_config(model, dtype: torch.dtype) -> dict:
     """config.json in HF LlamaConfig keys, so ecosystem tools open the directory unchanged."""
-    from e2h.rm import RewardModel
-
     is_rm = isinstance(model, RewardModel)
     args = (model.trunk if is_rm else model).args
     cfg = {"architectures": [RM_ARCH if is_rm else "LlamaForCausalLM"], "model_type": "llama",

@@ -26,20 +26,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from data.format import format_prompt, tokenize_sft
+from data.format import EASY_LEVELS, format_prompt, tokenize_sft
 from e2h.distributed import gathered
-from e2h.evaluate import sample_solutions, score_samples
-from e2h.rm import aggregate
-from e2h.sft import collate, token_logps
-
-
-def sequence_logps(model, tokens: torch.Tensor, loss_mask: torch.Tensor) -> torch.Tensor:
-    """Summed log-probs of the target tokens (loss_mask 1: completion and EOS): (B,) float32."""
-    mask = loss_mask[:, 1:].float()                                   # (B, T-1): token t+1
-    empty = (mask.sum(-1) == 0).nonzero()
-    if len(empty):
-        raise ValueError(f"sequence_logps: sequence {empty[0].item()} has no completion tokens")
-    return (token_logps(model(tokens), tokens) * mask).sum(-1)        # (B,)
+from e2h.sample import sample_solutions
+from e2h.score import sample_score, score_samples
+from e2h.sequences import collate, sequence_logps
 
 
 def dpo_loss(chosen_logps: torch.Tensor, rejected_logps: torch.Tensor,
@@ -68,12 +59,12 @@ def dpo_loss(chosen_logps: torch.Tensor, rejected_logps: torch.Tensor,
 
 def pair_score(sample: dict, answer_known: bool) -> float:
     """PRM score (min step probability) + final-answer 1/0 when the answer may be used."""
-    prm = aggregate(sample.get("step_scores") or [], sample.get("outcome_score"), "min")
+    prm = sample_score(sample, "min")
     return prm + (float(bool(sample["correct"])) if answer_known else 0.0)
 
 
 def build_pairs(samples: list[dict], gap: float, max_pairs: int, rng, *,
-                hard_gap: float | None = None, answer_levels=(1, 2, 3)) -> list[dict]:
+                hard_gap: float | None = None, answer_levels=EASY_LEVELS) -> list[dict]:
     """Preference pairs from scored sample records, grouped by problem ``id``.
 
     A problem's answer may be used when its level is in ``answer_levels`` and its samples are
@@ -142,7 +133,7 @@ def cache_ref_logps(model, examples: list[dict], pad_id: int, batch_size: int = 
     return examples
 
 
-def loss_fn(model, batch: dict, beta: float = 0.1):
+def loss_fn(model, batch: dict, *, beta: float):
     """Mean DPO loss over the pairs of a ``collate_pairs`` batch with cached reference log-probs.
 
     Metrics are detached; ``n_pairs`` lets a loop weigh accumulated micro-batches.
@@ -159,7 +150,7 @@ def loss_fn(model, batch: dict, beta: float = 0.1):
 def dpo_iteration_data(policy, rm, tok, problems: list[dict], rng, *, n: int = 8,
                        temperature: float = 1.0, top_k: int | None = None,
                        max_new_tokens: int = 768, gap: float = 1.0, max_pairs: int = 3,
-                       hard_gap: float | None = None, answer_levels=(1, 2, 3),
+                       hard_gap: float | None = None, answer_levels=EASY_LEVELS,
                        generator: torch.Generator | None = None, batch_size: int = 16):
     """One iteration's training examples: sample n per problem from ``policy``, score them with
     ``rm``, build pairs and cache ``policy``'s log-probs as the reference (so call this before

@@ -12,6 +12,8 @@ Two choices make Hugging Face / Llemma checkpoints load without any weight surge
 
 RMSNorm statistics and the RoPE tables are computed in float32 whatever the weight dtype.
 Attention goes through ``kernels.attend``: the Triton kernel on CUDA, PyTorch on CPU.
+``RewardModel`` is the same trunk with a one-logit head in place of the LM head: the reward
+models (ORM, PRM, OPRM) and PPO's value model.
 Nothing here is distributed: sharding (e2h/distributed.py) wraps the model from outside.
 
 Letters: B batch, T new tokens, S cache slots, H query heads, Hkv key/value heads, D head dim,
@@ -20,6 +22,7 @@ C model dim, V vocab.
 from __future__ import annotations
 
 import math
+import copy
 from dataclasses import asdict, dataclass
 
 import torch
@@ -232,3 +235,32 @@ class Transformer(nn.Module):
     def forward(self, tokens: torch.Tensor, positions: torch.Tensor | None = None,
                 cache: KVCache | None = None) -> torch.Tensor:
         return self.logits(self.hidden(tokens, positions, cache))
+
+
+class RewardModel(nn.Module):
+    """The trunk with a zero-initialized linear head: one logit per position, p = sigmoid(logit).
+
+    The zero init makes every prediction 0.5 at step 0, so training starts from "no opinion"
+    rather than from noise. PPO's value model is the same module (its logit is the value).
+    """
+
+    def __init__(self, trunk: Transformer):
+        super().__init__()
+        self.trunk = trunk
+        if trunk.lm_head is not None:
+            # never used: frozen so optimizers skip it and DDP finds no unused trainable parameter
+            trunk.lm_head.requires_grad_(False)
+        w = trunk.embed_tokens.weight                # the head lives where the trunk does
+        self.score = nn.Linear(trunk.args.dim, 1, device=w.device, dtype=w.dtype)
+        nn.init.zeros_(self.score.weight)
+        nn.init.zeros_(self.score.bias)
+
+    @classmethod
+    def from_policy(cls, model: Transformer) -> "RewardModel":
+        """A reward (or value) model whose trunk is a copy of ``model``; ``model`` is untouched."""
+        return cls(copy.deepcopy(model))
+
+    def forward(self, tokens: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
+        """tokens (B, T) -> float32 logits (B, T), one per position."""
+        h = self.trunk.hidden(tokens, positions)                             # (B, T, C)
+        return self.score(h).squeeze(-1).float()                             # (B, T)

@@ -29,11 +29,11 @@ from collections import defaultdict
 
 import torch
 
-from data.format import format_prompt, parse_solution, score_positions
+from data.format import EASY_LEVELS, format_prompt, parse_solution, score_positions
 from e2h.distributed import clip_grad_norm, gathered
 from e2h.grader import grade_answer
 from e2h.sample import generate
-from e2h.sft import collate, token_logps
+from e2h.sequences import collate, token_logps
 
 # ----------------------------------------------------------------------------- pure pieces
 
@@ -207,12 +207,13 @@ def rollout(policy, ref_model, value_model, reward_model, tok, problems: list[di
             temperature: float = 0.7, top_k: int | None = 50, max_new_tokens: int = 768,
             kl_coef: float = 0.01, u: float = 0.5, step_bonus: float = 0.25,
             hard_reward: float = 0.25, format_penalty: float = 1.0, process_reward: bool = True,
-            answer_levels=(1, 2, 3), gamma: float = 1.0, lam: float = 1.0,
+            answer_levels=EASY_LEVELS, gamma: float = 1.0, lam: float = 1.0,
             recompute_logps: bool = False, batch_size: int = 16,
             generator: torch.Generator | None = None):
     """One solution per problem, scored and turned into advantages: (batch, metrics).
 
-    batch: "tokens" (B, T) and "mask", "logps", "values", "advantages", "returns" (B, T-1).
+    batch: "tokens" (B, T) and "mask", "logps", "values", "advantages", "returns" (B, T-1),
+    and the "temperature" sampled at, which the update's log-probs must use too.
     A problem's reference answer is used only when its level is in ``answer_levels``.
     ``reward_model`` may be None when process_reward is False. The old log-probs are the
     sampler's; recompute_logps=True takes them from a full forward instead (in bf16 the cached
@@ -259,7 +260,7 @@ def rollout(policy, ref_model, value_model, reward_model, tok, problems: list[di
                "answer/format": sum(a is not None for a in answers) / len(answers),
                "rollout/length": mask.sum(-1).mean().item()}
     batch = {"tokens": tokens, "mask": mask, "logps": logps, "values": values,
-             "advantages": advantages, "returns": returns}
+             "advantages": advantages, "returns": returns, "temperature": temperature}
     return batch, metrics
 
 # ----------------------------------------------------------------------------- update
@@ -268,14 +269,15 @@ def rollout(policy, ref_model, value_model, reward_model, tok, problems: list[di
 def ppo_update(policy, value_model, policy_opt, value_opt, batch: dict, *,
                minibatch_size: int = 64, microbatch_size: int | None = None, epochs: int = 1,
                clip: float = 0.2, value_clip: float = 0.2, vf_coef: float = 0.1,
-               max_grad_norm: float = 1.0, temperature: float = 0.7,
-               generator: torch.Generator | None = None) -> dict:
+               max_grad_norm: float = 1.0, generator: torch.Generator | None = None) -> dict:
     """``epochs`` passes over the rollout batch in shuffled minibatches, one optimizer step of
     each model per minibatch; losses are token means over the minibatch, accumulated over
     micro-batches of ``microbatch_size`` rows. Returns metrics averaged over the run.
 
-    ``batch`` comes from ``rollout``; ``temperature`` must be the one it sampled at.
+    ``batch`` comes from ``rollout``; its log-probs are taken at the temperature it sampled at.
     """
+    temperature = batch["temperature"]
+    batch = {k: v for k, v in batch.items() if k != "temperature"}
     B = batch["tokens"].shape[0]
     sums, counts = defaultdict(float), defaultdict(int)
 

@@ -19,9 +19,10 @@ from __future__ import annotations
 
 import torch
 
+from data.format import EASY_LEVELS
 from e2h.distributed import gathered
-from e2h.evaluate import sample_solutions, score_samples
-from e2h.rm import aggregate
+from e2h.sample import sample_solutions
+from e2h.score import sample_score, score_samples
 
 RESTART_FROM_BASE = True
 
@@ -32,7 +33,7 @@ def start_model(base, latest, restart_from_base: bool = RESTART_FROM_BASE):
 
 
 def filter_samples(samples: list[dict], max_per_problem: int, rng, *,
-                   hard_threshold: float | None = None, answer_levels=(1, 2, 3)) -> list[dict]:
+                   hard_threshold: float | None = None, answer_levels=EASY_LEVELS) -> list[dict]:
     """SFT records {"id", "question", "completion", "level"} from graded sample records.
 
     Kept: samples with ``correct`` True on problems whose level is in ``answer_levels``; on
@@ -48,8 +49,7 @@ def filter_samples(samples: list[dict], max_per_problem: int, rng, *,
         if s["level"] in answer_levels:
             keep = s.get("correct") is True
         else:
-            keep = hard_threshold is not None and aggregate(
-                s.get("step_scores") or [], s.get("outcome_score"), "min") >= hard_threshold
+            keep = hard_threshold is not None and sample_score(s, "min") >= hard_threshold
         if keep:
             groups.setdefault(s["id"], {}).setdefault(text, s)     # dedupe, first one kept
     records = []
@@ -66,7 +66,7 @@ def filter_samples(samples: list[dict], max_per_problem: int, rng, *,
 def rest_iteration_data(policy, tok, problems: list[dict], rng, *, n: int = 32,
                         temperature: float = 1.0, top_k: int | None = 40,
                         max_new_tokens: int = 768, max_per_problem: int = 10, rm=None,
-                        hard_threshold: float | None = None, answer_levels=(1, 2, 3),
+                        hard_threshold: float | None = None, answer_levels=EASY_LEVELS,
                         generator: torch.Generator | None = None, batch_size: int = 16):
     """The E-step: SFT records for one iteration, sampled from ``policy``; (records, metrics).
 

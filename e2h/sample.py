@@ -1,7 +1,8 @@
 """KV-cache sampling: one batched prefill of the prompts, then one token at a time.
 
-Every stage that samples from a generator (ORM data, re-ranking, PPO rollouts, DPO and ReST-EM
-pairs; PAPER.md "Reward models", "Re-ranking", "RL") calls ``generate``.
+Step 1 of the pipeline. Every stage that samples from a generator (ORM data, re-ranking, PPO
+rollouts, DPO and ReST-EM pairs; PAPER.md "Reward models", "Re-ranking", "RL") calls
+``generate``; ``sample_solutions`` turns its ids into graded sample records.
 
 - Prompts of different lengths share a batch by left padding. Row b's prompt fills cache slots
   [start[b], P); ``cache.start`` masks the pad slots out of attention and positions count from
@@ -23,6 +24,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from data.format import format_prompt
+from e2h.grader import extract_answer, grade_answer
 from e2h.model import KVCache, Transformer
 
 # Reading the `done` flags waits for the device; checking them every step would stall the
@@ -160,3 +163,37 @@ def _decode(model, cache, logits, max_new_tokens, temperature, top_k, top_p, eos
     new = [row[:k] for row, k in zip(new.tolist(), lengths)]
     logps = [row[:k] for row, k in zip(logps.tolist(), lengths)]
     return new, logps, done
+
+# ----------------------------------------------------------------------------- sample records
+
+
+@torch.no_grad()
+def sample_solutions(policy, tok, problems: list[dict], n: int, temperature: float = 0.7,
+                     top_k: int | None = 20, max_new_tokens: int = 512, generator=None,
+                     batch_size: int = 8, prompt_fn=format_prompt, answer_fn=extract_answer,
+                     stop_fn=None) -> list[dict]:
+    """n sample records per problem (problem-major), graded against ``answer`` when present.
+
+    ``batch_size`` problems go to ``generate`` at once, i.e. batch_size * n rows decoding
+    together after batch_size prefills. Sampling stops at EOS, which is not part of the text.
+    ``prompt_fn`` / ``answer_fn`` / ``stop_fn`` (see ``generate``) switch the format: the
+    few-shot baseline uses its own.
+    """
+    samples = []
+    for start in range(0, len(problems), batch_size):
+        chunk = problems[start:start + batch_size]
+        prompts = [tok.encode(prompt_fn(p["question"]), bos=True) for p in chunk]
+        outs = generate(policy, prompts, max_new_tokens, temperature=temperature, top_k=top_k,
+                        n=n, eos_id=tok.eos_id, stop_fn=stop_fn, generator=generator)
+        for j, out in enumerate(outs):
+            p = chunk[j // n]
+            ids = list(out.tokens)
+            if tok.eos_id in ids:
+                ids = ids[:ids.index(tok.eos_id)]
+            completion = tok.decode(ids)
+            answer = answer_fn(completion)
+            correct = None if p.get("answer") is None else grade_answer(answer, p["answer"])
+            samples.append({"id": p["id"], "question": p["question"], "completion": completion,
+                            "answer": answer, "correct": correct, "level": p.get("level"),
+                            "step_scores": [], "outcome_score": None})
+    return samples

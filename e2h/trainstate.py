@@ -23,7 +23,8 @@ import numpy as np
 import torch
 
 from e2h import distributed as dist
-from e2h.model import Transformer
+from e2h.checkpoint import save_model
+from e2h.model import RewardModel, Transformer
 
 PREFIX = "step_"
 
@@ -61,7 +62,6 @@ def _set_rng_state(state: dict, generators: dict[str, torch.Generator]):
 
 def _skeleton(model):
     """An unsharded copy of ``model``'s architecture on the meta device."""
-    from e2h.rm import RewardModel
     with torch.device("meta"):
         if isinstance(model, RewardModel):
             return RewardModel(Transformer(model.trunk.args))
@@ -71,8 +71,6 @@ def _skeleton(model):
 def export_model(model, path, tokenizer_path=None):
     """The HF-layout weights of ``model`` (a policy or a reward model) in ``path``, written
     atomically by rank 0. Under FSDP the shards are gathered to rank 0 first."""
-    from e2h.checkpoint import save_model
-
     path = Path(path)
     plain = model
     if dist.is_distributed():

@@ -10,8 +10,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from e2h.checkpoint import check_tokenizer, load_model, save_model
-from e2h.model import ModelArgs, Transformer
-from e2h.rm import RewardModel
+from e2h.model import ModelArgs, RewardModel, Transformer
 from e2h.tokenizer import train_tokenizer
 
 TOKENS = torch.tensor([[1, 5, 9, 3, 17, 33, 2, 8, 8, 21, 0, 39]])   # (1, 12)

@@ -53,8 +53,7 @@ import json, sys, torch
 torch.set_num_threads(1)
 from e2h import distributed as dist, trainstate
 from e2h.checkpoint import load_model
-from e2h.model import ModelArgs, Transformer
-from e2h.rm import RewardModel
+from e2h.model import ModelArgs, RewardModel, Transformer
 from e2h.sample import generate
 
 dist.init()

@@ -8,8 +8,8 @@ import torch.nn.functional as F
 
 import e2h.dpo as dpo
 from data.format import format_prompt
-from e2h.dpo import (build_pairs, cache_ref_logps, collate_pairs, dpo_loss, loss_fn, pair_score,
-                     sequence_logps)
+from e2h.dpo import build_pairs, cache_ref_logps, collate_pairs, dpo_loss, loss_fn, pair_score
+from e2h.sequences import sequence_logps
 from e2h.model import ModelArgs, Transformer
 from e2h.tokenizer import train_tokenizer
 

@@ -4,14 +4,14 @@ import json
 import pytest
 import torch
 
-import e2h.evaluate
+import e2h.sample
 from data.format import format_prompt
 from e2h.checkpoint import save_model
-from e2h.evaluate import (format_table, main, read_problems, rerank_table, sample_solutions,
-                          score_samples)
-from e2h.model import ModelArgs, Transformer
-from e2h.rm import RewardModel
-from e2h.sample import Sample
+from e2h.evaluate import main, read_problems
+from e2h.model import ModelArgs, RewardModel, Transformer
+from e2h.rerank import format_table, rerank_table
+from e2h.sample import Sample, sample_solutions
+from e2h.score import score_samples
 from e2h.tokenizer import train_tokenizer
 
 
@@ -100,7 +100,7 @@ def test_sample_solutions_records(tok, monkeypatch):
         return [Sample(tok.encode("7 + 5 = 12\n\n# Answer\n\n12", eos=True)) if i % 2 == 0
                 else Sample(tok.encode("7 + 5 = 1")) for i in range(len(prompts) * n)]
 
-    monkeypatch.setattr(e2h.evaluate, "generate", fake_generate)
+    monkeypatch.setattr(e2h.sample, "generate", fake_generate)
     samples = sample_solutions(None, tok, PROBLEMS, n=2, temperature=0.7, top_k=20, batch_size=2)
     assert calls == [(2, 2, 0.7, 20, tok.eos_id), (1, 2, 0.7, 20, tok.eos_id)]
     assert [x["id"] for x in samples] == ["a", "a", "b", "b", "c", "c"]        # problem-major

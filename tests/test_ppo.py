@@ -9,10 +9,9 @@ from data.format import format_prompt, format_solution
 from e2h.ppo import (_trajectories, assemble_rewards, gae, kl_penalty, masked_mean,
                      min_process_rewards, ppo_policy_loss, ppo_update, ppo_value_loss, rollout,
                      scale_by_std, terminal_reward, whiten)
-from e2h.model import ModelArgs, Transformer
-from e2h.rm import RewardModel
+from e2h.model import ModelArgs, RewardModel, Transformer
 from e2h.sample import generate
-from e2h.sft import token_logps
+from e2h.sequences import token_logps
 from e2h.tokenizer import train_tokenizer
 
 TOL = dict(rtol=0, atol=1e-6)
@@ -225,7 +224,7 @@ def test_rollout_then_update(tok, models):
     before = [p.detach().clone() for p in policy.parameters()]
     stats = ppo_update(policy, value_model, torch.optim.SGD(policy.parameters(), lr=0.1),
                        torch.optim.SGD(value_model.parameters(), lr=0.1), batch,
-                       minibatch_size=4, microbatch_size=2, epochs=1, temperature=0.7)
+                       minibatch_size=4, microbatch_size=2, epochs=1)
     # one minibatch, first step: the policy is the sampling policy, so the ratio is 1
     close(stats["policy/clipfrac"], 0.0)
     close(stats["policy/approxkl"], 0.0)

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from data.format import tokenize_rm, tokenize_sft
+from data.format import difficulty, is_easy, tokenize_rm, tokenize_sft
 from data.prm800k import load_prm800k_raw, load_prm800k_steptree
-from data.readers import (is_easy, load_gsm8k, load_math, load_math_shepherd, load_metamath,
-                          math_validation_split, parse_level, read_jsonl, split_of,
-                          split_paragraphs, write_jsonl)
+from data.readers import (load_gsm8k, load_math, load_math_shepherd, load_metamath,
+                          math_validation_split, parse_level, read_jsonl, split_paragraphs,
+                          write_jsonl)
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -80,7 +80,7 @@ def test_missing_field_names_the_field(tmp_path):
 
 
 def test_levels_easy_hard_and_unknown():
-    assert [split_of(level) for level in (1, 2, 3, 4, 5)] == ["easy"] * 3 + ["hard"] * 2
+    assert [difficulty(level) for level in (1, 2, 3, 4, 5)] == ["easy"] * 3 + ["hard"] * 2
     assert parse_level("Level 4", "f:1") == 4 and parse_level("Level ?", "f:1") is None
     for bad in (None, 0, 6, "3", True, 2.0):
         with pytest.raises(ValueError, match="unknown level"):
@@ -233,7 +233,7 @@ def test_gsm8k():
     assert not any("<<" in s for p in test + train for s in p["steps"])
     assert all(p["answer"].lstrip("-").isdigit() for p in test + train)  # "1,080" -> "1080"
     with pytest.raises(ValueError, match="unknown level"):
-        split_of(test[0]["level"])
+        is_easy(test[0]["level"])
 
 
 def test_metamath():

@@ -6,12 +6,12 @@ import random
 import pytest
 import torch
 
-import e2h.rm
+import e2h.score
 from data.format import format_prompt
 from data.synthetic import label_solution
-from e2h.model import ModelArgs, Transformer
-from e2h.rm import (RewardModel, aggregate, encode_completion, encode_rm, loss_fn, orm_examples,
-                    prm_examples, rm_batch, rm_loss, roc_auc, score_completions, step_and_outcome_auc)
+from e2h.model import ModelArgs, RewardModel, Transformer
+from e2h.rm import encode_rm, loss_fn, orm_examples, prm_examples, rm_batch, rm_loss
+from e2h.score import aggregate, encode_completion, roc_auc, score_completions, step_and_outcome_auc
 from e2h.tokenizer import train_tokenizer
 
 QUESTION = "Start at 7. Add 5, then double."
@@ -235,7 +235,7 @@ def test_step_and_outcome_auc_pairs_scores_with_labels(tok, monkeypatch):
         texts.extend(tok.decode(c) for c in completions)
         return fake
 
-    monkeypatch.setattr(e2h.rm, "score_completions", fake_score)
+    monkeypatch.setattr(e2h.score, "score_completions", fake_score)
     out = step_and_outcome_auc(None, tok, records)
     assert texts[1] == "7 + 5 = 12\n\n12 * 2 = 24\n\n"      # a last step gets its delimiter
     # steps: positives {0.9, 0.4, 0.6} vs negative {0.5}: 0.9 and 0.6 win -> 2/3

@@ -5,11 +5,12 @@ import random
 import pytest
 import torch
 
-import e2h.evaluate
+import e2h.sample
+from e2h.icl import evaluate_icl, extract_icl_answer, icl_prompt, pick_exemplars
 from e2h.model import ModelArgs, Transformer
 from e2h.sample import Sample
-from e2h.sft import (collate, evaluate_icl, extract_icl_answer, freeze_embeddings, icl_prompt,
-                     loss_fn, pick_exemplars, sft_batch, sft_loss, token_logps)
+from e2h.sequences import collate, token_logps
+from e2h.sft import freeze_embeddings, loss_fn, sft_batch, sft_loss
 
 LN3 = math.log(3.0)
 
@@ -155,7 +156,7 @@ def test_evaluate_icl_greedy_with_the_few_shot_prompt(monkeypatch):
             assert stop_fn(out[-1].tokens)       # stops at the next "Problem:"
         return out
 
-    monkeypatch.setattr(e2h.evaluate, "generate", fake_generate)
+    monkeypatch.setattr(e2h.sample, "generate", fake_generate)
     problems = [{"id": "a", "question": "What is 2+3?", "answer": "5", "level": 2},
                 {"id": "b", "question": "What is 2+2?", "answer": "4", "level": 4}]
     samples, acc = evaluate_icl(None, tok, problems, [EXEMPLAR])

@@ -78,8 +78,7 @@ def test_quick_study_produces_every_number(tmp_path):
 
 
 def test_within_problem_auc_by_hand():
-    sys.path.insert(0, str(ROOT))
-    import study
+    from e2h.score import within_problem_auc
     rows = [  # (problem id, level, score, correct)
         ("a", 1, 0.9, True), ("a", 1, 0.2, False), ("a", 1, 0.5, True),   # both right above: 1.0
         ("b", 2, 0.3, True), ("b", 2, 0.6, False),                         # right below: 0.0
@@ -87,18 +86,16 @@ def test_within_problem_auc_by_hand():
         ("d", 4, 0.5, True), ("d", 4, 0.5, False),                         # a tie: 0.5
     ]
     samples = [{"id": i, "level": lvl, "correct": ok} for i, lvl, _, ok in rows]
-    got = study.within_problem_auc(samples, [score for _, _, score, _ in rows])
+    got = within_problem_auc(samples, [score for _, _, score, _ in rows])
     assert got == {"easy": (1.0 + 0.0) / 2, "easy_problems": 2, "hard": 0.5, "hard_problems": 1}
 
 
 def test_min_token_probs_match_a_token_by_token_softmax(tmp_path):
-    sys.path.insert(0, str(ROOT))
     import torch
-    import study
     from data import synthetic
     from data.format import format_prompt
     from e2h.model import ModelArgs, Transformer
-    from e2h.rm import encode_completion
+    from e2h.score import encode_completion, min_token_probs
     from e2h.tokenizer import train_tokenizer
     torch.set_num_threads(1)
     problems = synthetic.make_split(2, seed=0, split="train")
@@ -109,7 +106,7 @@ def test_min_token_probs_match_a_token_by_token_softmax(tmp_path):
     samples = [{"question": p["question"], "completion": synthetic.reference_completion(p)}
                for p in problems[:3]]
     samples[1]["completion"] = samples[1]["completion"][:12]          # a shorter one in the batch
-    got = study.min_token_probs(model, tok, samples, batch_size=2)
+    got = min_token_probs(model, tok, samples, batch_size=2)
     for s, value in zip(samples, got):
         prompt, completion = encode_completion(tok, s["question"], s["completion"])
         ids = prompt + completion

@@ -1,0 +1,77 @@
+"""Hyper-parameter defaults, written once: every unset flag of train.py takes its value here.
+
+Two regimes (PAPER.md): ``PAPER`` holds the 7B hyper-parameters and applies when pretrained
+weights (--model) or real data are given; ``EMBEDDED`` holds what a small model trained from
+scratch on the synthetic curriculum needs to learn in a few CPU minutes (far larger learning
+rates, small batches, fewer samples). Flags that are the same in both regimes (DPO's beta,
+PPO's clip, ...) have their default in train.py's parser, and nowhere else.
+"""
+from __future__ import annotations
+
+from data.format import EASY_LEVELS, LEVELS
+from e2h import distributed as dist
+
+PAPER = {   # PAPER.md, Llemma-7B
+    "sft": dict(lr=2e-5, batch_size=128, epochs=3, max_len=768),
+    "prm": dict(lr=2e-5, batch_size=128, epochs=2, max_len=768),
+    "orm": dict(lr=2e-5, batch_size=128, epochs=2, max_len=1024, n_samples=32, top_k=20,
+                temperature=0.7),
+    "dpo": dict(lr=2e-6, batch_size=64, epochs=1, max_len=1024, iterations=5, n_samples=8,
+                top_k=0, temperature=1.0),
+    "rest": dict(lr=2e-5, batch_size=128, epochs=1, max_len=1024, iterations=2, n_samples=32,
+                 top_k=40, temperature=1.0),
+    "ppo": dict(lr=2e-5, batch_size=64, epochs=1, max_len=1024, ppo_steps=500, rollouts=512,
+                top_k=50, temperature=0.7),
+}
+EMBEDDED = {   # the small preset from scratch on the synthetic curriculum, 2 CPU cores
+    "sft": dict(lr=3e-3, batch_size=64, epochs=3, n_problems=3000),
+    "prm": dict(lr=3e-4, batch_size=16, epochs=2, n_problems=300, n_samples=16, top_k=0,
+                temperature=1.0),
+    "dpo": dict(lr=1e-5, batch_size=32, epochs=1, n_problems=100, iterations=2, n_samples=8,
+                top_k=0, temperature=1.0),
+    "rest": dict(lr=1e-4, batch_size=32, epochs=1, n_problems=100, iterations=2, n_samples=8,
+                 top_k=0, temperature=1.0),
+    "ppo": dict(lr=1e-5, batch_size=32, epochs=1, n_problems=200, ppo_steps=20, rollouts=64,
+                top_k=50, temperature=0.7),
+}
+# OPRM trains on the union of ORM and PRM data, with the ORM's settings (PAPER.md); on the
+# embedded default every reward model samples its own data the same way
+PAPER["oprm"] = PAPER["orm"]
+EMBEDDED["orm"] = EMBEDDED["oprm"] = EMBEDDED["prm"]
+COMMON = {"paper": dict(max_new_tokens=768, n_problems=0, eval_problems=0, warmup_ratio=0.2),
+          "embedded": dict(max_len=256, max_new_tokens=96, eval_problems=100, warmup_ratio=0.05)}
+RM_ALGOS = ("orm", "prm", "oprm")
+
+
+def describe(key: str) -> str:
+    """The defaults of ``key`` for --help: "paper 2e-05 (dpo 2e-06); embedded 0.003 (...)"."""
+    parts = []
+    for name, table in (("paper", PAPER), ("embedded", EMBEDDED)):
+        values = {algo: {**COMMON[name], **t}.get(key) for algo, t in table.items()}
+        values = {algo: v for algo, v in values.items() if v is not None}
+        if not values:
+            continue
+        common = max(set(values.values()), key=list(values.values()).count)
+        others = ", ".join(f"{algo} {v}" for algo, v in values.items() if v != common)
+        parts.append(f"{name} {common}" + (f" ({others})" if others else ""))
+    return "default: " + "; ".join(parts)
+
+
+def fill_defaults(args):
+    """Resolve the regime and give every unset (None) flag its regime's value, in place."""
+    if args.hparams == "auto":
+        # real weights or real data; a --policy alone may be an embedded run's output
+        real = args.model or args.data or args.math_problems
+        args.hparams = "paper" if real else "embedded"
+    table = (PAPER if args.hparams == "paper" else EMBEDDED)[args.algo]
+    for key, value in {**COMMON[args.hparams], **table}.items():
+        if getattr(args, key, None) is None:
+            setattr(args, key, value)
+    if args.levels is None:   # PAPER.md: the best PPO row trains on all problems
+        levels = LEVELS if args.algo == "ppo" else EASY_LEVELS
+        args.levels = ",".join(map(str, levels))
+    if args.answer_levels is None:
+        args.answer_levels = ",".join(map(str, EASY_LEVELS))
+    if args.micro_batch_size is None:
+        args.micro_batch_size = args.batch_size // dist.world_size()
+    return args

@@ -1,0 +1,338 @@
+"""One recipe per algorithm of train.py: which models it builds, what data it trains on, which
+phases it runs (PAPER.md "Generators", "Reward models", "RL"). Wiring only: the objectives live
+in sft.py, rm.py, dpo.py, rest.py and ppo.py, the step bookkeeping in loop.py.
+
+- sft: the supervised loop on SFT examples (easy levels).
+- orm / prm / oprm: sample solutions of easy problems from the policy when the data needs it
+  (ORM labels by final answer; on the synthetic curriculum PRM labels come from the program
+  checker, the stand-in for PRM800K's human raters), then the loop on a zero-initialized
+  reward head over the base model's trunk (the policy's when no --model is given).
+- dpo / rest: iterations of (sample -> build data -> one phase of the loop). An iteration's data
+  is saved in <out>/data/ before its first step, so a resumed run trains on the same examples.
+- ppo: rollout then update, one PPO step at a time; greedy validation keeps the best model.
+
+Each returns a dict of closing numbers for train.py's summary line.
+"""
+from __future__ import annotations
+
+import math
+import random
+from functools import partial
+
+import torch
+
+from data import sources, synthetic
+from data.format import EASY_LEVELS, HARD_LEVELS
+from e2h import distributed as dist
+from e2h import dpo, ppo, rest, rm, sft, trainstate
+from e2h.loop import NonFiniteLoss, batch_indices, run_steps, train_phase
+from e2h.model import RewardModel
+from e2h.rerank import accuracy_by_split
+from e2h.run import cached_records, generator_for, load, load_or_init, make_optimizer, prepare, rng_for
+from e2h.sample import sample_solutions
+from e2h.score import step_and_outcome_auc
+
+RM_ALGOS = ("orm", "prm", "oprm")
+
+
+def synthetic_data(args) -> bool:
+    """The embedded default: no --data, so the synthetic curriculum is the data."""
+    return args.hparams == "embedded" and not args.data
+
+
+def problems(args, split: str = "train") -> list[dict]:
+    """The problems this run samples from (--data / --math-problems, else synthetic)."""
+    synthetic_only = args.hparams == "embedded" and not (args.data or args.math_problems)
+    data, math = (None, None) if synthetic_only else (args.data or [], args.math_problems)
+    return sources.problems(data, math, sources.parse_levels(args.levels), args.n_problems,
+                            args.seed, split)
+
+
+def samples_policy(args) -> bool:
+    """Whether a reward-model run samples solutions from a policy: always on the synthetic
+    curriculum (its PRM labels are program-checked samples); with real data, ORM / OPRM sample
+    the problems found in --data / --math-problems, and PRM trains on the rated steps given."""
+    if synthetic_data(args):
+        return True
+    if args.algo == "prm":
+        return False
+    return bool(args.math_problems or sources.read_data(args.data)["problems"])
+
+
+def sample(run, policy, problems_, n, key, temperature=None):
+    """``n`` graded sample records per problem, each rank sampling its share (one gather)."""
+    args = run.args
+    temperature = args.temperature if temperature is None else temperature
+
+    def draw(mine):
+        gen = generator_for(args.seed, key, device=run.device)
+        with run.autocast():
+            return sample_solutions(policy, run.tok, mine, n=n, temperature=temperature,
+                                    top_k=args.top_k or None, max_new_tokens=args.max_new_tokens,
+                                    generator=gen, batch_size=args.sample_batch_size), {}
+    return dist.on_every_rank(draw, problems_, policy)[0]
+
+
+def evaluate_policy(run, policy, split="test") -> dict:
+    """Greedy accuracy (%) by split on synthetic problems of every level (0 problems: skipped)."""
+    args = run.args
+    if not args.eval_problems or args.hparams != "embedded":
+        return {}
+    problems_ = sources.synthetic_problems(args.eval_problems, None, args.seed, split)
+    samples = sample(run, policy, problems_, 1, "eval", temperature=0.0)
+    return {f"{split}_{k}_acc": v for k, v in accuracy_by_split(samples).items()}
+
+
+def finish(run, model, extra=None) -> dict:
+    trainstate.export_model(model, run.out / "model", run.tok_path)
+    summary = {"loss": run.last["loss"]} if run.last else {}
+    summary.update(extra or {})
+    if summary:
+        run.log({"step": run.step, **{f"final/{k}": v for k, v in summary.items()}})
+    return summary
+
+
+def max_len(run, model) -> int:
+    """--max-len, cut to the positions the model has."""
+    trunk = model.trunk if isinstance(model, RewardModel) else model
+    return min(run.args.max_len, trunk.args.max_seq_len)
+
+
+def encode_all(encode, records: list[dict], what: str) -> list:
+    """Encode every record, drop the ones with nothing to train on; refuse an empty data set."""
+    encoded = [e for e in map(encode, records) if e is not None]
+    if not encoded:
+        raise ValueError(f"empty {what} data set ({len(records)} records, none with a target "
+                         "token within --max-len); check --data, --levels and --max-len")
+    return encoded
+
+# ----------------------------------------------------------------------------- sft
+
+
+def train_sft(run) -> dict:
+    args, tok = run.args, run.tok
+    model = load(run, args.model, pretrained=args.model is not None)
+    data = None if synthetic_data(args) else (args.data or [])
+    records = sources.sft_records(data, args.math_problems, sources.parse_levels(args.levels),
+                                  args.n_problems, args.seed)
+    examples = encode_all(lambda r: sft.encode_sft(tok, r, max_len(run, model)), records, "SFT")
+    opt = make_optimizer(model, args)
+    run.restore(model, [opt])
+    train_phase(run, model, opt, examples, partial(sft.sft_batch, pad_id=tok.pad_id), sft.loss_fn)
+    return finish(run, model, {"examples": len(examples), **evaluate_policy(run, model)})
+
+# ----------------------------------------------------------------------------- reward models
+
+
+def rm_records(run) -> list[dict]:
+    """ORM / PRM / OPRM records: --data's RM rows and/or labelled samples from the policy."""
+    args = run.args
+    levels = sources.parse_levels(args.levels)
+    given = [] if synthetic_data(args) else sources.rm_records(args.data, args.math_problems,
+                                                               levels)
+    if not samples_policy(args):
+        return given
+    problems_ = problems(args)
+    if args.samples:
+        samples = sources.read_samples(args.samples, problems_)
+    else:
+        def draw():
+            return sample(run, load(run, args.policy, trainable=False), problems_,
+                          args.n_samples, "rm-data")
+        samples = cached_records(run, "samples.jsonl", draw)   # what --samples reads
+    records = []
+    if args.algo in ("prm", "oprm"):
+        # program-checked steps on the synthetic curriculum; rated steps from --data otherwise
+        records += rm.prm_examples(samples, problems_, synthetic.label_solution) \
+            if synthetic_data(args) else given
+    if args.algo in ("orm", "oprm"):
+        orm = rm.orm_examples(samples, random.Random(args.seed))
+        if not orm and args.algo == "orm":
+            raise ValueError(f"no ORM examples: no problem had both a correct and a wrong "
+                             f"one among its {args.n_samples} samples ({len(samples)} samples, "
+                             f"{sum(bool(s['correct']) for s in samples)} correct)")
+        records += orm
+    return records
+
+
+def evaluate_rm(run, model) -> dict:
+    """Step / outcome ROC-AUC on held-out synthetic solutions, easy and hard problems apart."""
+    args = run.args
+    if not args.eval_problems or args.hparams != "embedded" or args.data:
+        return {}
+    policy = load(run, args.policy, trainable=False)
+    problems_ = sources.synthetic_problems(args.eval_problems, None, args.seed, "validation")
+    samples = sample(run, policy, problems_, 1, "rm-eval")
+    records = rm.prm_examples(samples, problems_, synthetic.label_solution)
+    out = {}
+    with dist.gathered(model):
+        for split, levels in (("easy", EASY_LEVELS), ("hard", HARD_LEVELS)):
+            auc = step_and_outcome_auc(model, run.tok, [r for r in records if r["level"] in levels])
+            out[f"{split}_step_auc"] = auc["step_auc"]
+            out[f"{split}_outcome_auc"] = auc["outcome_auc"]
+    return out
+
+
+def train_rm(run) -> dict:
+    args, tok = run.args, run.tok
+    records = cached_records(run, "rm_train.jsonl", lambda: rm_records(run))
+    base = args.model or args.policy
+    trunk = load_or_init(base, args, tok)
+    model = trunk if isinstance(trunk, RewardModel) else RewardModel(trunk)
+    model = prepare(run, model, pretrained=base is not None)
+    examples = encode_all(lambda r: rm.encode_rm(tok, r, max_len(run, model)), records,
+                          args.algo.upper())
+    opt = make_optimizer(model, args)
+    run.restore(model, [opt])
+    train_phase(run, model, opt, examples, partial(rm.rm_batch, pad_id=tok.pad_id), rm.loss_fn)
+    return finish(run, model, {"examples": len(examples), **evaluate_rm(run, model)})
+
+# ----------------------------------------------------------------------------- dpo, rest
+
+
+def iteration_data(run, it: int, build, problems_, *models) -> list:
+    """The examples of DPO / ReST-EM iteration ``it``: ``build(my_problems) -> (examples,
+    metrics)`` on every rank's share, saved before training (reused on resume); the
+    sampling metrics are printed and logged."""
+    def built():
+        with run.autocast():
+            examples, metrics = dist.on_every_rank(build, problems_, *models)
+        run.log({"step": run.step, "iteration": it, **{f"data/{k}": v for k, v in metrics.items()}})
+        dist.say(f"{run.args.algo} iteration {it}: {len(examples)} examples; "
+                 + ", ".join(f"{k} {v:.3g}" for k, v in metrics.items()))
+        return examples
+    return cached_records(run, f"{run.args.algo}_iteration{it}.jsonl", built)
+
+
+def sampling(args, key: str, it: int, device) -> dict:
+    """The sampling settings of one DPO / ReST-EM iteration, as keyword arguments."""
+    return dict(n=args.n_samples, temperature=args.temperature, top_k=args.top_k or None,
+                max_new_tokens=args.max_new_tokens, batch_size=args.sample_batch_size,
+                answer_levels=sources.parse_levels(args.answer_levels),
+                generator=generator_for(args.seed, key, it, device=device))
+
+
+def train_dpo(run) -> dict:
+    args, tok = run.args, run.tok
+    policy = load(run, args.policy)
+    evaluator = load(run, args.reward_model, trainable=False)
+    opt = make_optimizer(policy, args)
+    run.restore(policy, [opt])
+    problems_ = problems(args)
+    for it in range(args.iterations):
+        start = run.phase_start(it)
+        if start is None:
+            continue
+
+        def build(mine):   # the reference log-probs are the policy's as the iteration starts
+            return dpo.dpo_iteration_data(
+                policy, evaluator, tok, mine, rng_for(args.seed, "dpo", it), gap=args.pair_gap,
+                max_pairs=args.max_pairs, hard_gap=args.hard_gap,
+                **sampling(args, "dpo", it, run.device))
+        examples = iteration_data(run, it, build, problems_, policy, evaluator)
+        if not examples:
+            raise ValueError(f"dpo iteration {it}: no preference pairs (no problem had two samples "
+                             f"whose scores differ by more than --pair-gap {args.pair_gap}); a "
+                             "policy that is never right needs more SFT or a smaller gap")
+        opt = opt if start > 0 else make_optimizer(policy, args)
+        train_phase(run, policy, opt, examples, partial(dpo.collate_pairs, pad_id=tok.pad_id),
+                    partial(dpo.loss_fn, beta=args.beta), iteration=it)
+    return finish(run, policy, evaluate_policy(run, policy))
+
+
+def train_rest(run) -> dict:
+    args, tok = run.args, run.tok
+    policy = load(run, args.policy)
+    scored = args.hard_threshold is not None   # the evaluator stands in for hard answers
+    evaluator = load(run, args.reward_model, trainable=False) if scored else None
+    opt = make_optimizer(policy, args)
+    run.restore(policy, [opt])
+    problems_ = problems(args)
+    for it in range(args.iterations):
+        start = run.phase_start(it)
+        if start is None:
+            continue
+
+        def build(mine):   # E-step: sample from the latest policy
+            return rest.rest_iteration_data(
+                policy, tok, mine, rng_for(args.seed, "rest", it),
+                max_per_problem=args.max_per_problem, rm=evaluator,
+                hard_threshold=args.hard_threshold, **sampling(args, "rest", it, run.device))
+        records = iteration_data(run, it, build, problems_, policy, *([evaluator] if scored else []))
+        examples = encode_all(lambda r: sft.encode_sft(tok, r, max_len(run, policy)), records,
+                              f"ReST-EM iteration {it} (no sample was kept)")
+        if start == 0 and it > 0 and rest.RESTART_FROM_BASE:   # M-step from the SFT model
+            base = load_or_init(args.policy, args, tok) if dist.is_main() else None
+            dist.load_full_state_dict(policy, base.state_dict() if base is not None else {})
+        opt = opt if start > 0 else make_optimizer(policy, args)
+        train_phase(run, policy, opt, examples, partial(sft.sft_batch, pad_id=tok.pad_id),
+                    sft.loss_fn, iteration=it)
+    return finish(run, policy, evaluate_policy(run, policy))
+
+# ----------------------------------------------------------------------------- ppo
+
+
+def train_ppo(run) -> dict:
+    args, W = run.args, dist.world_size()
+    if args.rollouts % args.batch_size or args.batch_size % W:
+        raise ValueError(f"--rollouts {args.rollouts} must be a multiple of --batch-size "
+                         f"{args.batch_size}, itself a multiple of the {W} ranks")
+    policy = load(run, args.policy)
+    reference = load(run, args.policy, trainable=False)
+    value = load(run, args.reward_model)                 # the value model starts as the PRM
+    reward = None if args.no_process_reward else load(run, args.reward_model, trainable=False)
+    both = torch.nn.ModuleDict({"policy": policy, "value": value})
+    opts = [make_optimizer(policy, args), make_optimizer(value, args)]
+    run.restore(both, opts)
+    problems_ = problems(args)
+    steps = min(args.ppo_steps, args.max_steps) if args.max_steps else args.ppo_steps
+    start = run.phase_start(0)
+    start = steps if start is None else start
+    best = (run.resume or {}).get("best")
+
+    def step(k: int) -> dict:
+        """One rollout per problem of this rank's share of step k's problems, then the update."""
+        mine = [problems_[i] for i in batch_indices(len(problems_), k, args.rollouts, args.seed)]
+        with run.autocast():
+            batch, metrics = ppo.rollout(
+                policy, reference, value, reward, run.tok, dist.shard_of(mine),
+                temperature=args.temperature, top_k=args.top_k or None,
+                max_new_tokens=args.max_new_tokens, kl_coef=args.kl_coef,
+                process_reward=reward is not None,
+                answer_levels=sources.parse_levels(args.answer_levels),
+                batch_size=args.sample_batch_size,
+                generator=generator_for(args.seed, "ppo", k, device=run.device))
+            metrics |= ppo.ppo_update(
+                policy, value, *opts, batch, minibatch_size=args.batch_size // W,
+                microbatch_size=min(args.micro_batch_size, args.batch_size // W),
+                epochs=max(1, int(args.epochs)), clip=args.clip, value_clip=args.value_clip,
+                vf_coef=args.vf_coef, max_grad_norm=args.grad_clip,
+                generator=generator_for(args.seed, "ppo-minibatches", k))
+        metrics = dist.all_reduce_mean(metrics)
+        loss = metrics["loss/policy"] + args.vf_coef * metrics["loss/value"]
+        if not math.isfinite(metrics["objective/reward"]):
+            raise NonFiniteLoss(f"PPO reward {metrics['objective/reward']} at step {run.step + 1}")
+        tokens = dist.all_reduce_sum({"tokens": batch["tokens"].numel()})["tokens"]
+        return {"loss": loss, "grad_norm": metrics["policy/grad_norm"], "tokens": int(tokens),
+                **metrics}
+
+    def evaluate(k: int) -> dict:   # greedy, held-out problems; the best model goes to best/
+        nonlocal best
+        if not args.eval_every or (run.step % args.eval_every and k + 1 != steps):
+            return {}
+        acc = evaluate_policy(run, policy, "validation")
+        if acc and (best is None or acc["validation_all_acc"] > best):
+            best = acc["validation_all_acc"]
+            trainstate.export_model(policy, run.out / "best", run.tok_path)
+        return {f"eval/{key}": v for key, v in acc.items()}
+
+    def save(k: int):
+        meta = {"iteration": 0, "phase_step": k + 1, "phase_steps": steps, "best": best}
+        run.save(both, opts, meta, export=policy)
+
+    run_steps(run, steps, start, opts, step, save, desc="ppo", evaluate=evaluate)
+    return finish(run, policy, {"best_validation_acc": best, **evaluate_policy(run, policy)})
+
+
+TRAIN = {"sft": train_sft, "orm": train_rm, "prm": train_rm, "oprm": train_rm, "dpo": train_dpo,
+         "rest": train_rest, "ppo": train_ppo}

@@ -1,0 +1,172 @@
+"""What one run of train.py carries between its phases, and how its models are made.
+
+A ``Run`` holds the flags, the run folder, the device and the tokenizer; it writes the metrics
+log and the checkpoints. ``load_or_init`` + ``prepare`` make every model a recipe needs (an HF
+checkpoint or a seeded random preset; frozen as the paper trains; sharded under torchrun).
+Random streams are seeded from (seed, purpose, rank), so resuming needs no generator state.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import random
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from data import synthetic
+from data.format import format_prompt
+from data.readers import write_jsonl
+from e2h import distributed as dist
+from e2h import trainstate
+from e2h.checkpoint import check_tokenizer, load_model
+from e2h.model import ModelArgs, Transformer
+from e2h.sft import freeze_embeddings
+from e2h.tokenizer import Tokenizer, train_tokenizer
+
+
+class Stopped(Exception):
+    pass
+
+
+@dataclass
+class Run:
+    """What every phase of one run shares."""
+    args: argparse.Namespace
+    out: Path
+    device: torch.device
+    tok: Tokenizer
+    tok_path: Path
+    resume: dict | None = None   # trainer.json of the checkpoint resumed from, and its "path"
+    step: int = 0                # optimizer steps so far, over all phases
+    last: dict | None = None     # the latest metrics line
+
+    def resume_from(self, ckpt: Path):
+        """Continue after checkpoint ``ckpt``: its step, and metrics.jsonl cut back to it."""
+        self.resume = {**json.loads((ckpt / "trainer.json").read_text()), "path": ckpt}
+        self.step = self.resume["step"]
+        if dist.is_main():
+            log = self.out / "metrics.jsonl"
+            lines = log.read_text().splitlines() if log.exists() else []
+            log.write_text("".join(x + "\n" for x in lines if json.loads(x)["step"] <= self.step))
+
+    def autocast(self):
+        # under FSDP the mixed-precision policy casts; a single process autocasts
+        bf16 = self.compute_dtype() == torch.bfloat16 and not dist.is_distributed()
+        return torch.autocast(self.device.type, torch.bfloat16) if bf16 else nullcontext()
+
+    def compute_dtype(self):
+        if self.args.dtype == "auto":
+            return torch.bfloat16 if self.device.type == "cuda" else torch.float32
+        return getattr(torch, self.args.dtype)
+
+    def log(self, record: dict):
+        self.last = record
+        if dist.is_main():
+            with open(self.out / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(record) + "\n")
+
+    def phase_start(self, iteration: int) -> int | None:
+        """Step within phase ``iteration`` to start from; None when the checkpoint is past it."""
+        m = self.resume
+        if m is None or m["iteration"] < iteration:
+            return 0
+        if m["iteration"] > iteration or m["phase_step"] >= m["phase_steps"]:
+            return None
+        return m["phase_step"]
+
+    def restore(self, model, optimizers):
+        """Load the checkpoint being resumed from, if any, into model and optimizers."""
+        if self.resume is not None:
+            trainstate.load(self.resume["path"], model, optimizers)
+
+    def save(self, model, optimizers, meta: dict, export=None):
+        path = trainstate.save(self.out, self.step, model, optimizers, meta, export=export,
+                               tokenizer_path=self.tok_path, keep=self.args.keep)
+        if self.args.stop_after and self.step >= self.args.stop_after:
+            raise Stopped(f"stopped after {self.step} steps (--stop-after); checkpoint {path}; "
+                          "continue with --resume")
+
+
+def prepare(run: Run, model, trainable: bool = True, pretrained: bool = True):
+    """Freeze as the paper does (embeddings, norms, LM head; not in a model trained from
+    scratch), move to the device and shard (FSDP2 under torchrun). Frozen models are sharded
+    too: PPO holds four models."""
+    if not trainable:
+        model.requires_grad_(False).eval()
+    elif pretrained and not run.args.unfreeze_embeddings:
+        freeze_embeddings(model)
+    param_dtype = run.compute_dtype() if run.compute_dtype() != torch.float32 else None
+    return dist.shard(model.to(run.device), param_dtype, run.args.activation_checkpointing)
+
+
+def make_optimizer(model, args):
+    params = [p for p in model.parameters() if p.requires_grad]
+    return torch.optim.AdamW(params, lr=args.lr, betas=tuple(args.betas),
+                             weight_decay=args.weight_decay)
+
+
+def setup_tokenizer(args, out: Path) -> Path:
+    """Path of the tokenizer.json this run uses: --tokenizer, the one beside --model / --policy,
+    else one trained on the synthetic corpus and saved in the run folder."""
+    for source in (args.tokenizer, args.policy, args.model):
+        if source:
+            path = Path(source)
+            path = path / "tokenizer.json" if path.is_dir() else path
+            if not path.is_file():
+                if source == args.tokenizer:
+                    raise FileNotFoundError(f"{path}: tokenizer file not found")
+                continue
+            return path
+    path = out / "tokenizer.json"
+    if dist.is_main() and not path.is_file():
+        problems = synthetic.make_split(200, seed=args.seed, split="train")
+        texts = [format_prompt(p["question"]) + synthetic.reference_completion(p) for p in problems]
+        vocab = ModelArgs.from_name(args.preset).vocab_size
+        train_tokenizer(texts, path, vocab_size=vocab)
+    dist.barrier()
+    return path
+
+
+def load_or_init(path, args, tok: Tokenizer) -> torch.nn.Module:
+    """An HF checkpoint (checkpoint.load_model, fp32 master weights), else a seeded random
+    ``--preset`` model sized to the tokenizer."""
+    if path:
+        model = load_model(path, dtype=torch.float32)
+    else:
+        torch.manual_seed(args.seed)
+        model = Transformer(ModelArgs.from_name(args.preset, vocab_size=tok.vocab_size))
+    check_tokenizer(tok, model)
+    return model
+
+
+def cached_records(run: Run, name: str, build) -> list:
+    """<out>/data/<name>: reused when resuming (same examples), else built (on every rank:
+    sampling is collective) and written by rank 0."""
+    path = run.out / "data" / name
+    if run.args.resume and path.is_file():
+        return [json.loads(line) for line in path.read_text().splitlines()]
+    records = build()
+    if dist.is_main():
+        write_jsonl(path, records)
+    return records
+
+
+def load(run: Run, path, trainable: bool = True, pretrained: bool = True):
+    """``load_or_init`` then ``prepare``: a model of this run, ready to train (or frozen)."""
+    return prepare(run, load_or_init(path, run.args, run.tok), trainable, pretrained)
+
+
+def generator_for(seed: int, *keys, device="cpu") -> torch.Generator:
+    """A torch.Generator seeded from (seed, keys..., rank): a fresh, reproducible stream per use,
+    so resuming needs no generator state."""
+    key = "-".join(map(str, (seed, *keys, dist.rank())))
+    seed = int(hashlib.sha256(key.encode()).hexdigest()[:15], 16)
+    return torch.Generator(device).manual_seed(seed)
+
+
+def rng_for(seed: int, *keys) -> random.Random:
+    return random.Random("-".join(map(str, (seed, *keys, dist.rank()))))
