@@ -41,7 +41,6 @@ import json
 import os
 import platform
 import random
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -52,6 +51,7 @@ from data import prm800k, synthetic
 from data.format import EASY_LEVELS
 from data.readers import load_math, write_jsonl
 from study_report import EVALUATORS, write_report
+from study_runner import Job, run_jobs
 
 FULL = dict(preset="small", sft_steps=500, sft_batch=32, sft_lr=2e-3, eval_problems=100,
             rm_lr=3e-4, rm_steps=900, orm_steps=300, rm_problems=600, rm_samples=8,
@@ -60,11 +60,6 @@ FULL = dict(preset="small", sft_steps=500, sft_batch=32, sft_lr=2e-3, eval_probl
 QUICK = dict(preset="tiny", sft_steps=20, sft_batch=8, sft_lr=3e-3, eval_problems=2,
              rm_lr=1e-3, rm_steps=4, orm_steps=4, rm_problems=2, rm_samples=2, test_problems=2, n=4,
              t1_n=4, ppo_steps=2, rollouts=8, rl_problems=2, seeds=2)
-
-
-class Job:
-    def __init__(self, name, argv, done_file, deps=()):
-        self.name, self.argv, self.done_file, self.deps = name, argv, Path(done_file), set(deps)
 
 
 def train(algo, out, seed, cfg, *flags) -> list[str]:
@@ -267,44 +262,6 @@ def write_real_inputs(seed: int, cfg: dict, root: Path, model: str, files: dict,
                              "answer": answer, "step_labels": [None] * len(p["steps"]),
                              "outcome_label": label, "level": p["level"]})
         write_jsonl(r / "orm_quick.jsonl", rows)
-
-
-def run_jobs(jobs: list[Job], workers: int, log_dir: Path, on_done=None) -> dict:
-    """Run jobs whose dependencies are met, ``workers`` at a time, earliest in the list first;
-    a job whose output exists is skipped. Returns {name: wall seconds}."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    log_dir.mkdir(parents=True, exist_ok=True)
-    pending, running, done, times = list(jobs), {}, set(), {}
-    while pending or running:
-        for job in list(pending):          # in list order, so a chain of cached stages clears
-            if job.done_file.is_file() and job.deps <= done:
-                pending.remove(job)
-                done.add(job.name)
-                print(f"[cached] {job.name}", flush=True)
-        ready = [j for j in pending if j.deps <= done]
-        while ready and len(running) < workers:
-            job = ready.pop(0)
-            pending.remove(job)
-            log = open(log_dir / (job.name.replace("/", "_") + ".log"), "w")
-            running[job.name] = (job, subprocess.Popen(job.argv, stdout=log, stderr=subprocess.STDOUT,
-                                                       env=env), time.time(), log)
-            print(f"[start] {job.name}", flush=True)
-        time.sleep(1)
-        for name, (job, proc, t0, log) in list(running.items()):
-            if proc.poll() is None:
-                continue
-            log.close()
-            del running[name]
-            times[name] = time.time() - t0
-            if proc.returncode != 0:
-                for _, other, *_ in running.values():
-                    other.kill()
-                sys.exit(f"study.py: stage {name} failed (exit {proc.returncode}); see {log.name}")
-            done.add(name)
-            print(f"[done] {name} in {times[name]:.0f}s", flush=True)
-            if on_done:
-                on_done(done, times)
-    return times
 
 
 def main(argv=None):

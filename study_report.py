@@ -107,9 +107,8 @@ def cell(ms) -> str:
 
 
 def markdown(summary: dict, found: list[dict], meta: dict, cfg: dict) -> str:
-    t1n, top = f"maj@{cfg['t1_n']}", str(cfg["n"])
+    top = str(cfg["n"])
     row = lambda name, by_split: f"| {name} | " + " | ".join(cell(by_split[k]) for k in SPLITS) + " |"
-    head = ["| | Easy | Hard | All |", "|---|---|---|---|"]
     lines = [f"# e2h study: {meta['mode']} mode, seeds {meta['seeds']}", "",
              *(["**Partial: written while later seeds were still running.**", ""] if meta.get("partial") else []),
              f"Command: `{meta['command']}`  ", f"Machine: {meta['machine']}  ",

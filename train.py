@@ -196,18 +196,29 @@ def as_argv(key: str, value) -> list[str]:
     return [flag, *map(str, value)] if isinstance(value, list) else [flag, str(value)]
 
 
-def required_stage(args, stage: str, flag: str, extra=()) -> str:
-    """The final model folder of ``stage``, trained with the flags of this run that the stage
-    shares (those given on the command line), into ``<out>/../cache/<stage>-<hash of its
-    settings>``; a later run with the same settings finds it there and trains nothing."""
+def stage_dir(args, stage: str, extra=()) -> tuple[Path, list[str]]:
+    """Where ``stage`` trained with this run's shared flags is cached, and its argv: the flags
+    of this run that the stage shares (those given on the command line), with the stage's own
+    resolved settings (``stage_settings``) hashed into ``<out>/../cache/<stage>-<hash>``."""
     argv = ["--algo", stage, "--hparams", args.hparams, *extra]
     for key in SHARED:
         if key in args.explicit:
             argv += as_argv(key, getattr(args, key))
-    settings = {k: v for k, v in vars(get_args(argv)).items()
-                if k not in NOT_HASHED and stage in USED_BY.get(k, ALGOS)}
+    settings = stage_settings(get_args(argv))
     key = hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:8]
-    out = Path(args.out).parent / "cache" / f"{stage}-{key}"
+    return Path(args.out).parent / "cache" / f"{stage}-{key}", argv
+
+
+def stage_settings(args) -> dict:
+    """The resolved flags a run of ``args.algo`` reads, less those that cannot change its result."""
+    return {k: v for k, v in vars(args).items()
+            if k not in NOT_HASHED and args.algo in USED_BY.get(k, ALGOS)}
+
+
+def required_stage(args, stage: str, flag: str, extra=()) -> str:
+    """The final model folder of ``stage`` (``stage_dir``); a later run with the same settings
+    finds it there and trains nothing."""
+    out, argv = stage_dir(args, stage, extra)
     if (out / "model" / "config.json").is_file():
         dist.say(f"no --{flag} given: using the {stage.upper()} stage cached at {out}")
     else:

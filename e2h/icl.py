@@ -10,7 +10,6 @@ few-shot prompt tests nothing.
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import re
 from pathlib import Path

@@ -27,9 +27,8 @@ from e2h import distributed as dist
 from e2h import dpo, ppo, rest, rm, sft, trainstate
 from e2h.loop import NonFiniteLoss, batch_indices, run_steps, train_phase
 from e2h.model import RewardModel
-from e2h.rerank import accuracy_by_split
-from e2h.run import cached_records, generator_for, load, load_or_init, make_optimizer, prepare, rng_for
-from e2h.sample import sample_solutions
+from e2h.run import (cached_records, encode_all, evaluate_policy, finish, generator_for, load,
+                     load_or_init, make_optimizer, max_len, prepare, rng_for, sample)
 from e2h.score import step_and_outcome_auc
 
 RM_ALGOS = ("orm", "prm", "oprm")
@@ -58,53 +57,6 @@ def samples_policy(args) -> bool:
         return False
     return bool(args.math_problems or sources.read_data(args.data)["problems"])
 
-
-def sample(run, policy, problems_, n, key, temperature=None):
-    """``n`` graded sample records per problem, each rank sampling its share (one gather)."""
-    args = run.args
-    temperature = args.temperature if temperature is None else temperature
-
-    def draw(mine):
-        gen = generator_for(args.seed, key, device=run.device)
-        with run.autocast():
-            return sample_solutions(policy, run.tok, mine, n=n, temperature=temperature,
-                                    top_k=args.top_k or None, max_new_tokens=args.max_new_tokens,
-                                    generator=gen, batch_size=args.sample_batch_size), {}
-    return dist.on_every_rank(draw, problems_, policy)[0]
-
-
-def evaluate_policy(run, policy, split="test") -> dict:
-    """Greedy accuracy (%) by split on synthetic problems of every level (0 problems: skipped)."""
-    args = run.args
-    if not args.eval_problems or args.hparams != "embedded":
-        return {}
-    problems_ = sources.synthetic_problems(args.eval_problems, None, args.seed, split)
-    samples = sample(run, policy, problems_, 1, "eval", temperature=0.0)
-    return {f"{split}_{k}_acc": v for k, v in accuracy_by_split(samples).items()}
-
-
-def finish(run, model, extra=None) -> dict:
-    trainstate.export_model(model, run.out / "model", run.tok_path)
-    summary = {"loss": run.last["loss"]} if run.last else {}
-    summary.update(extra or {})
-    if summary:
-        run.log({"step": run.step, **{f"final/{k}": v for k, v in summary.items()}})
-    return summary
-
-
-def max_len(run, model) -> int:
-    """--max-len, cut to the positions the model has."""
-    trunk = model.trunk if isinstance(model, RewardModel) else model
-    return min(run.args.max_len, trunk.args.max_seq_len)
-
-
-def encode_all(encode, records: list[dict], what: str) -> list:
-    """Encode every record, drop the ones with nothing to train on; refuse an empty data set."""
-    encoded = [e for e in map(encode, records) if e is not None]
-    if not encoded:
-        raise ValueError(f"empty {what} data set ({len(records)} records, none with a target "
-                         "token within --max-len); check --data, --levels and --max-len")
-    return encoded
 
 # ----------------------------------------------------------------------------- sft
 

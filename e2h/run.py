@@ -1,7 +1,8 @@
 """What one run of train.py carries between its phases, and how its models are made.
 
 A ``Run`` holds the flags, the run folder, the device and the tokenizer; it writes the metrics
-log and the checkpoints. ``load_or_init`` + ``prepare`` make every model a recipe needs (an HF
+log and the checkpoints, and ``finish`` exports the final model. ``sample`` spreads sampling
+over the ranks; ``evaluate_policy`` is the closing greedy accuracy on synthetic problems. ``load_or_init`` + ``prepare`` make every model a recipe needs (an HF
 checkpoint or a seeded random preset; frozen as the paper trains; sharded under torchrun).
 Random streams are seeded from (seed, purpose, rank), so resuming needs no generator state.
 """
@@ -17,13 +18,15 @@ from pathlib import Path
 
 import torch
 
-from data import synthetic
+from data import sources, synthetic
 from data.format import format_prompt
 from data.readers import write_jsonl
 from e2h import distributed as dist
 from e2h import trainstate
 from e2h.checkpoint import check_tokenizer, load_model
-from e2h.model import ModelArgs, Transformer
+from e2h.model import ModelArgs, RewardModel, Transformer
+from e2h.rerank import accuracy_by_split
+from e2h.sample import sample_solutions
 from e2h.sft import freeze_embeddings
 from e2h.tokenizer import Tokenizer, train_tokenizer
 
@@ -159,6 +162,53 @@ def load(run: Run, path, trainable: bool = True, pretrained: bool = True):
     """``load_or_init`` then ``prepare``: a model of this run, ready to train (or frozen)."""
     return prepare(run, load_or_init(path, run.args, run.tok), trainable, pretrained)
 
+
+def sample(run, policy, problems_, n, key, temperature=None):
+    """``n`` graded sample records per problem, each rank sampling its share (one gather)."""
+    args = run.args
+    temperature = args.temperature if temperature is None else temperature
+
+    def draw(mine):
+        gen = generator_for(args.seed, key, device=run.device)
+        with run.autocast():
+            return sample_solutions(policy, run.tok, mine, n=n, temperature=temperature,
+                                    top_k=args.top_k or None, max_new_tokens=args.max_new_tokens,
+                                    generator=gen, batch_size=args.sample_batch_size), {}
+    return dist.on_every_rank(draw, problems_, policy)[0]
+
+
+def evaluate_policy(run, policy, split="test") -> dict:
+    """Greedy accuracy (%) by split on synthetic problems of every level (0 problems: skipped)."""
+    args = run.args
+    if not args.eval_problems or args.hparams != "embedded":
+        return {}
+    problems_ = sources.synthetic_problems(args.eval_problems, None, args.seed, split)
+    samples = sample(run, policy, problems_, 1, "eval", temperature=0.0)
+    return {f"{split}_{k}_acc": v for k, v in accuracy_by_split(samples).items()}
+
+
+def finish(run, model, extra=None) -> dict:
+    trainstate.export_model(model, run.out / "model", run.tok_path)
+    summary = {"loss": run.last["loss"]} if run.last else {}
+    summary.update(extra or {})
+    if summary:
+        run.log({"step": run.step, **{f"final/{k}": v for k, v in summary.items()}})
+    return summary
+
+
+def max_len(run, model) -> int:
+    """--max-len, cut to the positions the model has."""
+    trunk = model.trunk if isinstance(model, RewardModel) else model
+    return min(run.args.max_len, trunk.args.max_seq_len)
+
+
+def encode_all(encode, records: list[dict], what: str) -> list:
+    """Encode every record, drop the ones with nothing to train on; refuse an empty data set."""
+    encoded = [e for e in map(encode, records) if e is not None]
+    if not encoded:
+        raise ValueError(f"empty {what} data set ({len(records)} records, none with a target "
+                         "token within --max-len); check --data, --levels and --max-len")
+    return encoded
 
 def generator_for(seed: int, *keys, device="cpu") -> torch.Generator:
     """A torch.Generator seeded from (seed, keys..., rank): a fresh, reproducible stream per use,
