@@ -26,12 +26,13 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import e2h.evaluate  # noqa: E402
+import e2h.sample  # noqa: E402
 from data.format import format_prompt  # noqa: E402
 from data.synthetic import make_split, reference_completion  # noqa: E402
-from e2h.evaluate import rerank_table, sample_solutions, score_samples  # noqa: E402
-from e2h.model import ModelArgs, Transformer  # noqa: E402
-from e2h.rm import RewardModel  # noqa: E402
+from e2h.model import ModelArgs, RewardModel, Transformer  # noqa: E402
+from e2h.rerank import rerank_table  # noqa: E402
+from e2h.sample import sample_solutions  # noqa: E402
+from e2h.score import score_samples  # noqa: E402
 from e2h.tokenizer import Tokenizer, train_tokenizer  # noqa: E402
 
 
@@ -47,13 +48,13 @@ def random_model(preset: str, vocab_size: int, dtype, device) -> Transformer:
 
 def count_sampled_tokens(counter: list):
     """Wrap the evaluator's ``generate`` so that the sampled tokens are counted, not re-encoded."""
-    generate = e2h.evaluate.generate
+    generate = e2h.sample.generate
 
     def counting(*args, **kwargs):
         outs = generate(*args, **kwargs)
         counter[0] += sum(len(o.tokens) for o in outs)
         return outs
-    e2h.evaluate.generate = counting
+    e2h.sample.generate = counting
 
 
 def timed(fn, device, repeats: int):

@@ -40,7 +40,6 @@ PAPER["oprm"] = PAPER["orm"]
 EMBEDDED["orm"] = EMBEDDED["oprm"] = EMBEDDED["prm"]
 COMMON = {"paper": dict(max_new_tokens=768, n_problems=0, eval_problems=0, warmup_ratio=0.2),
           "embedded": dict(max_len=256, max_new_tokens=96, eval_problems=100, warmup_ratio=0.05)}
-RM_ALGOS = ("orm", "prm", "oprm")
 
 
 def describe(key: str) -> str:

@@ -147,11 +147,10 @@ def loss_fn(model, batch: dict, *, beta: float):
     return loss, {"loss": loss.detach(), "n_pairs": torch.tensor(float(len(losses))), **metrics}
 
 
-def dpo_iteration_data(policy, rm, tok, problems: list[dict], rng, *, n: int = 8,
-                       temperature: float = 1.0, top_k: int | None = None,
-                       max_new_tokens: int = 768, gap: float = 1.0, max_pairs: int = 3,
-                       hard_gap: float | None = None, answer_levels=EASY_LEVELS,
-                       generator: torch.Generator | None = None, batch_size: int = 16):
+def dpo_iteration_data(policy, rm, tok, problems: list[dict], rng, *, n: int, temperature: float,
+                       top_k: int | None, max_new_tokens: int, gap: float, max_pairs: int,
+                       hard_gap: float | None, batch_size: int, answer_levels=EASY_LEVELS,
+                       generator: torch.Generator | None = None):
     """One iteration's training examples: sample n per problem from ``policy``, score them with
     ``rm``, build pairs and cache ``policy``'s log-probs as the reference (so call this before
     the iteration's first step). ``batch_size``: problems per sampling call, pairs per

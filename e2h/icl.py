@@ -76,8 +76,8 @@ def extract_icl_answer(text: str) -> str | None:
     return extract_answer(text)
 
 
-def evaluate_icl(model, tok, problems: list[dict], exemplars: list[dict], max_new_tokens: int = 512,
-                 batch_size: int = 8) -> tuple[list[dict], dict]:
+def evaluate_icl(model, tok, problems: list[dict], exemplars: list[dict], *, max_new_tokens: int,
+                 batch_size: int) -> tuple[list[dict], dict]:
     """Greedy few-shot accuracy of an untrained model: (sample records, accuracy per split)."""
     samples = sample_solutions(model, tok, problems, n=1, temperature=0.0, top_k=None,
                                max_new_tokens=max_new_tokens, batch_size=batch_size,
@@ -97,6 +97,7 @@ def main(argv=None):
     p.add_argument("--limit", type=int, default=0, help="only the first LIMIT test problems (0: all)")
     p.add_argument("--max-new-tokens", type=int, default=512, help="longest continuation")
     p.add_argument("--seed", type=int, default=0, help="which exemplars are drawn")
+    p.add_argument("--batch-size", type=int, default=8, help="problems per generate call")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = p.parse_args(argv)
     dtype = torch.bfloat16 if args.device.startswith("cuda") else torch.float32
@@ -105,7 +106,8 @@ def main(argv=None):
     problems = load_math(args.test)[:args.limit or None]
     with torch.no_grad():
         samples, acc = evaluate_icl(model, Tokenizer(args.tokenizer), problems, exemplars,
-                                    max_new_tokens=args.max_new_tokens)
+                                    max_new_tokens=args.max_new_tokens,
+                                    batch_size=args.batch_size)
     out = Path(args.out)
     write_jsonl(out / "icl_samples.jsonl", samples)
     write_jsonl(out / "icl.json", [{"greedy": acc}])   # one line: the JSON object, atomically

@@ -138,7 +138,7 @@ def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: 
 
 
 def ppo_policy_loss(logps: torch.Tensor, old_logps: torch.Tensor, advantages: torch.Tensor,
-                    mask: torch.Tensor, clip: float = 0.2):
+                    mask: torch.Tensor, clip: float):
     """Clipped surrogate (Schulman et al. 2017, Eq. 7), per token (B, T-1), zero outside mask.
 
     The caller sums over tokens and divides by the token count. Metrics (detached, masked
@@ -157,7 +157,7 @@ def ppo_policy_loss(logps: torch.Tensor, old_logps: torch.Tensor, advantages: to
 
 
 def ppo_value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor,
-                   mask: torch.Tensor, clip: float = 0.2):
+                   mask: torch.Tensor, clip: float):
     """Clipped value loss 0.5 * max((V - R)^2, (V_clipped - R)^2), per token (B, T-1).
 
     V_clipped = old_values + clamp(values - old_values, -clip, clip). Metric: val/clipfrac.
@@ -204,11 +204,10 @@ def _forward(fn, tokens: torch.Tensor, batch_size: int) -> torch.Tensor:
 
 @torch.no_grad()
 def rollout(policy, ref_model, value_model, reward_model, tok, problems: list[dict], *,
-            temperature: float = 0.7, top_k: int | None = 50, max_new_tokens: int = 768,
-            kl_coef: float = 0.01, u: float = 0.5, step_bonus: float = 0.25,
-            hard_reward: float = 0.25, format_penalty: float = 1.0, process_reward: bool = True,
-            answer_levels=EASY_LEVELS, gamma: float = 1.0, lam: float = 1.0,
-            recompute_logps: bool = False, batch_size: int = 16,
+            temperature: float, top_k: int | None, max_new_tokens: int, kl_coef: float,
+            process_reward: bool, batch_size: int, answer_levels=EASY_LEVELS, u: float = 0.5,
+            step_bonus: float = 0.25, hard_reward: float = 0.25, format_penalty: float = 1.0,
+            gamma: float = 1.0, lam: float = 1.0, recompute_logps: bool = False,
             generator: torch.Generator | None = None):
     """One solution per problem, scored and turned into advantages: (batch, metrics).
 
@@ -266,10 +265,9 @@ def rollout(policy, ref_model, value_model, reward_model, tok, problems: list[di
 # ----------------------------------------------------------------------------- update
 
 
-def ppo_update(policy, value_model, policy_opt, value_opt, batch: dict, *,
-               minibatch_size: int = 64, microbatch_size: int | None = None, epochs: int = 1,
-               clip: float = 0.2, value_clip: float = 0.2, vf_coef: float = 0.1,
-               max_grad_norm: float = 1.0, generator: torch.Generator | None = None) -> dict:
+def ppo_update(policy, value_model, policy_opt, value_opt, batch: dict, *, minibatch_size: int,
+               epochs: int, clip: float, value_clip: float, vf_coef: float, max_grad_norm: float,
+               microbatch_size: int | None = None, generator: torch.Generator | None = None) -> dict:
     """``epochs`` passes over the rollout batch in shuffled minibatches, one optimizer step of
     each model per minibatch; losses are token means over the minibatch, accumulated over
     micro-batches of ``microbatch_size`` rows. Returns metrics averaged over the run.

@@ -63,11 +63,10 @@ def filter_samples(samples: list[dict], max_per_problem: int, rng, *,
     return records
 
 
-def rest_iteration_data(policy, tok, problems: list[dict], rng, *, n: int = 32,
-                        temperature: float = 1.0, top_k: int | None = 40,
-                        max_new_tokens: int = 768, max_per_problem: int = 10, rm=None,
-                        hard_threshold: float | None = None, answer_levels=EASY_LEVELS,
-                        generator: torch.Generator | None = None, batch_size: int = 16):
+def rest_iteration_data(policy, tok, problems: list[dict], rng, *, n: int, temperature: float,
+                        top_k: int | None, max_new_tokens: int, max_per_problem: int,
+                        hard_threshold: float | None, batch_size: int, rm=None,
+                        answer_levels=EASY_LEVELS, generator: torch.Generator | None = None):
     """The E-step: SFT records for one iteration, sampled from ``policy``; (records, metrics).
 
     ``rm`` scores the samples only when ``hard_threshold`` is set (it is then required).

@@ -168,9 +168,9 @@ def _decode(model, cache, logits, max_new_tokens, temperature, top_k, top_p, eos
 
 
 @torch.no_grad()
-def sample_solutions(policy, tok, problems: list[dict], n: int, temperature: float = 0.7,
-                     top_k: int | None = 20, max_new_tokens: int = 512, generator=None,
-                     batch_size: int = 8, prompt_fn=format_prompt, answer_fn=extract_answer,
+def sample_solutions(policy, tok, problems: list[dict], *, n: int, temperature: float,
+                     top_k: int | None, max_new_tokens: int, batch_size: int, generator=None,
+                     prompt_fn=format_prompt, answer_fn=extract_answer,
                      stop_fn=None) -> list[dict]:
     """n sample records per problem (problem-major), graded against ``answer`` when present.
 

@@ -166,7 +166,9 @@ def test_iteration_data_caches_the_policy_as_reference(monkeypatch, tmp_path):
     monkeypatch.setattr(dpo, "score_samples", lambda rm, tok, samples: samples)
     torch.manual_seed(1)
     policy = Transformer(ModelArgs.from_name("tiny", vocab_size=tok.vocab_size))
-    exs, metrics = dpo.dpo_iteration_data(policy, None, tok, problems, random.Random(0))
+    exs, metrics = dpo.dpo_iteration_data(policy, None, tok, problems, random.Random(0), n=8,
+                                          temperature=1.0, top_k=None, max_new_tokens=768,
+                                          gap=1.0, max_pairs=3, hard_gap=None, batch_size=16)
     assert metrics["dpo/pairs"] == 1 and len(exs) == 1               # 1.8 vs 0.3: gap 1.5
     batch = collate_pairs(exs, tok.pad_id)
     with torch.no_grad():

@@ -101,7 +101,8 @@ def test_sample_solutions_records(tok, monkeypatch):
                 else Sample(tok.encode("7 + 5 = 1")) for i in range(len(prompts) * n)]
 
     monkeypatch.setattr(e2h.sample, "generate", fake_generate)
-    samples = sample_solutions(None, tok, PROBLEMS, n=2, temperature=0.7, top_k=20, batch_size=2)
+    samples = sample_solutions(None, tok, PROBLEMS, n=2, temperature=0.7, top_k=20,
+                               max_new_tokens=512, batch_size=2)
     assert calls == [(2, 2, 0.7, 20, tok.eos_id), (1, 2, 0.7, 20, tok.eos_id)]
     assert [x["id"] for x in samples] == ["a", "a", "b", "b", "c", "c"]        # problem-major
     assert samples[0]["completion"] == "7 + 5 = 12\n\n# Answer\n\n12"          # no EOS text
@@ -115,7 +116,8 @@ def test_sample_score_and_table_end_to_end(tok):
     policy = Transformer(ModelArgs.from_name("tiny", vocab_size=tok.vocab_size))
     rm = RewardModel.from_policy(policy)
     gen = torch.Generator().manual_seed(0)
-    samples = sample_solutions(policy, tok, PROBLEMS, n=4, max_new_tokens=12, generator=gen, batch_size=2)
+    samples = sample_solutions(policy, tok, PROBLEMS, n=4, temperature=0.7, top_k=20,
+                               max_new_tokens=12, generator=gen, batch_size=2)
     assert len(samples) == 12 and all(len(tok.encode(x["completion"])) <= 12 for x in samples)
     samples[0]["completion"] = "7 + 5 = 12\n\n# Answer\n\n12"                 # one scoreable sample
     score_samples(rm, tok, samples, batch_size=5)

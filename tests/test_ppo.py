@@ -163,9 +163,9 @@ def test_scale_by_std_keeps_mean_and_whiten_removes_it():
 def test_no_completion_tokens_is_an_error():
     mask = torch.tensor([[1.0, 1.0], [0.0, 0.0]])
     with pytest.raises(ValueError, match="sequence 1 has no completion tokens"):
-        ppo_policy_loss(torch.zeros(2, 2), torch.zeros(2, 2), torch.ones(2, 2), mask)
+        ppo_policy_loss(torch.zeros(2, 2), torch.zeros(2, 2), torch.ones(2, 2), mask, 0.2)
     with pytest.raises(ValueError, match="sequence 1 has no completion tokens"):
-        ppo_value_loss(torch.zeros(2, 2), torch.zeros(2, 2), torch.ones(2, 2), mask)
+        ppo_value_loss(torch.zeros(2, 2), torch.zeros(2, 2), torch.ones(2, 2), mask, 0.2)
     with pytest.raises(ValueError, match="no completion tokens"):
         masked_mean(torch.ones(2, 2), torch.zeros(2, 2))
 
@@ -214,6 +214,7 @@ def test_rollout_then_update(tok, models):
     ref_model, value_model = copy.deepcopy(policy), copy.deepcopy(reward_model)
     batch, metrics = rollout(policy, ref_model, value_model, reward_model, tok, PROBLEMS,
                              temperature=0.7, top_k=10, max_new_tokens=12, kl_coef=0.01,
+                             process_reward=True, batch_size=16,
                              generator=torch.Generator().manual_seed(1))
     mask = batch["mask"]
     assert mask.shape == (4, batch["tokens"].shape[1] - 1)
@@ -224,7 +225,8 @@ def test_rollout_then_update(tok, models):
     before = [p.detach().clone() for p in policy.parameters()]
     stats = ppo_update(policy, value_model, torch.optim.SGD(policy.parameters(), lr=0.1),
                        torch.optim.SGD(value_model.parameters(), lr=0.1), batch,
-                       minibatch_size=4, microbatch_size=2, epochs=1)
+                       minibatch_size=4, microbatch_size=2, epochs=1, clip=0.2,
+                       value_clip=0.2, vf_coef=0.1, max_grad_norm=1.0)
     # one minibatch, first step: the policy is the sampling policy, so the ratio is 1
     close(stats["policy/clipfrac"], 0.0)
     close(stats["policy/approxkl"], 0.0)

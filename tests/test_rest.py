@@ -58,12 +58,17 @@ def test_restart_from_base_is_the_default():
     assert start_model("base", "iteration-1", restart_from_base=False) == "iteration-1"
 
 
+SAMPLING = dict(temperature=1.0, top_k=40, max_new_tokens=768, max_per_problem=10, batch_size=16)
+
+
 def test_iteration_data_filters_what_the_policy_drew(monkeypatch):
     drawn = [sample("e", "right", True), sample("e", "right", True), sample("e", "wrong", False)]
     monkeypatch.setattr(rest, "sample_solutions", lambda *a, **k: [dict(s) for s in drawn])
     policy = torch.nn.Linear(1, 1)                              # never called: sampling is faked
-    records, metrics = rest_iteration_data(policy, None, [], random.Random(0), n=3)
+    records, metrics = rest_iteration_data(policy, None, [], random.Random(0), **SAMPLING, n=3,
+                                           hard_threshold=None)
     assert texts(records) == ["right"]
     assert metrics["rest/examples"] == 1 and metrics["answer/accuracy"] == pytest.approx(2 / 3)
     with pytest.raises(ValueError, match="hard_threshold needs a reward model"):
-        rest_iteration_data(policy, None, [], random.Random(0), hard_threshold=0.5)
+        rest_iteration_data(policy, None, [], random.Random(0), **SAMPLING, n=32,
+                            hard_threshold=0.5)

@@ -159,7 +159,7 @@ def test_evaluate_icl_greedy_with_the_few_shot_prompt(monkeypatch):
     monkeypatch.setattr(e2h.sample, "generate", fake_generate)
     problems = [{"id": "a", "question": "What is 2+3?", "answer": "5", "level": 2},
                 {"id": "b", "question": "What is 2+2?", "answer": "4", "level": 4}]
-    samples, acc = evaluate_icl(None, tok, problems, [EXEMPLAR])
+    samples, acc = evaluate_icl(None, tok, problems, [EXEMPLAR], max_new_tokens=512, batch_size=8)
     assert seen == [(0.0, 1)]                    # greedy, one sample per problem
     assert [s["answer"] for s in samples] == ["5", "5"]
     assert acc == {"easy": 100.0, "hard": 0.0, "all": 50.0}
