@@ -39,7 +39,8 @@ def dpo_loss(chosen_logps: torch.Tensor, rejected_logps: torch.Tensor,
 
     Metrics (detached means over pairs): rewards/chosen = beta * (logps_w - ref_logps_w),
     rewards/rejected likewise, rewards/margins = their difference, rewards/accuracies = share
-    of pairs with chosen reward > rejected reward. The loss only asks margins to grow: the
+    of pairs with chosen reward > rejected reward; logps/chosen, logps/rejected the summed
+    log-probs themselves (TRL's names). The loss only asks margins to grow: the
     chosen reward often falls too (both log-probs drop, the rejected one faster), which is not
     a bug.
     """
@@ -51,7 +52,9 @@ def dpo_loss(chosen_logps: torch.Tensor, rejected_logps: torch.Tensor,
         metrics = {"rewards/chosen": chosen_rewards.mean(),
                    "rewards/rejected": rejected_rewards.mean(),
                    "rewards/margins": margins.mean(),
-                   "rewards/accuracies": (margins > 0).float().mean()}
+                   "rewards/accuracies": (margins > 0).float().mean(),
+                   "logps/chosen": chosen_logps.detach().float().mean(),
+                   "logps/rejected": rejected_logps.detach().float().mean()}
     return losses, metrics
 
 # ----------------------------------------------------------------------------- pairs

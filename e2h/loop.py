@@ -82,14 +82,14 @@ def run_steps(run, steps: int, start: int, optimizers, step, save, *, iteration:
                                 f"before saving. Last good checkpoint: "
                                 f"{trainstate.latest(run.out) or 'none'}")
         run.step += 1
-        record = {"step": run.step, "iteration": iteration, **record, "lr": lr,
+        record = {"step": run.step, "iteration": iteration, **record, "learning_rate": lr,
                   "tokens_per_s": record["tokens"] / (time.time() - t0)}
         if evaluate is not None:
             record.update(evaluate(k))
         run.log(record)
         shown = {"loss": f"{record['loss']:.4f}"}
-        if "objective/reward" in record:
-            shown["reward"] = f"{record['objective/reward']:.3f}"
+        if "objective/rlhf_reward" in record:
+            shown["reward"] = f"{record['objective/rlhf_reward']:.3f}"
         bar.set_postfix(**shown, tok_s=f"{record['tokens_per_s']:.0f}")
         bar.update()
         if k + 1 == steps or (args.save_every and run.step % args.save_every == 0) or \

@@ -11,7 +11,8 @@ Per rollout, on the token grid where index t scores token t+1 (the "action" take
   (easy problems), a constant where it may not (hard), minus a format penalty when the
   "# Answer" section or the answer is missing;
 - per-token KL shaping -kl_coef * max(logps - ref_logps, 0) (the clamped k1 estimator);
-- rewards divided by their batch std (mean kept), GAE, advantages whitened over the batch.
+- rewards normalized over the batch's tokens, (r - mean) / std + mean (the mean is kept, the
+  spread is 1: the paper's released code), GAE, advantages whitened over the batch.
 The EOS token is not trained: it is input to the forward but outside the mask.
 
 Deliberate simplifications: the released code splits a process reward over the two "\\n" tokens
@@ -102,11 +103,12 @@ def assemble_rewards(kl_rewards: torch.Tensor, step_probs: list[list[float]],
     return rewards, scores
 
 
-def scale_by_std(rewards: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
-    """rewards / std over masked tokens of the batch; the mean is scaled, not removed."""
+def normalize_rewards(rewards: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """(r - mean) / std + mean over the masked tokens of the batch: the spread of the rewards is
+    normalized and their mean kept (the paper's released code); zero outside the mask."""
     mean = masked_mean(rewards, mask)
     var = masked_mean((rewards - mean) ** 2, mask)
-    return rewards * torch.rsqrt(var + eps) * mask
+    return ((rewards - mean) * torch.rsqrt(var + eps) + mean) * mask
 
 
 def whiten(x: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
@@ -142,7 +144,7 @@ def ppo_policy_loss(logps: torch.Tensor, old_logps: torch.Tensor, advantages: to
     """Clipped surrogate (Schulman et al. 2017, Eq. 7), per token (B, T-1), zero outside mask.
 
     The caller sums over tokens and divides by the token count. Metrics (detached, masked
-    token means): policy/clipfrac, policy/approxkl (the k3 estimate (ratio - 1) - log ratio).
+    token means, TRL's names): policy/clipfrac, policy/approxkl = 0.5 * mean(log ratio ^ 2).
     """
     check_rows(mask, "ppo_policy_loss")
     logratio = logps.float() - old_logps.float()
@@ -152,7 +154,7 @@ def ppo_policy_loss(logps: torch.Tensor, old_logps: torch.Tensor, advantages: to
     pg_losses = torch.max(pg_loss1, pg_loss2) * mask                     # Eq. 7: min of -objective
     with torch.no_grad():
         metrics = {"policy/clipfrac": masked_mean((pg_loss2 > pg_loss1).float(), mask),
-                   "policy/approxkl": masked_mean((ratio - 1) - logratio, mask)}
+                   "policy/approxkl": 0.5 * masked_mean(logratio ** 2, mask)}
     return pg_losses, metrics
 
 
@@ -204,27 +206,39 @@ def _forward(fn, tokens: torch.Tensor, batch_size: int) -> torch.Tensor:
 
 @torch.no_grad()
 def rollout(policy, ref_model, value_model, reward_model, tok, problems: list[dict], *,
-            temperature: float, top_k: int | None, max_new_tokens: int, kl_coef: float,
-            process_reward: bool, batch_size: int, answer_levels=EASY_LEVELS, u: float = 0.5,
-            step_bonus: float = 0.25, hard_reward: float = 0.25, format_penalty: float = 1.0,
-            gamma: float = 1.0, lam: float = 1.0, recompute_logps: bool = False,
-            generator: torch.Generator | None = None):
-    """One solution per problem, scored and turned into advantages: (batch, metrics).
+            temperature: float, top_k: int | None, max_new_tokens: int, batch_size: int,
+            generator: torch.Generator | None = None, **scoring):
+    """One sampled solution per problem, scored and turned into advantages: (batch, metrics).
 
-    batch: "tokens" (B, T) and "mask", "logps", "values", "advantages", "returns" (B, T-1),
-    and the "temperature" sampled at, which the update's log-probs must use too.
-    A problem's reference answer is used only when its level is in ``answer_levels``.
-    ``reward_model`` may be None when process_reward is False. The old log-probs are the
-    sampler's; recompute_logps=True takes them from a full forward instead (in bf16 the cached
-    decode and the full forward round differently, so the first ratio is not exactly 1).
+    ``scoring`` are the keyword arguments of ``score_rollouts`` (kl_coef, process_reward, ...).
     """
-    device = next(policy.parameters()).device
     prompts = [tok.encode(format_prompt(p["question"]), bos=True) for p in problems]
     with gathered(policy):                # sampling runs one forward per token and per rank
         samples = [s for i in range(0, len(prompts), batch_size)
                    for s in generate(policy, prompts[i:i + batch_size], max_new_tokens,
                                      temperature=temperature, top_k=top_k, eos_id=tok.eos_id,
                                      generator=generator)]
+    return score_rollouts(policy, ref_model, value_model, reward_model, tok, problems, prompts,
+                          samples, temperature=temperature, batch_size=batch_size, **scoring)
+
+
+@torch.no_grad()
+def score_rollouts(policy, ref_model, value_model, reward_model, tok, problems: list[dict],
+                   prompts: list[list[int]], samples, *, temperature: float, kl_coef: float,
+                   process_reward: bool, batch_size: int, answer_levels=EASY_LEVELS,
+                   u: float = 0.5, step_bonus: float = 0.25, hard_reward: float = 0.25,
+                   format_penalty: float = 1.0, gamma: float = 1.0, lam: float = 1.0,
+                   recompute_logps: bool = False):
+    """Rewards, values and advantages of sampled solutions (``e2h.sample.Sample``): (batch, metrics).
+
+    batch: "tokens" (B, T) and "mask", "logps", "values", "rewards" (before normalization),
+    "advantages", "returns" (B, T-1), and the "temperature" sampled at, which the update's
+    log-probs must use too. A problem's reference answer is used only when its level is in
+    ``answer_levels``. ``reward_model`` may be None when process_reward is False. The old
+    log-probs are the sampler's; recompute_logps=True takes them from a full forward instead
+    (in bf16 the cached decode and the full forward round differently).
+    """
+    device = next(policy.parameters()).device
     tokens, mask, logps, steps, last, texts = _trajectories(tok, prompts, samples)
     tokens, mask, logps = tokens.to(device), mask.to(device), logps.to(device)
 
@@ -233,9 +247,10 @@ def rollout(policy, ref_model, value_model, reward_model, tok, problems: list[di
         logps = _forward(lambda x: token_logps(policy(x), x, temperature), tokens, batch_size)
         logps = logps * mask
     ref_logps = _forward(lambda x: token_logps(ref_model(x), x, temperature), tokens, batch_size)
+    # V(state before token t+1): the value head's output at position t, never at the action
     values = _forward(lambda x: value_model(x)[:, :-1].float(), tokens, batch_size) * mask
     step_probs = [[] for _ in steps]
-    if process_reward:
+    if process_reward:   # the PRM's probability at the delimiter token itself (position t+1)
         probs = _forward(lambda x: torch.sigmoid(reward_model(x)[:, 1:].float()), tokens,
                          batch_size)                                          # (B, T-1)
         step_probs = [probs[b, pos].tolist() for b, pos in enumerate(steps)]
@@ -244,21 +259,23 @@ def rollout(policy, ref_model, value_model, reward_model, tok, problems: list[di
                 for t, truth in zip(texts, truths)]
 
     kl = (logps - ref_logps) * mask
-    rewards, scores = assemble_rewards(kl_penalty(logps, ref_logps, kl_coef) * mask, step_probs,
-                                       steps, terminal, last, u, step_bonus, process_reward)
-    total_reward = (rewards * mask).sum(-1)
-    advantages, returns = gae(scale_by_std(rewards, mask), values, mask, gamma, lam)
+    non_score = kl_penalty(logps, ref_logps, kl_coef) * mask
+    rewards, scores = assemble_rewards(non_score, step_probs, steps, terminal, last, u,
+                                       step_bonus, process_reward)
+    advantages, returns = gae(normalize_rewards(rewards, mask), values, mask, gamma, lam)
     advantages = whiten(advantages, mask)
 
     answers = [parse_solution(t)[1] for t in texts]
     correct = [grade_answer(a, p["answer"]) for a, p in zip(answers, problems) if p.get("answer")]
-    metrics = {"objective/kl": kl.sum(-1).mean().item(),
+    metrics = {"objective/kl": kl.sum(-1).mean().item(),                   # TRL's names
+               "objective/entropy": (-logps * mask).sum(-1).mean().item(),
+               "objective/non_score_reward": non_score.sum(-1).mean().item(),
                "objective/scores": scores.mean().item(),
-               "objective/reward": total_reward.mean().item(),
+               "objective/rlhf_reward": (rewards * mask).sum(-1).mean().item(),
                "answer/accuracy": sum(correct) / max(len(correct), 1),
                "answer/format": sum(a is not None for a in answers) / len(answers),
                "rollout/length": mask.sum(-1).mean().item()}
-    batch = {"tokens": tokens, "mask": mask, "logps": logps, "values": values,
+    batch = {"tokens": tokens, "mask": mask, "logps": logps, "values": values, "rewards": rewards,
              "advantages": advantages, "returns": returns, "temperature": temperature}
     return batch, metrics
 

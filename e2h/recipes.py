@@ -262,8 +262,9 @@ def train_ppo(run) -> dict:
                 generator=generator_for(args.seed, "ppo-minibatches", k))
         metrics = dist.all_reduce_mean(metrics)
         loss = metrics["loss/policy"] + args.vf_coef * metrics["loss/value"]
-        if not math.isfinite(metrics["objective/reward"]):
-            raise NonFiniteLoss(f"PPO reward {metrics['objective/reward']} at step {run.step + 1}")
+        if not math.isfinite(metrics["objective/rlhf_reward"]):
+            raise NonFiniteLoss(f"PPO reward {metrics['objective/rlhf_reward']} at step "
+                                f"{run.step + 1}")
         tokens = dist.all_reduce_sum({"tokens": batch["tokens"].numel()})["tokens"]
         return {"loss": loss, "grad_norm": metrics["policy/grad_norm"], "tokens": int(tokens),
                 **metrics}

@@ -13,7 +13,7 @@ The paper runs 2 iterations (a 3rd degraded).
 Restarting: the paper leaves open whether each M-step starts from the base SFT model or from
 the previous iteration's model. The original ReST-EM restarts from the base, which keeps
 errors of one iteration from compounding; that is the default here (``RESTART_FROM_BASE``,
-applied through ``start_model``). Sampling always uses the latest model either way.
+applied in e2h/recipes.py). Sampling always uses the latest model either way.
 """
 from __future__ import annotations
 
@@ -25,11 +25,6 @@ from e2h.sample import sample_solutions
 from e2h.score import sample_score, score_samples
 
 RESTART_FROM_BASE = True
-
-
-def start_model(base, latest, restart_from_base: bool = RESTART_FROM_BASE):
-    """What an iteration's fine-tuning starts from (a model or a checkpoint path)."""
-    return base if restart_from_base else latest
 
 
 def filter_samples(samples: list[dict], max_per_problem: int, rng, *,

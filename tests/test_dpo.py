@@ -174,3 +174,18 @@ def test_iteration_data_caches_the_policy_as_reference(monkeypatch, tmp_path):
     with torch.no_grad():
         logps = sequence_logps(policy, batch["tokens"], batch["loss_mask"])
     close(batch["ref_logps"], logps.tolist())                        # chosen, rejected
+
+
+def test_loss_fn_uses_the_cached_reference_not_the_policy(model):
+    batch = collate_pairs(examples(), pad_id=0)
+    with torch.no_grad():
+        logps = sequence_logps(model, batch["tokens"], batch["loss_mask"])   # (2B,)
+    batch["ref_logps"] = logps + torch.tensor([1.0, -2.0, 0.5, 0.5])          # chosen, rejected
+    loss, metrics = loss_fn(model, batch, beta=0.5)
+    # reward = beta * (logps - ref): chosen 0.5 * (-1, +2) = (-0.5, 1.0), rejected
+    # 0.5 * (-0.5, -0.5) = (-0.25, -0.25): margins -0.25 and 1.25
+    expected = (math.log1p(math.exp(0.25)) + math.log1p(math.exp(-1.25))) / 2
+    close(loss, expected)
+    close(metrics["rewards/margins"], (-0.25 + 1.25) / 2)
+    close(metrics["logps/chosen"], logps[:2].mean().item())
+    close(metrics["logps/rejected"], logps[2:].mean().item())

@@ -174,3 +174,21 @@ def test_command_line_needs_a_job(tmp_path):
         main(["--tokenizer", "t", "--out", str(tmp_path)])
     with pytest.raises(SystemExit):
         main(["--tokenizer", "t", "--out", str(tmp_path), "--rm-records", "r.jsonl"])
+
+
+def test_each_method_ranks_by_its_own_aggregation():
+    # P1 (easy, truth 5): X "5" steps [.95]; Y "6" twice with steps [.9, .5].
+    #   weighted voting sums prods: W(5) = .95 > W(6) = .45 + .45 = .90 -> right
+    #   (summing means would give W(6) = .7 + .7 = 1.4 and pick the wrong "6")
+    #   majority: "6" -> wrong; best-of-n: min .95 > .5 -> right
+    # P2 (hard, truth 1): A "1" [.6, .6]; B "2" [.9, .5].
+    #   best-of-n by min: .6 > .5 -> right (by prod .36 < .45 or by mean .6 < .7: wrong)
+    #   weighted: W(1) = .36 < W(2) = .45 -> wrong; majority: a tie, the earliest "1" -> right
+    samples = [s("P1", 1, "5", True, [0.95]), s("P1", 1, "6", False, [0.9, 0.5]),
+               s("P1", 1, "6", False, [0.9, 0.5]),
+               s("P2", 4, "1", True, [0.6, 0.6]), s("P2", 4, "2", False, [0.9, 0.5])]
+    samples.append(s("P2", 4, None, False, []))       # three samples each: no answer never wins
+    m = rerank_table(samples, ns=[3])["methods"]
+    close(m["majority"]["3"], {"easy": [0.0, 0.0], "hard": [100.0, 0.0], "all": [50.0, 0.0]})
+    close(m["weighted"]["3"], {"easy": [100.0, 0.0], "hard": [0.0, 0.0], "all": [50.0, 0.0]})
+    close(m["best_of_n"]["3"], {"easy": [100.0, 0.0], "hard": [100.0, 0.0], "all": [100.0, 0.0]})

@@ -8,7 +8,7 @@ import torch
 from data.format import format_prompt, format_solution
 from e2h.ppo import (_trajectories, assemble_rewards, gae, kl_penalty, masked_mean,
                      min_process_rewards, ppo_policy_loss, ppo_update, ppo_value_loss, rollout,
-                     scale_by_std, terminal_reward, whiten)
+                     normalize_rewards, terminal_reward, whiten)
 from e2h.model import ModelArgs, RewardModel, Transformer
 from e2h.sample import generate
 from e2h.sequences import token_logps
@@ -58,7 +58,7 @@ def test_policy_loss_clipped_high():
                                       torch.ones(1, 1), clip=0.2)
     close(losses, [[-2.4]])
     close(metrics["policy/clipfrac"], 1.0)
-    close(metrics["policy/approxkl"], 0.5 - math.log(1.5))    # (ratio - 1) - log ratio
+    close(metrics["policy/approxkl"], 0.5 * math.log(1.5) ** 2)   # 0.5 * (log ratio)^2
     losses.sum().backward()
     close(logps.grad, [[0.0]])                     # clipped: no push beyond 1 + clip
 
@@ -83,7 +83,7 @@ def test_policy_loss_unclipped_and_masked():
                                       torch.tensor([[1.0, 1.0, 0.0]]), clip=0.2)
     close(losses, [[-2.2, 4.5, 0.0]])
     close(metrics["policy/clipfrac"], 0.0)
-    close(metrics["policy/approxkl"], ((0.1 - math.log(1.1)) + (0.5 - math.log(1.5))) / 2)
+    close(metrics["policy/approxkl"], 0.5 * (math.log(1.1) ** 2 + math.log(1.5) ** 2) / 2)
     losses.sum().backward()
     close(logps.grad, [[-2.2, 4.5, 0.0]])          # d(-A * ratio)/d logps = -A * ratio
 
@@ -152,11 +152,12 @@ def test_assemble_rewards_places_process_and_terminal_rewards():
     close(scores, [1.0, -0.75])
 
 
-def test_scale_by_std_keeps_mean_and_whiten_removes_it():
+def test_normalize_rewards_keeps_mean_and_whiten_removes_it():
     x = torch.tensor([[1.0, 2.0, 3.0, 100.0]])
     mask = torch.tensor([[1.0, 1.0, 1.0, 0.0]])
     std = math.sqrt(2 / 3)                          # mean 2, var (1 + 0 + 1) / 3
-    close(scale_by_std(x, mask), [[1 / std, 2 / std, 3 / std, 0.0]])
+    # (r - 2) / std + 2: the spread becomes 1, the mean stays 2; the masked 100 is ignored
+    close(normalize_rewards(x, mask), [[2 - 1 / std, 2.0, 2 + 1 / std, 0.0]])
     close(whiten(x, mask), [[-1 / std, 0.0, 1 / std, 0.0]])
 
 

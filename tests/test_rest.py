@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import e2h.rest as rest
-from e2h.rest import filter_samples, rest_iteration_data, start_model
+from e2h.rest import filter_samples, rest_iteration_data
 
 
 def sample(pid, text, correct, level=2, prm=None):
@@ -50,12 +50,6 @@ def test_hard_problems_by_reward_model_threshold():
             sample("h", "low", True, level=4, prm=0.3)]      # the grader's verdict is ignored
     records = filter_samples(hard, max_per_problem=10, rng=random.Random(0), hard_threshold=0.6)
     assert texts(records) == ["high", "edge"]
-
-
-def test_restart_from_base_is_the_default():
-    assert rest.RESTART_FROM_BASE is True
-    assert start_model("base", "iteration-1") == "base"
-    assert start_model("base", "iteration-1", restart_from_base=False) == "iteration-1"
 
 
 SAMPLING = dict(temperature=1.0, top_k=40, max_new_tokens=768, max_per_problem=10, batch_size=16)

@@ -68,7 +68,7 @@ def check_metrics(run_dir, n_steps):
     lines = steps(run_dir)
     assert [x["step"] for x in lines] == list(range(1, n_steps + 1))
     for x in lines:
-        assert {"loss", "lr", "grad_norm", "tokens_per_s"} <= set(x)
+        assert {"loss", "learning_rate", "grad_norm", "tokens_per_s"} <= set(x)
         assert math.isfinite(x["loss"]) and x["tokens_per_s"] > 0
 
 
