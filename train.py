@@ -148,6 +148,8 @@ def build_parser() -> argparse.ArgumentParser:
         "level for the closing greedy accuracy, 0: off; " + d("eval_problems"))
     add("--eval-every", type=non_negative(int), default=10,
         help="PPO: greedy validation every N steps; the best model goes to <out>/best (0: off)")
+    add("--validation-data", default=None, help="ppo/dpo with real data: the test set (MATH500) "
+        "whose (subject, level) counts the validation split held out of --math-problems matches")
     return p
 
 
@@ -186,6 +188,7 @@ USED_BY = {"beta": ("dpo",), "pair_gap": ("dpo",), "max_pairs": ("dpo",), "hard_
            "ppo_steps": ("ppo",), "rollouts": ("ppo",), "kl_coef": ("ppo",), "clip": ("ppo",),
            "value_clip": ("ppo",), "vf_coef": ("ppo",), "no_process_reward": ("ppo",),
            "eval_every": ("ppo",), "answer_levels": RL, "reward_model": RL,
+           "validation_data": RL,
            "samples": recipes.RM_ALGOS}
 
 

@@ -24,11 +24,12 @@ import torch
 from data import sources, synthetic
 from data.format import EASY_LEVELS, HARD_LEVELS
 from e2h import distributed as dist
-from e2h import dpo, ppo, rest, rm, sft, trainstate
+from e2h import dpo, ppo, rest, rm, sft
 from e2h.loop import NonFiniteLoss, batch_indices, run_steps, train_phase
 from e2h.model import RewardModel
-from e2h.run import (cached_records, encode_all, evaluate_policy, finish, generator_for, load,
-                     load_or_init, make_optimizer, max_len, prepare, rng_for, sample)
+from e2h.run import (cached_records, encode_all, finish, generator_for, load, load_or_init,
+                     make_optimizer, max_len, prepare, rng_for, sample)
+from e2h.validate import Best, accuracy, closing, starting_accuracy, validation_split
 from e2h.score import step_and_outcome_auc
 
 RM_ALGOS = ("orm", "prm", "oprm")
@@ -40,11 +41,13 @@ def synthetic_data(args) -> bool:
 
 
 def problems(args, split: str = "train") -> list[dict]:
-    """The problems this run samples from (--data / --math-problems, else synthetic)."""
+    """The problems this run samples from (--data / --math-problems, else synthetic), less
+    the validation problems held out of them (--validation-data)."""
     synthetic_only = args.hparams == "embedded" and not (args.data or args.math_problems)
     data, math = (None, None) if synthetic_only else (args.data or [], args.math_problems)
-    return sources.problems(data, math, sources.parse_levels(args.levels), args.n_problems,
-                            args.seed, split)
+    held, _ = validation_split(args)
+    return [p for p in sources.problems(data, math, sources.parse_levels(args.levels),
+                                        args.n_problems, args.seed, split) if p["id"] not in held]
 
 
 def samples_policy(args) -> bool:
@@ -71,7 +74,7 @@ def train_sft(run) -> dict:
     opt = make_optimizer(model, args)
     run.restore(model, [opt])
     train_phase(run, model, opt, examples, partial(sft.sft_batch, pad_id=tok.pad_id), sft.loss_fn)
-    return finish(run, model, {"examples": len(examples), **evaluate_policy(run, model)})
+    return finish(run, model, {"examples": len(examples), **accuracy(run, model)})
 
 # ----------------------------------------------------------------------------- reward models
 
@@ -171,6 +174,7 @@ def train_dpo(run) -> dict:
     opt = make_optimizer(policy, args)
     run.restore(policy, [opt])
     problems_ = problems(args)
+    before, best = starting_accuracy(run, policy), Best(run)
     for it in range(args.iterations):
         start = run.phase_start(it)
         if start is None:
@@ -189,7 +193,10 @@ def train_dpo(run) -> dict:
         opt = opt if start > 0 else make_optimizer(policy, args)
         train_phase(run, policy, opt, examples, partial(dpo.collate_pairs, pad_id=tok.pad_id),
                     partial(dpo.loss_fn, beta=args.beta), iteration=it)
-    return finish(run, policy, evaluate_policy(run, policy))
+        acc = accuracy(run, policy, "validation")      # greedy, held-out problems
+        run.log({"step": run.step, "iteration": it, **{f"eval/{k}": v for k, v in acc.items()}})
+        best.offer(policy, acc, {"iteration": it + 1, "step": run.step})
+    return closing(run, policy, best, before)
 
 
 def train_rest(run) -> dict:
@@ -200,6 +207,7 @@ def train_rest(run) -> dict:
     opt = make_optimizer(policy, args)
     run.restore(policy, [opt])
     problems_ = problems(args)
+    before = starting_accuracy(run, policy)
     for it in range(args.iterations):
         start = run.phase_start(it)
         if start is None:
@@ -219,7 +227,7 @@ def train_rest(run) -> dict:
         opt = opt if start > 0 else make_optimizer(policy, args)
         train_phase(run, policy, opt, examples, partial(sft.sft_batch, pad_id=tok.pad_id),
                     sft.loss_fn, iteration=it)
-    return finish(run, policy, evaluate_policy(run, policy))
+    return closing(run, policy, None, before)
 
 # ----------------------------------------------------------------------------- ppo
 
@@ -240,7 +248,7 @@ def train_ppo(run) -> dict:
     steps = min(args.ppo_steps, args.max_steps) if args.max_steps else args.ppo_steps
     start = run.phase_start(0)
     start = steps if start is None else start
-    best = (run.resume or {}).get("best")
+    before, best = starting_accuracy(run, policy), Best(run)
 
     def step(k: int) -> dict:
         """One rollout per problem of this rank's share of step k's problems, then the update."""
@@ -270,21 +278,18 @@ def train_ppo(run) -> dict:
                 **metrics}
 
     def evaluate(k: int) -> dict:   # greedy, held-out problems; the best model goes to best/
-        nonlocal best
         if not args.eval_every or (run.step % args.eval_every and k + 1 != steps):
             return {}
-        acc = evaluate_policy(run, policy, "validation")
-        if acc and (best is None or acc["validation_all_acc"] > best):
-            best = acc["validation_all_acc"]
-            trainstate.export_model(policy, run.out / "best", run.tok_path)
+        acc = accuracy(run, policy, "validation")
+        best.offer(policy, acc, {"step": run.step})
         return {f"eval/{key}": v for key, v in acc.items()}
 
     def save(k: int):
-        meta = {"iteration": 0, "phase_step": k + 1, "phase_steps": steps, "best": best}
+        meta = {"iteration": 0, "phase_step": k + 1, "phase_steps": steps}
         run.save(both, opts, meta, export=policy)
 
     run_steps(run, steps, start, opts, step, save, desc="ppo", evaluate=evaluate)
-    return finish(run, policy, {"best_validation_acc": best, **evaluate_policy(run, policy)})
+    return closing(run, policy, best, before)
 
 
 TRAIN = {"sft": train_sft, "orm": train_rm, "prm": train_rm, "oprm": train_rm, "dpo": train_dpo,

@@ -2,7 +2,7 @@
 
 A ``Run`` holds the flags, the run folder, the device and the tokenizer; it writes the metrics
 log and the checkpoints, and ``finish`` exports the final model. ``sample`` spreads sampling
-over the ranks; ``evaluate_policy`` is the closing greedy accuracy on synthetic problems. ``load_or_init`` + ``prepare`` make every model a recipe needs (an HF
+over the ranks. ``load_or_init`` + ``prepare`` make every model a recipe needs (an HF
 checkpoint or a seeded random preset; frozen as the paper trains; sharded under torchrun).
 Random streams are seeded from (seed, purpose, rank), so resuming needs no generator state.
 """
@@ -18,14 +18,13 @@ from pathlib import Path
 
 import torch
 
-from data import sources, synthetic
+from data import synthetic
 from data.format import format_prompt
 from data.readers import write_jsonl
 from e2h import distributed as dist
 from e2h import trainstate
 from e2h.checkpoint import check_tokenizer, load_model
 from e2h.model import ModelArgs, RewardModel, Transformer
-from e2h.rerank import accuracy_by_split
 from e2h.sample import sample_solutions
 from e2h.sft import freeze_embeddings
 from e2h.tokenizer import Tokenizer, train_tokenizer
@@ -175,16 +174,6 @@ def sample(run, policy, problems_, n, key, temperature=None):
                                     top_k=args.top_k or None, max_new_tokens=args.max_new_tokens,
                                     generator=gen, batch_size=args.sample_batch_size), {}
     return dist.on_every_rank(draw, problems_, policy)[0]
-
-
-def evaluate_policy(run, policy, split="test") -> dict:
-    """Greedy accuracy (%) by split on synthetic problems of every level (0 problems: skipped)."""
-    args = run.args
-    if not args.eval_problems or args.hparams != "embedded":
-        return {}
-    problems_ = sources.synthetic_problems(args.eval_problems, None, args.seed, split)
-    samples = sample(run, policy, problems_, 1, "eval", temperature=0.0)
-    return {f"{split}_{k}_acc": v for k, v in accuracy_by_split(samples).items()}
 
 
 def finish(run, model, extra=None) -> dict:

@@ -1,0 +1,134 @@
+"""Greedy accuracy of a policy during and after RL, and the best policy by validation accuracy.
+
+PAPER.md: PPO validates greedily every 10 steps and keeps the checkpoint with the best
+validation accuracy; iterative DPO here validates after every iteration the same way. On the
+synthetic curriculum the validation and test problems are the curriculum's own disjoint splits
+(``--eval-problems`` per level); on real data the validation problems are held out of the
+--math-problems pool with MATH500's (subject, level) counts (``--validation-data``, PAPER.md
+"Data"), and RL never trains on them.
+
+A run's best policy lives in <out>/best/ (HF layout) with best.json saying where it came from;
+the final model/ is that policy, and the run says which one it kept.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from data import readers, sources
+from data.format import difficulty
+from e2h import distributed as dist
+from e2h import trainstate
+from e2h.rerank import accuracy_by_split
+from e2h.run import finish, load_or_init, sample
+
+
+def validation_split(args) -> tuple[set, list[dict]]:
+    """(ids held out of RL training, validation problems) of a real-data run; empty without
+    --validation-data."""
+    if not getattr(args, "validation_data", None):
+        return set(), []
+    if not args.math_problems:
+        raise ValueError("--validation-data needs --math-problems: the validation problems are "
+                         "held out of that pool")
+    pool = readers.load_math(args.math_problems)
+    _, held = readers.math_validation_split(pool, readers.load_math(args.validation_data),
+                                            args.seed)
+    return {p["id"] for p in held}, held
+
+
+def problems_for(run, split: str) -> list[dict]:
+    """Greedy evaluation problems: synthetic ones of every level, or the real validation split."""
+    args = run.args
+    if args.hparams == "embedded":
+        if not args.eval_problems:
+            return []
+        return sources.synthetic_problems(args.eval_problems, None, args.seed, split)
+    if split == "validation":
+        return [p for p in validation_split(args)[1] if difficulty(p["level"])]
+    return []
+
+
+def accuracy(run, policy, split: str = "test") -> dict:
+    """Greedy accuracy (%) per difficulty, {"<split>_easy_acc", ..._hard_, ..._all_}; {} when the
+    run has no problems of that split."""
+    problems = problems_for(run, split)
+    if not problems:
+        return {}
+    samples = sample(run, policy, problems, 1, "eval", temperature=0.0)
+    return {f"{split}_{k}_acc": v for k, v in accuracy_by_split(samples).items()}
+
+
+class Best:
+    """The policy with the highest greedy validation accuracy (All) so far, in <out>/best."""
+
+    def __init__(self, run):
+        self.run, self.dir = run, Path(run.out) / "best"
+        info = self.dir / "best.json"
+        self.info = json.loads(info.read_text()) if run.resume and info.is_file() else None
+
+    def offer(self, policy, acc: dict, where: dict):
+        """Keep ``policy`` if its validation accuracy beats the best so far (ties: the earlier)."""
+        if not acc or (self.info is not None
+                       and acc["validation_all_acc"] <= self.info["validation_all_acc"]):
+            return
+        self.info = {**where, **acc}
+        trainstate.export_model(policy, self.dir, self.run.tok_path)
+        if dist.is_main():
+            tmp = self.dir / "best.json.tmp"
+            tmp.write_text(json.dumps(self.info) + "\n")
+            tmp.replace(self.dir / "best.json")
+
+    def restore(self, policy) -> str:
+        """Load the best policy's weights into ``policy``; a line saying which one was kept."""
+        if self.info is None:
+            return "no validation: kept the last policy"
+        state = load_or_init(self.dir, self.run.args, self.run.tok).state_dict() \
+            if dist.is_main() else {}
+        dist.load_full_state_dict(policy, state)
+        where = ", ".join(f"{k} {v}" for k, v in self.info.items() if not k.endswith("_acc"))
+        return (f"kept the policy of {where} (validation Easy / Hard / All "
+                f"{self.info['validation_easy_acc']:.1f} / {self.info['validation_hard_acc']:.1f}"
+                f" / {self.info['validation_all_acc']:.1f})")
+
+
+def before_after(name: str, before: dict, after: dict, split: str = "test") -> str:
+    """Markdown: the starting policy's greedy accuracy next to the trained one's."""
+    if not before or not after:
+        return ""
+    rows = [("SFT policy (start)", before), (f"after {name}", after)]
+    lines = [f"Greedy accuracy (%) on the same {split} problems:", "",
+             "| policy | Easy | Hard | All |", "|---|---|---|---|"]
+    lines += [f"| {label} | " + " | ".join(f"{acc[f'{split}_{k}_acc']:.1f}"
+                                          for k in ("easy", "hard", "all")) + " |"
+              for label, acc in rows]
+    return "\n".join(lines)
+
+
+def starting_accuracy(run, policy) -> dict:
+    """The SFT policy's greedy test accuracy, measured once before RL (kept on resume)."""
+    path = run.out / "data" / "start_accuracy.json"
+    if run.args.resume and path.is_file():
+        return json.loads(path.read_text())
+    acc = accuracy(run, policy, "test")
+    if dist.is_main():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(acc) + "\n")
+        tmp.replace(path)
+    return acc
+
+
+def closing(run, policy, best: Best | None, before: dict) -> dict:
+    """An RL run's end: the best policy by validation (if any) becomes the final one, then its
+    test accuracy next to the SFT policy's."""
+    if best is not None:
+        dist.say(f"{run.args.algo}: " + best.restore(policy))
+    after = accuracy(run, policy, "test")
+    table = before_after(run.args.algo, before, after)
+    if table:
+        dist.say(table)
+    extra = {f"start_{k}": v for k, v in before.items()}
+    if best is not None and best.info is not None:
+        extra["best_validation_acc"] = best.info["validation_all_acc"]
+    return finish(run, policy, {**extra, **after})
