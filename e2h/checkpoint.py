@@ -98,7 +98,7 @@ def read_config(path: Path) -> tuple[ModelArgs, str]:
             kwargs[field] = kwargs[default] if isinstance(default, str) else default
     kwargs["rope_theta"], kwargs["rope_scaling"] = read_hf_rope(cfg, file, kwargs["max_seq_len"])
     arch = read_architecture(cfg, file)
-    kwargs["tie_embeddings"] = kwargs["tie_embeddings"] or arch != LM_ARCH   # an RM needs no LM head
+    kwargs["tie_embeddings"] = kwargs["tie_embeddings"] or arch != LM_ARCH   # RMs: no LM head
     try:
         args = ModelArgs(**kwargs)
     except (ValueError, TypeError) as e:

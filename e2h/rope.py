@@ -1,7 +1,8 @@
 """RoPE inverse frequencies, plain and with the long-context scalings HF Llama configs name.
 
 ``ModelArgs.rope_scaling`` is None (plain RoPE) or one dict in the shape of transformers'
-``rope_scaling`` / ``rope_parameters`` without ``rope_theta``: ``{"rope_type": ..., "factor": ...}``.
+``rope_scaling`` / ``rope_parameters`` without ``rope_theta``:
+``{"rope_type": ..., "factor": ...}``.
 With D the head dim and i = 0 .. D/2 - 1, the plain inverse frequencies are
 ``theta ** (-2i / D)`` (Su et al. 2021, RoFormer); the scalings change them as follows.
 
@@ -36,7 +37,8 @@ TYPES = {
     "llama3": ({"factor", "low_freq_factor", "high_freq_factor",
                 "original_max_position_embeddings"}, set()),
     "yarn": ({"factor", "original_max_position_embeddings"},
-             {"attention_factor", "beta_fast", "beta_slow", "mscale", "mscale_all_dim", "truncate"}),
+             {"attention_factor", "beta_fast", "beta_slow", "mscale", "mscale_all_dim",
+              "truncate"}),
 }
 
 
@@ -83,8 +85,9 @@ def read_hf_rope(cfg: dict, file, max_seq_len: int) -> tuple[float, dict | None]
             if not isinstance(cfg[key], dict):
                 raise ValueError(f"{file}: {key}={cfg[key]!r} is not a dict")
             dicts[key] = dict(cfg[key])
-    thetas = {k: v for k, v in [("rope_theta", cfg.get("rope_theta"))] + [
-        (f"{key}.rope_theta", d.pop("rope_theta", None)) for key, d in dicts.items()] if v is not None}
+    named = [("rope_theta", cfg.get("rope_theta"))] + [
+        (f"{key}.rope_theta", d.pop("rope_theta", None)) for key, d in dicts.items()]
+    thetas = {k: v for k, v in named if v is not None}
     if len(set(thetas.values())) > 1:
         raise ValueError(f"{file}: " + " and ".join(f"{k}={v!r}" for k, v in thetas.items())
                          + " disagree")
@@ -158,7 +161,7 @@ def _yarn(powers, factor, head_dim, theta, scaling):
     if low == high:
         high += 0.001                                                        # no zero-width ramp
     i = torch.arange(head_dim // 2, device=powers.device, dtype=torch.float32)
-    keep = 1 - ((i - low) / (high - low)).clamp(0, 1)           # (D/2,) share kept: 1 fast .. 0 slow
+    keep = 1 - ((i - low) / (high - low)).clamp(0, 1)     # (D/2,) share kept: 1 fast .. 0 slow
     return 1.0 / (factor * powers) * (1 - keep) + 1.0 / powers * keep
 
 

@@ -186,8 +186,8 @@ ROPE_CONFIGS = {
         "rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
         "original_max_position_embeddings": 64}}, [1.0, (1 - S) * 0.1 / 8 + S * 0.1, 0.01 / 8,
                                                    0.001 / 8], 1.0),
-    "linear in legacy type": ({"rope_theta": 1e4, "rope_scaling": {"type": "linear", "factor": 4.0}},
-                              [0.25, 0.025, 0.0025, 0.00025], 1.0),
+    "linear in legacy type": ({"rope_theta": 1e4, "rope_scaling": {
+        "type": "linear", "factor": 4.0}}, [0.25, 0.025, 0.0025, 0.00025], 1.0),
 }
 
 

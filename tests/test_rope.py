@@ -52,9 +52,10 @@ def test_yarn_table_and_attention_scale():
 
 
 def test_yarn_without_truncation_and_with_its_other_keys():
-    # truncate False: the ramp runs from 0 (clipped -0.497) to 1.008, so i = 1 is 1 / 1.008 interpolated
+    # truncate False: the ramp runs from 0 (clipped -0.497) to 1.008: i = 1 is 1 / 1.008 interpolated
     r = 1 / yarn_dim(1)
-    close(table({**YARN, "truncate": False}), [1.0, r * 0.1 / 4 + (1 - r) * 0.1, 0.01 / 4, 0.001 / 4])
+    close(table({**YARN, "truncate": False}),
+          [1.0, r * 0.1 / 4 + (1 - r) * 0.1, 0.01 / 4, 0.001 / 4])
     # beta_fast 8 -> dim 8 ln(64 / (16 pi)) / 18.42 = 0.105, floor 0: the same integer ramp
     close(table({**YARN, "beta_fast": 8.0}), table(YARN).tolist())
     mscale = {**YARN, "mscale": 0.707, "mscale_all_dim": 1.0}
@@ -114,7 +115,8 @@ def test_both_generations_of_keys_read_alike():
     assert json.loads(json.dumps(hf_rope_keys(5e5, None))) == {
         "rope_theta": 5e5, "rope_scaling": None,
         "rope_parameters": {"rope_type": "default", "rope_theta": 5e5}}
-    assert read(rope_parameters={"rope_type": "default", "partial_rotary_factor": 1.0}) == (1e4, None)
+    whole_head = {"rope_type": "default", "partial_rotary_factor": 1.0}
+    assert read(rope_parameters=whole_head) == (1e4, None)
 
 
 @pytest.mark.parametrize("cfg, words", [
@@ -135,4 +137,5 @@ def test_both_generations_of_keys_read_alike():
 def test_keys_that_would_read_differently_are_refused(cfg, words):
     with pytest.raises(ValueError) as e:
         read(**cfg)
-    assert str(e.value).startswith("config.json: ") and all(w in str(e.value) for w in words), e.value
+    message = str(e.value)
+    assert message.startswith("config.json: ") and all(w in message for w in words), message

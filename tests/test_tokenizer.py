@@ -84,7 +84,7 @@ def test_tools_that_add_special_tokens_get_e2h_ids_bos_first(tmp_path, request, 
 def test_hf_tokenizer_files_name_the_tokens_e2h_uses(tmp_path):
     tok = train_tokenizer(synthetic_texts(), tmp_path / "tokenizer.json", vocab_size=96)
     config, specials = hf_tokenizer_files(512).values()
-    assert config["model_max_length"] == 512 and config["tokenizer_class"] == "PreTrainedTokenizerFast"
+    assert (config["model_max_length"], config["tokenizer_class"]) == (512, "PreTrainedTokenizerFast")
     raw = RawTokenizer.from_file(str(tok.path))
     assert {k: raw.token_to_id(v) for k, v in specials.items()} == {
         "bos_token": tok.bos_id, "eos_token": tok.eos_id, "unk_token": tok.unk_id,
