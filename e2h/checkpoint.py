@@ -4,7 +4,15 @@ Layout: ``config.json`` plus ``model.safetensors``, or shards ``model-0000i-of-0
 listed in ``model.safetensors.index.json``. A tensor's key is ``"model." + parameter name``,
 except ``lm_head.weight``; with tied embeddings there is no ``lm_head.weight``. A reward model is
 saved as HF's ``LlamaForTokenClassification`` with one label: the trunk as above, no LM head,
-plus ``score.weight`` (1, C) and ``score.bias`` (1,).
+plus ``score.weight`` (1, C) and ``score.bias`` (1,). A one-label
+``LlamaForSequenceClassification`` (the reward models TRL and OpenRLHF train: ``score.weight``,
+no bias, read at the last token) loads as a reward model with a zero bias: its logit at a
+position is what the sequence classifier gives for the text ending there.
+
+RoPE is read from ``rope_theta`` / ``rope_scaling`` (transformers 4.x) and ``rope_parameters``
+(5.x); where both are present they must agree. ``save_model`` writes both, and beside the weights
+``generation_config.json`` and the ``tokenizer_config.json`` / ``special_tokens_map.json`` that
+let ``AutoTokenizer`` open the folder once a tokenizer.json is there (e2h/tokenizer.py).
 
 Loading holds one copy of the weights: the model is built on the meta device, allocated once in
 the target dtype (``to_empty``), then filled tensor by tensor from each shard. Everything that
@@ -13,7 +21,7 @@ sizes, the key set, every shape and dtype), so a bad checkpoint raises one error
 and tensor before any weight is read, and no model is returned.
 
 Deliberate leniency: the ``rotary_emb.inv_freq`` buffers older transformers versions saved are
-ignored; RoPE is recomputed from ``rope_theta``.
+ignored; RoPE is recomputed from the config.
 """
 from __future__ import annotations
 
@@ -29,18 +37,26 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from e2h.model import ModelArgs, RewardModel, Transformer
+from e2h.rope import hf_rope_keys, read_hf_rope
+from e2h.tokenizer import HF_FILES as TOKENIZER_FILES
+from e2h.tokenizer import hf_tokenizer_files
 
 INDEX = "model.safetensors.index.json"
 SINGLE = "model.safetensors"
-RM_ARCH = "LlamaForTokenClassification"
+LM_ARCH, RM_ARCH, SEQ_ARCH = ("LlamaForCausalLM", "LlamaForTokenClassification",
+                              "LlamaForSequenceClassification")
+GENERATION = "generation_config.json"
 DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
 # HF LlamaConfig key -> (ModelArgs field, default when the key is absent: None = required)
 CONFIG = {"hidden_size": ("dim", None), "intermediate_size": ("ffn_dim", None),
           "num_hidden_layers": ("n_layers", None), "num_attention_heads": ("n_heads", None),
           "vocab_size": ("vocab_size", None), "num_key_value_heads": ("n_kv_heads", "n_heads"),
-          "rms_norm_eps": ("norm_eps", 1e-6), "rope_theta": ("rope_theta", 10000.0),
-          "max_position_embeddings": ("max_seq_len", 2048),
+          "rms_norm_eps": ("norm_eps", 1e-6), "max_position_embeddings": ("max_seq_len", 2048),
           "tie_word_embeddings": ("tie_embeddings", False)}
+# config keys whose other values change the math e2h implements
+UNSUPPORTED = {"model_type": ("llama", None), "hidden_act": ("silu", None),
+               "attention_bias": (False, None), "mlp_bias": (False, None),
+               "partial_rotary_factor": (1.0, None)}
 
 
 def hf_params(model) -> dict[str, torch.nn.Parameter]:
@@ -58,8 +74,8 @@ def hf_params(model) -> dict[str, torch.nn.Parameter]:
     return out
 
 
-def read_config(path: Path) -> tuple[ModelArgs, bool]:
-    """(ModelArgs, is_reward_model) from an HF Llama config.json."""
+def read_config(path: Path) -> tuple[ModelArgs, str]:
+    """(ModelArgs, architecture) from an HF Llama config.json."""
     file = path / "config.json"
     if not file.is_file():
         raise FileNotFoundError(f"{file}: not found")
@@ -67,9 +83,7 @@ def read_config(path: Path) -> tuple[ModelArgs, bool]:
         cfg = json.loads(file.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"{file}: not valid JSON ({e})") from None
-    unsupported = {"model_type": ("llama", None), "hidden_act": ("silu", None),
-                   "rope_scaling": (None,), "attention_bias": (False, None), "mlp_bias": (False, None)}
-    for key, allowed in unsupported.items():
+    for key, allowed in UNSUPPORTED.items():
         if cfg.get(key) not in allowed:
             raise ValueError(f"{file}: {key}={cfg[key]!r} is not supported (expected {allowed[0]!r})")
     kwargs = {}
@@ -80,17 +94,29 @@ def read_config(path: Path) -> tuple[ModelArgs, bool]:
             raise ValueError(f"{file}: missing key {key!r}")
         else:
             kwargs[field] = kwargs[default] if isinstance(default, str) else default
-    is_rm = RM_ARCH in cfg.get("architectures", [])
-    if is_rm and cfg.get("num_labels", 1) != 1:
-        raise ValueError(f"{file}: num_labels={cfg['num_labels']}, a reward model has 1")
-    kwargs["tie_embeddings"] = kwargs["tie_embeddings"] or is_rm   # an RM trunk needs no LM head
+    kwargs["rope_theta"], kwargs["rope_scaling"] = read_hf_rope(cfg, file, kwargs["max_seq_len"])
+    arch = read_architecture(cfg, file)
+    kwargs["tie_embeddings"] = kwargs["tie_embeddings"] or arch != LM_ARCH   # RMs: no LM head
     try:
         args = ModelArgs(**kwargs)
     except (ValueError, TypeError) as e:
         raise ValueError(f"{file}: {e}") from None
     if cfg.get("head_dim", args.head_dim) != args.head_dim:
         raise ValueError(f"{file}: head_dim {cfg['head_dim']} != hidden_size / num_attention_heads")
-    return args, is_rm
+    return args, arch
+
+
+def read_architecture(cfg: dict, file: Path) -> str:
+    """The model class of config.json; a reward model has one label (HF stores ``id2label``)."""
+    archs = cfg.get("architectures") or [LM_ARCH]
+    if len(archs) != 1 or archs[0] not in (LM_ARCH, RM_ARCH, SEQ_ARCH):
+        raise ValueError(f"{file}: architectures={archs!r} is not supported (e2h loads "
+                         f"{LM_ARCH}, {RM_ARCH} or {SEQ_ARCH})")
+    labels = len(cfg["id2label"]) if cfg.get("id2label") else cfg.get("num_labels") or 1
+    if archs[0] != LM_ARCH and labels != 1:
+        raise ValueError(f"{file}: {archs[0]} with {labels} labels is a classifier; e2h loads "
+                         f"reward models with one label (one score per position)")
+    return archs[0]
 
 
 def read_header(file: Path) -> dict[str, tuple[str, list[int]]]:
@@ -174,23 +200,28 @@ def check_weights(found: dict, params: dict, path: Path):
 
 
 def load_model(path, dtype: torch.dtype | None = None, device=None):
-    """A Transformer (or a RewardModel for LlamaForTokenClassification) from an HF directory.
+    """A Transformer, or a RewardModel for LlamaForTokenClassification and
+    LlamaForSequenceClassification, from an HF directory.
 
     dtype None keeps the dtype on disk (that of the embedding); device defaults to the CPU.
     """
     path = Path(path)
-    args, is_rm = read_config(path)
+    args, arch = read_config(path)
     found = weight_files(path)
     with torch.device("meta"):
         model = Transformer(args)
-        if is_rm:
-                    model = RewardModel(model)
+        if arch != LM_ARCH:
+            model = RewardModel(model)
     params = hf_params(model)
+    if arch == SEQ_ARCH:
+        del params["score.bias"]                 # a sequence classifier's head has no bias
     check_weights(found, params, path)
     dtype = dtype or DTYPES[found["model.embed_tokens.weight"][1]]
     model = model.to(dtype=dtype).to_empty(device=device or "cpu")
     params = hf_params(model)
     with torch.no_grad():
+        if arch == SEQ_ARCH:
+            model.score.bias.zero_()
         for file in sorted({f for f, _, _ in found.values()}):
             try:
                 with safe_open(file, framework="pt") as f:
@@ -214,18 +245,27 @@ def hf_config(model, dtype: torch.dtype) -> dict:
     """config.json in HF LlamaConfig keys, so ecosystem tools open the directory unchanged."""
     is_rm = isinstance(model, RewardModel)
     args = (model.trunk if is_rm else model).args
-    cfg = {"architectures": [RM_ARCH if is_rm else "LlamaForCausalLM"], "model_type": "llama",
-           "hidden_act": "silu", "attention_bias": False, "rope_scaling": None,
-           "bos_token_id": 1, "eos_token_id": 2, "initializer_range": 0.02,
+    cfg = {"architectures": [RM_ARCH if is_rm else LM_ARCH], "model_type": "llama",
+           "hidden_act": "silu", "attention_bias": False, "mlp_bias": False,
+           "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0, "initializer_range": 0.02,
            "torch_dtype": str(dtype).removeprefix("torch.")}
     cfg.update({key: getattr(args, field) for key, (field, _) in CONFIG.items()})
+    cfg.update(hf_rope_keys(args.rope_theta, args.rope_scaling))
     if is_rm:
         cfg["num_labels"] = 1
     return cfg
 
 
+def hf_files(model, dtype: torch.dtype) -> dict[str, dict]:
+    """Every JSON file save_model writes: config, generation defaults, tokenizer settings."""
+    args = (model.trunk if hasattr(model, "trunk") else model).args
+    generation = {"bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0}   # e2h/tokenizer.py
+    return {"config.json": hf_config(model, dtype), GENERATION: generation,
+            **hf_tokenizer_files(args.max_seq_len)}
+
+
 def _is_checkpoint_file(name: str) -> bool:
-    return name in ("config.json", SINGLE, INDEX) or bool(
+    return name in (SINGLE, INDEX, "config.json", GENERATION, *TOKENIZER_FILES) or bool(
         re.fullmatch(r"model-\d+-of-\d+\.safetensors", name))
 
 
@@ -235,6 +275,8 @@ def save_model(model, path, max_shard_bytes: int = 5 * 2**30):
     One ``model.safetensors`` up to ``max_shard_bytes``, shards plus an index above it. The files
     are written to a temporary sibling directory that then replaces ``path``, so a crash never
     leaves half a checkpoint; other files already in ``path`` (a tokenizer.json) are kept.
+    Beside the weights go config.json, generation_config.json, tokenizer_config.json and
+    special_tokens_map.json (``hf_files``).
     """
     path = Path(path)
     tensors = {k: p.detach() for k, p in hf_params(model).items()}
@@ -251,7 +293,8 @@ def save_model(model, path, max_shard_bytes: int = 5 * 2**30):
     tmp.mkdir(parents=True)
     try:
         dtype = tensors["model.embed_tokens.weight"].dtype
-        (tmp / "config.json").write_text(json.dumps(hf_config(model, dtype), indent=2) + "\n")
+        for name, content in hf_files(model, dtype).items():
+            (tmp / name).write_text(json.dumps(content, indent=2) + "\n")
         names = [SINGLE] if len(shards) == 1 else [
             f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
         for name, keys in zip(names, shards):

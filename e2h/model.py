@@ -10,7 +10,8 @@ Two choices make Hugging Face / Llemma checkpoints load without any weight surge
   (real, imaginary) pairs, not adjacent elements. HF's q/k weights are stored for this layout;
   applying the interleaved layout to them gives fluent-looking garbage.
 
-RMSNorm statistics and the RoPE tables are computed in float32 whatever the weight dtype.
+RMSNorm statistics and the RoPE tables are computed in float32 whatever the weight dtype; the
+long-context RoPE scalings (linear, dynamic, llama3, yarn) are in e2h/rope.py.
 Attention goes through ``kernels.attend``: the Triton kernel on CUDA, PyTorch on CPU.
 ``RewardModel`` is the same trunk with a one-logit head in place of the LM head: the reward
 models (ORM, PRM, OPRM) and PPO's value model.
@@ -21,14 +22,15 @@ C model dim, V vocab.
 """
 from __future__ import annotations
 
-import math
 import copy
+import math
 from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from e2h import rope
 from kernels import attend
 
 
@@ -42,6 +44,7 @@ class ModelArgs:
     vocab_size: int = 32016
     norm_eps: float = 1e-5
     rope_theta: float = 10000.0
+    rope_scaling: dict | None = None   # None: plain RoPE; else e.g. {"rope_type": "yarn", ...}
     max_seq_len: int = 4096
     tie_embeddings: bool = False
 
@@ -51,6 +54,7 @@ class ModelArgs:
         if self.dim % self.n_heads or self.n_heads % self.n_kv_heads:
             raise ValueError(f"ModelArgs: dim {self.dim}, n_heads {self.n_heads} and n_kv_heads "
                              f"{self.n_kv_heads} must divide evenly")
+        rope.check_rope_scaling(self.rope_scaling, "ModelArgs.rope_scaling")
         self.head_dim = self.dim // self.n_heads
 
     @classmethod
@@ -92,13 +96,14 @@ class RMSNorm(nn.Module):
         return self.weight * x32.to(x.dtype)
 
 
-def rope_cos_sin(positions: torch.Tensor, head_dim: int, theta: float):
+def rope_cos_sin(positions: torch.Tensor, head_dim: int, theta: float,
+                 scaling: dict | None = None):
     """cos, sin of shape (B, 1, T, D) in float32 for integer positions (B, T)."""
-    inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, device=positions.device,
-                                            dtype=torch.float32) / head_dim)   # (D/2,)
+    inv_freq = rope.inv_freq(head_dim, theta, scaling, positions.device)      # (D/2,)
     angles = positions.float()[..., None] * inv_freq                          # (B, T, D/2)
     angles = torch.cat([angles, angles], dim=-1)[:, None]                     # (B, 1, T, D)
-    return angles.cos(), angles.sin()
+    scale = rope.attention_scale(scaling)                                     # yarn: != 1
+    return angles.cos() * scale, angles.sin() * scale
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -219,7 +224,8 @@ class Transformer(nn.Module):
             if offset + T > self.args.max_seq_len:
                 raise ValueError(f"{offset + T} positions exceed max_seq_len {self.args.max_seq_len}")
             positions = torch.arange(offset, offset + T, device=tokens.device).expand(B, T)
-        cos, sin = rope_cos_sin(positions, self.args.head_dim, self.args.rope_theta)
+        cos, sin = rope_cos_sin(positions, self.args.head_dim, self.args.rope_theta,
+                                self.args.rope_scaling)
         x = self.embed_tokens(tokens)                                       # (B, T, C)
         for block in self.layers:
             x = block(x, cos, sin, cache)

@@ -6,6 +6,10 @@ the neighbouring text, and a trained tokenizer may merge it with other character
 
 Special ids follow Llama: UNK 0, BOS 1, EOS 2. Llama has no pad token; e2h pads with 0 and
 always masks pad positions, so the pad id never reaches a loss.
+
+e2h adds BOS itself (``encode(bos=True)``) and always encodes with ``add_special_tokens=False``.
+A tokenizer.json's post-processor is for other tools: the one ``train_tokenizer`` writes adds BOS,
+as Llama's does, so ``AutoTokenizer`` on a run folder gives the ids e2h trains on.
 """
 from __future__ import annotations
 
@@ -14,9 +18,10 @@ from pathlib import Path
 
 from tokenizers import Regex
 from tokenizers import Tokenizer as _HFTokenizer
-from tokenizers import decoders, models, pre_tokenizers, trainers
+from tokenizers import decoders, models, pre_tokenizers, processors, trainers
 
 SPECIALS = ["<unk>", "<s>", "</s>"]
+HF_FILES = ("tokenizer_config.json", "special_tokens_map.json")
 
 
 class Tokenizer:
@@ -70,6 +75,20 @@ class Tokenizer:
         self._tok.save(str(path))
 
 
+def hf_tokenizer_files(model_max_length: int) -> dict[str, dict]:
+    """tokenizer_config.json and special_tokens_map.json for a folder with an e2h tokenizer.json.
+
+    They name the special tokens (pad = UNK, as e2h pads) so that ``AutoTokenizer`` sets
+    bos/eos/unk/pad and ``padding=True`` works. The generic fast-tokenizer class runs
+    tokenizer.json as it is; BOS comes from its post-processor, never from a flag here.
+    """
+    unk, bos, eos = SPECIALS
+    specials = {"bos_token": bos, "eos_token": eos, "unk_token": unk, "pad_token": unk}
+    config = {"tokenizer_class": "PreTrainedTokenizerFast", **specials,
+              "model_max_length": model_max_length, "clean_up_tokenization_spaces": False}
+    return dict(zip(HF_FILES, (config, specials)))
+
+
 def train_tokenizer(texts, path: str | os.PathLike, vocab_size: int = 128) -> Tokenizer:
     """Train a small byte-level BPE on ``texts`` and save it as ``path`` (a tokenizer.json).
 
@@ -87,6 +106,9 @@ def train_tokenizer(texts, path: str | os.PathLike, vocab_size: int = 128) -> To
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIALS,
                                   show_progress=False)
     tok.train_from_iterator(texts, trainer)
+    # BOS first for tools that encode with special tokens (e2h itself never does)
+    tok.post_processor = processors.TemplateProcessing(
+        single="<s> $A", pair="<s> $A <s> $B:1", special_tokens=[("<s>", tok.token_to_id("<s>"))])
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     tmp = f"{path}.tmp"
     tok.save(tmp)

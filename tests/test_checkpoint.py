@@ -50,8 +50,9 @@ def test_sharded_and_tied_round_trip_and_rewrite_keeps_other_files(tmp_path):
     loaded = load_model(out)
     assert loaded.lm_head is None and torch.equal(loaded(TOKENS), model(TOKENS))
     save_model(model, out)                                             # now one file: no stale shards
-    assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors",
-                                                     "tokenizer.json"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "config.json", "generation_config.json", "model.safetensors", "special_tokens_map.json",
+        "tokenizer.json", "tokenizer_config.json"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]      # no temporary left behind
 
 
@@ -98,16 +99,20 @@ def hf_state(cfg):
     return sd
 
 
-def hf_llama_logits(sd, cfg, tokens):
-    """LlamaForCausalLM's forward in float64 for one sequence: rotate-half RoPE, repeat_kv, eager
-    softmax attention, RMSNorm, SwiGLU."""
+def hf_llama_hidden(sd, cfg, tokens, inv_freq=None, scale=1.0):
+    """LlamaModel's forward in float64 for one sequence, final norm included: rotate-half RoPE
+    (``inv_freq`` (D/2,), default theta ** (-2i / D); cos and sin times ``scale``), repeat_kv,
+    eager softmax attention, RMSNorm, SwiGLU."""
     w = {k: v.double() for k, v in sd.items()}
     H, Hkv = cfg["num_attention_heads"], cfg["num_key_value_heads"]
     D, T = cfg["hidden_size"] // H, len(tokens)
     rms = lambda x, g: g * x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + cfg["rms_norm_eps"])
-    inv_freq = 1.0 / cfg["rope_theta"] ** (torch.arange(0, D, 2, dtype=torch.float64) / D)
-    freqs = torch.outer(torch.arange(T, dtype=torch.float64), inv_freq)          # (T, D/2)
+    if inv_freq is None:
+        inv_freq = 1.0 / cfg["rope_theta"] ** (torch.arange(0, D, 2, dtype=torch.float64) / D)
+    freqs = torch.outer(torch.arange(T, dtype=torch.float64), torch.as_tensor(
+        inv_freq, dtype=torch.float64))                                          # (T, D/2)
     cos, sin = torch.cat([freqs, freqs], -1).cos(), torch.cat([freqs, freqs], -1).sin()
+    cos, sin = cos * scale, sin * scale
     rotate_half = lambda x: torch.cat([-x[..., D // 2:], x[..., :D // 2]], -1)
     mask = torch.full((T, T), -math.inf, dtype=torch.float64).triu(1)
     x = w["model.embed_tokens.weight"][tokens]                                    # (T, C)
@@ -125,7 +130,12 @@ def hf_llama_logits(sd, cfg, tokens):
         h = rms(x, w[p + "post_attention_layernorm.weight"])
         x = x + (F.silu(h @ w[p + "mlp.gate_proj.weight"].T) * (h @ w[p + "mlp.up_proj.weight"].T)
                  ) @ w[p + "mlp.down_proj.weight"].T
-    return rms(x, w["model.norm.weight"]) @ w["lm_head.weight"].T                # (T, V)
+    return rms(x, w["model.norm.weight"])                                        # (T, C)
+
+
+def hf_llama_logits(sd, cfg, tokens, inv_freq=None, scale=1.0):
+    """LlamaForCausalLM's logits (T, V) in float64."""
+    return hf_llama_hidden(sd, cfg, tokens, inv_freq, scale) @ sd["lm_head.weight"].double().T
 
 
 def write_hf_checkpoint(path, cfg, sd):
@@ -133,7 +143,8 @@ def write_hf_checkpoint(path, cfg, sd):
     path.mkdir()
     groups = [[k for k in sd if k.startswith(("model.embed", "model.layers.0."))],
               [k for k in sd if k.startswith("model.layers.1.")],
-              [k for k in sd if k.startswith(("model.layers.2.", "model.norm", "lm_head"))]]
+              [k for k in sd if k.startswith(("model.layers.2.", "model.norm", "lm_head",
+                                               "score"))]]
     weight_map = {}
     for i, keys in enumerate(groups):
         name = f"model-{i + 1:05d}-of-00003.safetensors"
@@ -158,6 +169,95 @@ def test_hand_built_hf_checkpoint_matches_hf_llama_definition(tmp_path):
     # float32 against float64 on the same bf16 weights: float32 rounding over 3 layers, about
     # 1.6e-6 at |logit| ~ 5 (a theta of 1e4 instead of 1e6 moves logits by 0.5)
     torch.testing.assert_close(model(tokens[None])[0].double(), expected, rtol=0, atol=1e-5)
+
+
+# D = 8: plain table 1e4 ** (-2i / 8) = 1, 0.1, 0.01, 0.001 (worked out in tests/test_rope.py).
+# llama3 (factor 8, L 64): keep 1, blend 0.1 with s = (64 / (2 pi / 0.1) - 1) / 3, divide the rest.
+S = (64 / (2 * math.pi / 0.1) - 1) / 3
+ROPE_CONFIGS = {
+    "transformers 5, theta 1e6": ({"rope_theta": None, "rope_parameters": {
+        "rope_type": "default", "rope_theta": 1e6}}, None, 1.0),
+    "yarn in rope_parameters": ({"rope_theta": None, "rope_parameters": {
+        "rope_type": "yarn", "rope_theta": 1e4, "factor": 4.0,
+        "original_max_position_embeddings": 64}}, [1.0, 0.0625, 0.0025, 0.00025],
+        0.1 * math.log(4) + 1),
+    "llama3 in legacy rope_scaling": ({"rope_theta": 1e4, "rope_scaling": {
+        "rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 64}}, [1.0, (1 - S) * 0.1 / 8 + S * 0.1, 0.01 / 8,
+                                                   0.001 / 8], 1.0),
+    "linear in legacy type": ({"rope_theta": 1e4, "rope_scaling": {
+        "type": "linear", "factor": 4.0}}, [0.25, 0.025, 0.0025, 0.00025], 1.0),
+}
+
+
+@pytest.mark.parametrize("name", ROPE_CONFIGS)
+def test_rope_keys_of_both_transformers_generations_give_hf_llama_logits(tmp_path, name):
+    patch, table, scale = ROPE_CONFIGS[name]
+    cfg = {k: v for k, v in {**HF_CONFIG, **patch}.items() if v is not None}
+    sd = hf_state(cfg)
+    write_hf_checkpoint(tmp_path / "hf", cfg, sd)
+    model = load_model(tmp_path / "hf", dtype=torch.float32)
+    theta = (patch.get("rope_parameters") or patch)["rope_theta"]
+    expected = hf_llama_logits(sd, {**cfg, "rope_theta": theta}, TOKENS[0], table, scale)
+    plain = hf_llama_logits(sd, {**cfg, "rope_theta": 1e4}, TOKENS[0])
+    assert (expected - plain).abs().max() > 0.1                        # the RoPE keys matter
+    torch.testing.assert_close(model(TOKENS)[0].double(), expected, rtol=0, atol=1e-5)
+    save_model(model, tmp_path / "again")                              # and survive a round trip
+    assert load_model(tmp_path / "again").args == model.args
+
+
+def test_sequence_classification_reward_model_loads_scored_like_hf(tmp_path):
+    cfg = {**HF_CONFIG, "architectures": ["LlamaForSequenceClassification"],
+           "id2label": {"0": "LABEL_0"}, "pad_token_id": 0}
+    sd = hf_state(cfg)
+    del sd["lm_head.weight"]
+    sd["score.weight"] = (torch.randn(1, 32, generator=torch.Generator().manual_seed(1))
+                          ).to(torch.bfloat16)                          # no bias, as in HF
+    write_hf_checkpoint(tmp_path / "seq", cfg, sd)
+    rm = load_model(tmp_path / "seq", dtype=torch.float32)
+    assert isinstance(rm, RewardModel) and rm.score.bias.item() == 0
+    # HF reads the sequence classifier at the last token: score . hidden state there, the same
+    # number e2h gives at that position (and at every earlier one, for the prefix ending there)
+    expected = hf_llama_hidden(sd, cfg, TOKENS[0]) @ sd["score.weight"].double()[0]   # (T,)
+    torch.testing.assert_close(rm(TOKENS)[0].double(), expected, rtol=0, atol=1e-5)
+    save_model(rm, tmp_path / "rm")                                    # e2h's own layout from here
+    cfg_out = json.loads((tmp_path / "rm" / "config.json").read_text())
+    assert cfg_out["architectures"] == ["LlamaForTokenClassification"]
+    assert torch.equal(load_model(tmp_path / "rm")(TOKENS), rm(TOKENS))
+
+
+@pytest.mark.parametrize("patch, words", [
+    ({"architectures": ["LlamaForSequenceClassification"], "id2label": {"0": "A", "1": "B"}},
+     ["LlamaForSequenceClassification with 2 labels is a classifier", "one label"]),
+    ({"architectures": ["LlamaForTokenClassification"], "num_labels": 3},
+     ["LlamaForTokenClassification with 3 labels"]),
+    ({"architectures": ["LlamaModel"]}, ["architectures=['LlamaModel'] is not supported"]),
+    ({"partial_rotary_factor": 0.5}, ["partial_rotary_factor=0.5 is not supported"]),
+])
+def test_models_e2h_does_not_implement_are_refused_in_one_line(tmp_path, patch, words):
+    cfg = {**HF_CONFIG, **patch}
+    write_hf_checkpoint(tmp_path / "hf", cfg, hf_state(cfg))
+    with raises(ValueError, tmp_path / "hf" / "config.json", *words):
+        load_model(tmp_path / "hf")
+
+
+def test_saved_folder_has_generation_and_tokenizer_settings(tmp_path):
+    save_model(tiny(), tmp_path / "m")
+    folder = tmp_path / "m"
+    cfg = json.loads((folder / "config.json").read_text())
+    assert (cfg["rope_theta"], cfg["rope_scaling"], cfg["rope_parameters"]) == (
+        1e4, None, {"rope_type": "default", "rope_theta": 1e4})
+    generation = json.loads((folder / "generation_config.json").read_text())
+    assert generation == {"bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0}
+    tok_cfg = json.loads((folder / "tokenizer_config.json").read_text())
+    specials = json.loads((folder / "special_tokens_map.json").read_text())
+    assert specials == {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>",
+                        "pad_token": "<unk>"}
+    assert tok_cfg == {"tokenizer_class": "PreTrainedTokenizerFast", **specials,
+                       "model_max_length": 256, "clean_up_tokenization_spaces": False}
+    (folder / "tokenizer_config.json").write_text("{}")                # a stale copy is replaced
+    save_model(tiny(), folder)
+    assert json.loads((folder / "tokenizer_config.json").read_text()) == tok_cfg
 
 
 # ---- bad checkpoints: one error naming the file and the tensor -----------------------------

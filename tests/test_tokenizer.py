@@ -1,8 +1,9 @@
 """The tokenizer wrapper on the Llama-2 tokenizer and on a small trained byte-level BPE."""
 import pytest
+from tokenizers import Tokenizer as RawTokenizer
 
 from conftest import LLAMA2_TOKENIZER
-from e2h.tokenizer import Tokenizer, train_tokenizer
+from e2h.tokenizer import Tokenizer, hf_tokenizer_files, train_tokenizer
 
 TEXT = "# Question\n\nWhat is $2+3$?\n\n# Solution\n\nWe add: 2 + 3 = 5.\n\n# Answer\n\n5"
 
@@ -65,3 +66,27 @@ def test_trained_tokenizer_round_trips_and_keeps_digits_single(tmp_path):
     assert [p for p in pieces if any(c.isdigit() for c in p)] == list("1234561234561290" + "1290")
     assert all(set(p) == {"\n"} for p in pieces if "\n" in p)      # newlines never merge with text
     assert not list(tmp_path.glob("tok/*.tmp"))
+
+
+@pytest.mark.parametrize("which", ["trained", "llama"])
+def test_tools_that_add_special_tokens_get_e2h_ids_bos_first(tmp_path, request, which):
+    """HF tools encode with the tokenizer.json's post-processor; e2h adds BOS itself, once."""
+    if which == "trained":
+        tok = train_tokenizer(synthetic_texts(), tmp_path / "tokenizer.json", vocab_size=96)
+    else:
+        tok = request.getfixturevalue("llama")
+    ids = tok.encode(TEXT, bos=True)
+    assert RawTokenizer.from_file(str(tok.path)).encode(TEXT).ids == ids
+    assert ids[0] == tok.bos_id and ids.count(tok.bos_id) == 1
+    assert tok.encode(TEXT) == ids[1:] == tok.encode_with_offsets(TEXT)[0]   # no BOS unless asked
+
+
+def test_hf_tokenizer_files_name_the_tokens_e2h_uses(tmp_path):
+    tok = train_tokenizer(synthetic_texts(), tmp_path / "tokenizer.json", vocab_size=96)
+    config, specials = hf_tokenizer_files(512).values()
+    assert (config["model_max_length"], config["tokenizer_class"]) == (512, "PreTrainedTokenizerFast")
+    raw = RawTokenizer.from_file(str(tok.path))
+    assert {k: raw.token_to_id(v) for k, v in specials.items()} == {
+        "bos_token": tok.bos_id, "eos_token": tok.eos_id, "unk_token": tok.unk_id,
+        "pad_token": tok.pad_id}
+    assert all(config[k] == v for k, v in specials.items())
