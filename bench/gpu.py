@@ -1,7 +1,7 @@
-"""Every GPU check of e2h in one run of at most 8 minutes on one H200, written as one Markdown table.
+"""Every GPU check of e2h in one run of at most 8 minutes on one H200, as one Markdown table.
 
     python bench/gpu.py --out gpu.md                  # on a CUDA GPU
-    python bench/gpu.py --dry --out /tmp/gpu-dry.md   # CPU, tiny shapes: the same code paths in < 1 min
+    python bench/gpu.py --dry --out /tmp/gpu-dry.md   # CPU, tiny shapes: the same code paths
 
 The checks, in order (bench/gpu_checks.py, bench/gpu_attention.py and bench/gpu_runs.py hold
 them; CHECKS gives their budgets on the GPU, which add up to under 8 minutes; the dry mode
@@ -32,6 +32,7 @@ import importlib.metadata
 import json
 import os
 import platform
+import shutil
 import signal
 import subprocess
 import sys
@@ -159,7 +160,8 @@ def header(rows: list[dict], dry: bool) -> list[str]:
 
 def markdown(rows: list[dict], dry: bool) -> str:
     table = ["| check | status | seconds | result |", "|---|---|---|---|"]
-    table += [f"| {r['name']} | {r['status']} | {r['seconds']:.1f} | {r['summary']} |" for r in rows]
+    table += [f"| {r['name']} | {r['status']} | {r['seconds']:.1f} | {r['summary']} |"
+              for r in rows]
     details = []
     for r in rows:
         if r["details"]:
@@ -186,16 +188,16 @@ def main():
     # where
     p.add_argument("--out", type=Path, default=None, help="also write the Markdown table here")
     p.add_argument("--work", type=Path, default=None,
-                   help="folder for checkpoints, logs and partial results (default: a new "
-                        "temporary folder; the GPU run writes 13.5 GB there for a while)")
+                   help="folder for logs, partial results and small checkpoints (default: a "
+                        "new temporary folder); the 7B ones go to /dev/shm when it has room")
     # internal: one check, or one kernel-check worker, in this process
     p.add_argument("--child", choices=list(CHECKS), help=argparse.SUPPRESS)
     p.add_argument("--kernel-worker", type=int, nargs=2, metavar=("I", "W"), help=argparse.SUPPRESS)
     p.add_argument("--seconds", type=float, default=60.0, help=argparse.SUPPRESS)
     args = p.parse_args()
+    sys.path.insert(0, str(SCRIPT.parent))
+    import gpu_runs   # torch-free: the checks import it, and torch, in their own processes
     if args.child or args.kernel_worker:
-        sys.path.insert(0, str(SCRIPT.parent))
-        import gpu_runs
         return gpu_runs.child_main(args, CHECKS[args.child or "kernel"][0])
     if args.tokenizer is not None and not args.tokenizer.is_file():
         p.error(f"--tokenizer {args.tokenizer}: file not found")
@@ -207,6 +209,7 @@ def main():
         rows.append(run_check(name, args, work))
         r = rows[-1]
         print(f"{r['name']}: {r['status']} in {r['seconds']:.1f} s: {r['summary']}", flush=True)
+    shutil.rmtree(gpu_runs.scratch(work), ignore_errors=True)   # left by a killed evaluate check
     text = markdown(rows, args.dry)
     print("\n" + text, end="")
     if args.out:

@@ -7,12 +7,14 @@
   random checkpoints: both finish and every logged loss is finite.
 
 Only the command lines and the Hugging Face checkpoint layout (e2h/checkpoint.py) are relied
-on, so the code behind them may move. Also here: ``Ctx`` and ``child_main``, what every check
-process of bench/gpu.py starts from. torch is imported only where a function needs it: the
-ppo and dpo check processes start train.py and import nothing heavy themselves. Random models need help to give DPO its pairs: pairs
+on, so the code behind them may move. Random models need help to give DPO its pairs: pairs
 need samples whose reward-model scores differ, and a sample is scored only at its step
 delimiters ("\\n\\n"); the small tokenizer here holds "\\n\\n" as one of about 300 tokens, so
 near-uniform random logits draw it in a good share of 48-token samples.
+
+Also here: ``Ctx`` and ``child_main``, what every check process of bench/gpu.py starts from.
+torch is imported only inside the functions that need it: the ppo and dpo check processes
+start train.py and import nothing heavy themselves.
 """
 from __future__ import annotations
 
@@ -29,6 +31,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 LLAMA2_TOKENIZER = ROOT.parent / "shared" / "data" / "tokenizer" / "llama2" / "tokenizer.json"
+SHM = Path("/dev/shm")
 SPECIALS = ["<unk>", "<s>", "</s>"]   # e2h/tokenizer.py: UNK 0, BOS 1, EOS 2
 
 
@@ -151,7 +154,8 @@ def write_checkpoints(model, policy_dir: Path, rm_dir: Path, max_shard_bytes: in
     w = model.lm_head.weight.detach()
     score = torch.randn(1, w.shape[1], generator=torch.Generator().manual_seed(0)) * 0.02
     heads = {policy_dir: {"lm_head.weight": w.cpu()},
-             rm_dir: {"score.weight": score.to(w.dtype), "score.bias": torch.zeros(1, dtype=w.dtype)}}
+             rm_dir: {"score.weight": score.to(w.dtype),                   # (1, C)
+                      "score.bias": torch.zeros(1, dtype=w.dtype)}}
     for folder, head in heads.items():
         save_file(head, str(folder / "head.safetensors"), metadata={"format": "pt"})
         config = hf_config(model, w.dtype)
@@ -176,6 +180,15 @@ def write_inputs(work: Path, preset: str) -> str:
     return f"inputs: {vocab}-token tokenizer, {preset} policy and reward model"
 
 # ----------------------------------------------------------------------------- evaluate
+
+
+def scratch(work: Path) -> Path:
+    """Where the 7B checkpoints go (13.5 GB): /dev/shm when it has room, so that a slow disk
+    cannot eat the budget, else the work folder."""
+    in_memory = SHM / f"e2h-gpu-{work.name}"
+    if in_memory.exists() or (SHM.is_dir() and shutil.disk_usage(SHM).free > 20e9):
+        return in_memory
+    return work / "scratch"
 
 
 def run_module_timed(module: str, argv: list[str], device) -> tuple[float, float]:
@@ -220,10 +233,8 @@ def check_evaluate(ctx) -> dict:
         tokenizer = Path(ctx.tokenizer or (LLAMA2_TOKENIZER if LLAMA2_TOKENIZER.is_file()
                                            else inputs / "tokenizer.json"))
         n_problems, n, new, batch, rm_batch, dtype = 16, 16, 128, 8, 64, "bfloat16"
-        # 13.5 GB: in memory when /dev/shm holds it (a slow disk would eat the budget)
-        shm = Path("/dev/shm")
-        where = shm if shm.is_dir() and shutil.disk_usage(shm).free > 20e9 else out
-        policy, rm = where / f"e2h-gpu-{os.getpid()}-policy", where / f"e2h-gpu-{os.getpid()}-rm"
+        where = scratch(ctx.work)
+        policy, rm = where / "policy-7b", where / "rm-7b"
         t0 = time.perf_counter()
         model = random_model("llemma-7b", None, torch.bfloat16, ctx.device)
         write_checkpoints(model, policy, rm)
@@ -240,16 +251,15 @@ def check_evaluate(ctx) -> dict:
         seconds, loading = run_module_timed("e2h.evaluate", argv, ctx.device)
     finally:
         if not ctx.dry:
-            shutil.rmtree(policy, ignore_errors=True)
-            shutil.rmtree(rm, ignore_errors=True)
+            shutil.rmtree(where, ignore_errors=True)
     samples = [json.loads(x) for x in (out / "run" / "samples.jsonl").read_text().splitlines()]
     scored = sum(bool(s.get("step_scores")) or s.get("outcome_score") is not None for s in samples)
     ok = len(samples) == n_problems * n and (out / "run" / "table.md").is_file()
     return {"ok": ok,
             "summary": f"{'7B-shaped' if not ctx.dry else 'tiny'} policy + reward model, "
                        f"{n_problems} problems x N {n}, <= {new} new tokens, tokenizer "
-                       f"{tokenizer.parent.name}/{tokenizer.name}: {len(samples)} samples ({scored} with a "
-                       f"score position) in {seconds - loading:.1f} s = "
+                       f"{tokenizer.parent.name}/{tokenizer.name}: {len(samples)} samples "
+                       f"({scored} with a score position) in {seconds - loading:.1f} s = "
                        f"{len(samples) / (seconds - loading):.1f} samples/s; loading "
                        f"{loading:.1f} s{written}"}
 
@@ -285,18 +295,16 @@ def losses_report(records: list[dict], want: int) -> tuple[bool, str]:
 
 
 def check_ppo(ctx) -> dict:
-    records = run_train(ctx, "ppo", ["--ppo-steps", "2", "--rollouts", "8",
-                                           "--batch-size", "8", "--n-problems", "4",
-                                           "--eval-every", "0"])
+    records = run_train(ctx, "ppo", ["--ppo-steps", "2", "--rollouts", "8", "--batch-size", "8",
+                                     "--n-problems", "4", "--eval-every", "0"])
     ok, report = losses_report(records, 2)
     rewards = ", ".join(f"{r['objective/reward']:.3g}" for r in records if "objective/reward" in r)
     return {"ok": ok, "summary": f"train.py --algo ppo: {report}; rewards {rewards}"}
 
 
 def check_dpo(ctx) -> dict:
-    records = run_train(ctx, "dpo", ["--iterations", "1", "--max-steps", "1",
-                                           "--n-problems", "4", "--n-samples", "8",
-                                           "--batch-size", "4", "--pair-gap", "0",
-                                           "--hard-gap", "0"])
+    records = run_train(ctx, "dpo", ["--iterations", "1", "--max-steps", "1", "--n-problems", "4",
+                                     "--n-samples", "8", "--batch-size", "4", "--pair-gap", "0",
+                                     "--hard-gap", "0"])
     ok, report = losses_report(records, 1)
     return {"ok": ok, "summary": f"train.py --algo dpo: {report}"}
