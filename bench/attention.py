@@ -19,6 +19,7 @@ grouped-query, decoding, padding, all dtypes, NaN-poisoned outputs) and times no
 """
 
 import argparse
+import contextlib
 import datetime
 import sys
 from pathlib import Path
@@ -133,32 +134,55 @@ def table(rows):
     return "\n".join(meta + head + rows) + "\n"
 
 
-def check_only():
-    """The test-suite regimes on the compiled kernels, with NaN-poisoned outputs."""
-    cases = [(2, 2, 2, 37, 37, 64, True, None), (1, 8, 2, 300, 300, 128, False, None),
-             (2, 8, 1, 1, 1000, 128, True, [0, 300]), (2, 4, 2, 77, 513, 64, True, [0, 129]),
-             (2, 4, 4, 200, 200, 128, True, [0, 63]), (2, 2, 1, 90, 40, 64, True, [3, 40]),
-             (1, 4, 4, 1030, 1030, 128, True, None), (2, 4, 2, 130, 260, 32, False, [5, 100])]
+# (B, H, Hkv, Tq, Tk, D, causal, kv_start): the regimes of tests/test_attention.py at sizes
+# where the compiled kernels use their real tiles (grouped-query, decoding, left padding, odd
+# lengths, a T past 1024)
+CHECK_CASES = [(2, 2, 2, 37, 37, 64, True, None), (1, 8, 2, 300, 300, 128, False, None),
+               (2, 8, 1, 1, 1000, 128, True, [0, 300]), (2, 4, 2, 77, 513, 64, True, [0, 129]),
+               (2, 4, 4, 200, 200, 128, True, [0, 63]), (2, 2, 1, 90, 40, 64, True, [3, 40]),
+               (1, 4, 4, 1030, 1030, 128, True, None), (2, 4, 2, 130, 260, 32, False, [5, 100])]
+CHECK_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
+
+
+@contextlib.contextmanager
+def nan_poisoned_empty():
+    """torch.empty / empty_like return NaN-filled tensors, so an output element that a kernel
+    never writes stays NaN and fails the error check."""
     empty, empty_like = torch.empty, torch.empty_like
     torch.empty = lambda *a, **kw: empty(*a, **kw).fill_(float("nan"))
     torch.empty_like = lambda *a, **kw: empty_like(*a, **kw).fill_(float("nan"))
+    try:
+        yield
+    finally:
+        torch.empty, torch.empty_like = empty, empty_like
+
+
+def check_case(case, dtype, device="cuda"):
+    """The 2x error rule for one regime of CHECK_CASES in one dtype: (ok, one line)."""
+    B, H, Hkv, Tq, Tk, D, causal, kv_start = case
+    g = torch.Generator(device=device).manual_seed(Tq * Tk + D)
+    q, k, v, do = (torch.randn(B, h, t, D, device=device, generator=g).to(dtype)
+                   for h, t in ((H, Tq), (Hkv, Tk), (Hkv, Tk), (H, Tq)))
+    kv = None if kv_start is None else torch.tensor(kv_start, device=device)
+    with nan_poisoned_empty():
+        ours, ref = max_errors(q, k, v, do, causal, kv)
+    # float32 errors of both are a few ulps of O(1) values, where their ratio is noise:
+    # 1e-6 (8 ulps at 1.0) is the floor below which a float32 error is not compared.
+    floor = 1e-6 if dtype == torch.float32 else 0.0
+    ok = all(a <= 2 * b + floor for a, b in zip(ours, ref))
+    return ok, (f"{'ok ' if ok else 'BAD'} {dtype} {(B, H, Hkv, Tq, Tk, D)} causal={causal} "
+                f"kv_start={kv_start}: kernel {[f'{e:.1e}' for e in ours]}, "
+                f"reference {[f'{e:.1e}' for e in ref]}")
+
+
+def check_only():
+    """The test-suite regimes on the compiled kernels, with NaN-poisoned outputs."""
     failures = 0
-    for dtype in (torch.bfloat16, torch.float16, torch.float32):
-        for B, H, Hkv, Tq, Tk, D, causal, kv_start in cases:
-            g = torch.Generator(device="cuda").manual_seed(Tq * Tk + D)
-            q, k, v, do = (torch.randn(B, h, t, D, device="cuda", generator=g).to(dtype)
-                           for h, t in ((H, Tq), (Hkv, Tk), (Hkv, Tk), (H, Tq)))
-            kv = None if kv_start is None else torch.tensor(kv_start, device="cuda")
-            ours, ref = max_errors(q, k, v, do, causal, kv)
-            # float32 errors of both are a few ulps of O(1) values, where their ratio is noise:
-            # 1e-6 (8 ulps at 1.0) is the floor below which a float32 error is not compared.
-            floor = 1e-6 if dtype == torch.float32 else 0.0
-            ok = all(a <= 2 * b + floor for a, b in zip(ours, ref))
+    for dtype in CHECK_DTYPES:
+        for case in CHECK_CASES:
+            ok, line = check_case(case, dtype)
             failures += not ok
-            print(f"{'ok ' if ok else 'BAD'} {dtype} {(B, H, Hkv, Tq, Tk, D)} causal={causal} "
-                  f"kv_start={kv_start}: kernel {[f'{e:.1e}' for e in ours]}, "
-                  f"reference {[f'{e:.1e}' for e in ref]}", flush=True)
-    torch.empty, torch.empty_like = empty, empty_like
+            print(line, flush=True)
     if failures:
         sys.exit(f"bench/attention.py: {failures} checks failed")
 
