@@ -167,6 +167,13 @@ def sampling(args, key: str, it: int, device) -> dict:
                 generator=generator_for(args.seed, key, it, device=device))
 
 
+def validate(run, policy, best: Best, it: int):
+    """Greedy validation after iteration ``it``; the best policy so far is kept in <out>/best."""
+    acc = accuracy(run, policy, "validation")
+    run.log({"step": run.step, "iteration": it, **{f"eval/{k}": v for k, v in acc.items()}})
+    best.offer(policy, acc, {"iteration": it + 1, "step": run.step})
+
+
 def train_dpo(run) -> dict:
     args, tok = run.args, run.tok
     policy = load(run, args.policy)
@@ -193,9 +200,7 @@ def train_dpo(run) -> dict:
         opt = opt if start > 0 else make_optimizer(policy, args)
         train_phase(run, policy, opt, examples, partial(dpo.collate_pairs, pad_id=tok.pad_id),
                     partial(dpo.loss_fn, beta=args.beta), iteration=it)
-        acc = accuracy(run, policy, "validation")      # greedy, held-out problems
-        run.log({"step": run.step, "iteration": it, **{f"eval/{k}": v for k, v in acc.items()}})
-        best.offer(policy, acc, {"iteration": it + 1, "step": run.step})
+        validate(run, policy, best, it)
     return closing(run, policy, best, before)
 
 
@@ -207,7 +212,7 @@ def train_rest(run) -> dict:
     opt = make_optimizer(policy, args)
     run.restore(policy, [opt])
     problems_ = problems(args)
-    before = starting_accuracy(run, policy)
+    before, best = starting_accuracy(run, policy), Best(run)
     for it in range(args.iterations):
         start = run.phase_start(it)
         if start is None:
@@ -227,7 +232,8 @@ def train_rest(run) -> dict:
         opt = opt if start > 0 else make_optimizer(policy, args)
         train_phase(run, policy, opt, examples, partial(sft.sft_batch, pad_id=tok.pad_id),
                     sft.loss_fn, iteration=it)
-    return closing(run, policy, None, before)
+        validate(run, policy, best, it)
+    return closing(run, policy, best, before)
 
 # ----------------------------------------------------------------------------- ppo
 
