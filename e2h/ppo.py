@@ -13,7 +13,8 @@ Per rollout, on the token grid where index t scores token t+1 (the "action" take
 - per-token KL shaping -kl_coef * max(logps - ref_logps, 0) (the clamped k1 estimator);
 - rewards normalized over the batch's tokens, (r - mean) / std + mean (the mean is kept, the
   spread is 1: the paper's released code), GAE, advantages whitened over the batch.
-The EOS token is not trained: it is input to the forward but outside the mask.
+The EOS token is not trained: it is input to the forward but outside the mask. Sampling and
+scoring the rollouts is e2h/rollout.py; this file is the objective and the update.
 
 Deliberate simplifications: the released code splits a process reward over the two "\\n" tokens
 of a delimiter and grades a partial format penalty (0.5 / 0.75 when the answer is not repeated
@@ -30,11 +31,10 @@ from collections import defaultdict
 
 import torch
 
-from data.format import EASY_LEVELS, format_prompt, parse_solution, score_positions
-from e2h.distributed import clip_grad_norm, gathered
+from data.format import parse_solution
+from e2h.distributed import clip_grad_norm
 from e2h.grader import grade_answer
-from e2h.sample import generate
-from e2h.sequences import collate, token_logps
+from e2h.sequences import token_logps
 
 # ----------------------------------------------------------------------------- pure pieces
 
@@ -173,111 +173,6 @@ def ppo_value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torc
     with torch.no_grad():
         metrics = {"val/clipfrac": masked_mean((v_loss_clipped > v_loss_unclipped).float(), mask)}
     return vf_losses, metrics
-
-# ----------------------------------------------------------------------------- rollout
-
-
-def _trajectories(tok, prompts: list[list[int]], samples):
-    """Sampled ids -> tokens (B, T), mask and recorded logps (B, T-1), grid positions of step
-    delimiters and of each last trained token, and the completion texts."""
-    seqs, masks, logps, steps, last, texts = [], [], [], [], [], []
-    for b, (prompt, s) in enumerate(zip(prompts, samples)):
-        completion = list(s.tokens)
-        if not completion:
-            raise ValueError(f"rollout: sample {b} has no completion tokens")
-        # EOS is not trained, unless it is all there is (its format penalty needs a token)
-        n = len(completion) - (completion[-1] == tok.eos_id and len(completion) > 1)
-        P, tail = len(prompt), len(completion) - n   # completion token c sits at grid P-1+c
-        seqs.append(prompt + completion)
-        masks.append([0] * (P - 1) + [1] * n + [0] * tail)                 # len(seq) - 1
-        logps.append([0.0] * (P - 1) + list(s.logps[:n]) + [0.0] * tail)
-        step_positions, _ = score_positions(tok, completion[:n])
-        steps.append([P - 1 + c for c in step_positions])
-        last.append(P - 2 + n)
-        texts.append(tok.decode(completion))
-    return (collate(seqs, tok.pad_id), collate(masks, 0).float(), collate(logps, 0.0).float(),
-            steps, last, texts)
-
-
-def _forward(fn, tokens: torch.Tensor, batch_size: int) -> torch.Tensor:
-    """fn over row chunks of tokens (B, T), concatenated along the batch."""
-    return torch.cat([fn(x) for x in tokens.split(batch_size)])
-
-
-@torch.no_grad()
-def rollout(policy, ref_model, value_model, reward_model, tok, problems: list[dict], *,
-            temperature: float, top_k: int | None, max_new_tokens: int, batch_size: int,
-            generator: torch.Generator | None = None, **scoring):
-    """One sampled solution per problem, scored and turned into advantages: (batch, metrics).
-
-    ``scoring`` are the keyword arguments of ``score_rollouts`` (kl_coef, process_reward, ...).
-    """
-    prompts = [tok.encode(format_prompt(p["question"]), bos=True) for p in problems]
-    with gathered(policy):                # sampling runs one forward per token and per rank
-        samples = [s for i in range(0, len(prompts), batch_size)
-                   for s in generate(policy, prompts[i:i + batch_size], max_new_tokens,
-                                     temperature=temperature, top_k=top_k, eos_id=tok.eos_id,
-                                     generator=generator)]
-    return score_rollouts(policy, ref_model, value_model, reward_model, tok, problems, prompts,
-                          samples, temperature=temperature, batch_size=batch_size, **scoring)
-
-
-@torch.no_grad()
-def score_rollouts(policy, ref_model, value_model, reward_model, tok, problems: list[dict],
-                   prompts: list[list[int]], samples, *, temperature: float, kl_coef: float,
-                   process_reward: bool, batch_size: int, answer_levels=EASY_LEVELS,
-                   u: float = 0.5, step_bonus: float = 0.25, hard_reward: float = 0.25,
-                   format_penalty: float = 1.0, gamma: float = 1.0, lam: float = 1.0,
-                   recompute_logps: bool = False):
-    """Rewards, values and advantages of sampled solutions (``e2h.sample.Sample``): (batch, metrics).
-
-    batch: "tokens" (B, T) and "mask", "logps", "values", "rewards" (before normalization),
-    "advantages", "returns" (B, T-1), and the "temperature" sampled at, which the update's
-    log-probs must use too. A problem's reference answer is used only when its level is in
-    ``answer_levels``. ``reward_model`` may be None when process_reward is False. The old
-    log-probs are the sampler's; recompute_logps=True takes them from a full forward instead
-    (in bf16 the cached decode and the full forward round differently).
-    """
-    device = next(policy.parameters()).device
-    tokens, mask, logps, steps, last, texts = _trajectories(tok, prompts, samples)
-    tokens, mask, logps = tokens.to(device), mask.to(device), logps.to(device)
-
-    # same temperature as sampling: the KL compares the two distributions actually sampled from
-    if recompute_logps:
-        logps = _forward(lambda x: token_logps(policy(x), x, temperature), tokens, batch_size)
-        logps = logps * mask
-    ref_logps = _forward(lambda x: token_logps(ref_model(x), x, temperature), tokens, batch_size)
-    # V(state before token t+1): the value head's output at position t, never at the action
-    values = _forward(lambda x: value_model(x)[:, :-1].float(), tokens, batch_size) * mask
-    step_probs = [[] for _ in steps]
-    if process_reward:   # the PRM's probability at the delimiter token itself (position t+1)
-        probs = _forward(lambda x: torch.sigmoid(reward_model(x)[:, 1:].float()), tokens,
-                         batch_size)                                          # (B, T-1)
-        step_probs = [probs[b, pos].tolist() for b, pos in enumerate(steps)]
-    truths = [p["answer"] if p["level"] in answer_levels else None for p in problems]
-    terminal = [terminal_reward(t, truth, hard_reward, format_penalty)
-                for t, truth in zip(texts, truths)]
-
-    kl = (logps - ref_logps) * mask
-    non_score = kl_penalty(logps, ref_logps, kl_coef) * mask
-    rewards, scores = assemble_rewards(non_score, step_probs, steps, terminal, last, u,
-                                       step_bonus, process_reward)
-    advantages, returns = gae(normalize_rewards(rewards, mask), values, mask, gamma, lam)
-    advantages = whiten(advantages, mask)
-
-    answers = [parse_solution(t)[1] for t in texts]
-    correct = [grade_answer(a, p["answer"]) for a, p in zip(answers, problems) if p.get("answer")]
-    metrics = {"objective/kl": kl.sum(-1).mean().item(),                   # TRL's names
-               "objective/entropy": (-logps * mask).sum(-1).mean().item(),
-               "objective/non_score_reward": non_score.sum(-1).mean().item(),
-               "objective/scores": scores.mean().item(),
-               "objective/rlhf_reward": (rewards * mask).sum(-1).mean().item(),
-               "answer/accuracy": sum(correct) / max(len(correct), 1),
-               "answer/format": sum(a is not None for a in answers) / len(answers),
-               "rollout/length": mask.sum(-1).mean().item()}
-    batch = {"tokens": tokens, "mask": mask, "logps": logps, "values": values, "rewards": rewards,
-             "advantages": advantages, "returns": returns, "temperature": temperature}
-    return batch, metrics
 
 # ----------------------------------------------------------------------------- update
 

@@ -27,6 +27,7 @@ from e2h import distributed as dist
 from e2h import dpo, ppo, rest, rm, sft
 from e2h.loop import NonFiniteLoss, batch_indices, run_steps, train_phase
 from e2h.model import RewardModel
+from e2h.rollout import rollout
 from e2h.run import (cached_records, encode_all, finish, generator_for, load, load_or_init,
                      make_optimizer, max_len, prepare, rng_for, sample)
 from e2h.validate import Best, accuracy, closing, starting_accuracy, validation_split
@@ -260,7 +261,7 @@ def train_ppo(run) -> dict:
         """One rollout per problem of this rank's share of step k's problems, then the update."""
         mine = [problems_[i] for i in batch_indices(len(problems_), k, args.rollouts, args.seed)]
         with run.autocast():
-            batch, metrics = ppo.rollout(
+            batch, metrics = rollout(
                 policy, reference, value, reward, run.tok, dist.shard_of(mine),
                 temperature=args.temperature, top_k=args.top_k or None,
                 max_new_tokens=args.max_new_tokens, kl_coef=args.kl_coef,

@@ -6,9 +6,10 @@ import pytest
 import torch
 
 from data.format import format_prompt, format_solution
-from e2h.ppo import (_trajectories, assemble_rewards, gae, kl_penalty, masked_mean,
-                     min_process_rewards, ppo_policy_loss, ppo_update, ppo_value_loss, rollout,
-                     normalize_rewards, terminal_reward, whiten)
+from e2h.ppo import (assemble_rewards, gae, kl_penalty, masked_mean, min_process_rewards,
+                     normalize_rewards, ppo_policy_loss, ppo_update, ppo_value_loss,
+                     terminal_reward, whiten)
+from e2h.rollout import _trajectories, rollout
 from e2h.model import ModelArgs, RewardModel, Transformer
 from e2h.sample import generate
 from e2h.sequences import token_logps

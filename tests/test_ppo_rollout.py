@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from data.format import format_prompt
-from e2h.ppo import score_rollouts
+from e2h.rollout import score_rollouts
 from e2h.sample import Sample
 from e2h.tokenizer import train_tokenizer
 
