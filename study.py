@@ -52,7 +52,7 @@ from study_runner import Job, run_jobs
 FULL = dict(preset="small", sft_steps=500, sft_batch=32, sft_lr=2e-3, eval_problems=100,
             rm_lr=3e-4, rm_steps=900, orm_steps=300, rm_problems=600, rm_samples=8,
             test_problems=30, n=64,
-            t1_n=16, ppo_steps=20, rollouts=64, rl_problems=50, seeds=3)
+            t1_n=16, ppo_steps=30, rollouts=64, rl_problems=50, seeds=3)
 QUICK = dict(preset="tiny", sft_steps=20, sft_batch=8, sft_lr=3e-3, eval_problems=2,
              rm_lr=1e-3, rm_steps=4, orm_steps=4, rm_problems=2, rm_samples=2, test_problems=2, n=4,
              t1_n=4, ppo_steps=2, rollouts=8, rl_problems=2, seeds=2)
