@@ -1,0 +1,192 @@
+"""MATH answer normalization: the canonical string form the grader compares first.
+
+PAPER.md, "Grading": answers are compared under MATH normalization. Equal normal forms are
+equal answers; ``e2h.grader.equivalent`` decides the rest (values, structure). A box inside an
+answer is unwrapped, and several boxes (`\\boxed{2}, \\boxed{3}`) are one answer, their list.
+"""
+
+import re
+from functools import lru_cache
+
+BOX = re.compile(r"\\(?:boxed|fbox)(?![a-zA-Z])")
+
+
+def braced(text: str, i: int) -> tuple[str, int] | None:
+    """Contents of the brace group opening at text[i] and the index after it; None if unbalanced."""
+    depth = 0
+    for j in range(i, len(text)):
+        if text[j] == "{" and text[j - 1 : j] != "\\":
+            depth += 1
+        elif text[j] == "}" and text[j - 1 : j] != "\\":
+            depth -= 1
+            if depth == 0:
+                return text[i + 1 : j], j + 1
+    return None
+
+
+def boxed_arguments(text: str) -> list[tuple[int, int, str]]:
+    """(start, end, argument) of every outermost `\\boxed{...}` / `\\fbox{...}` in text, in order;
+    a box written without braces (`\\boxed 5$`) takes the text up to `$` or the line end."""
+    boxes, i = [], 0
+    for m in BOX.finditer(text):
+        if m.start() < i:  # inside the previous box
+            continue
+        j = m.end()
+        while text[j : j + 1] == " ":
+            j += 1
+        if text[j : j + 1] == "{":
+            found = braced(text, j)
+            if found is None:
+                break
+            arg, i = found
+        else:
+            arg = re.match(r"[^$\n]*", text[j:]).group(0)
+            i = j + len(arg)
+            arg = arg.strip()
+        if arg:
+            boxes.append((m.start(), i, arg))
+    return boxes
+
+
+# LaTeX spacing (`\!`, `\,`, `\ `, `\quad`, `~`), but not the row break `\\` of a matrix
+_SPACES = re.compile(r"(?<!\\)\\(?:[ !,;:]|q?quad(?![a-zA-Z]))|~")
+_SYNONYMS = [
+    (r"\dfrac", r"\frac"), (r"\tfrac", r"\frac"), (r"\cfrac", r"\frac"),
+    (r"\leq", r"\le"), (r"\geq", r"\ge"), (r"\neq", r"\ne"), (r"\varnothing", r"\emptyset"),
+    ("−", "-"), ("∞", r"\infty"), ("π", r"\pi"),
+]
+_TEXT_MACRO = r"\\(?:text|mbox|textrm|textbf|mathrm|mathbf)\s*"
+# a unit after a value: `5\text{ cm}`, `864 \mbox{ inches}^2`, `25 \, \text{km}`
+_TRAILING_TEXT_UNIT = re.compile(_TEXT_MACRO + r"\{[^{}]*\}(\s*\^\s*\{?\d\}?)?\s*$")
+# a bare unit word after a plain number: `5 cm`, `12 square units`, `30 degrees` (`{2}`, not
+# `{2,}`, before `[a-zA-Z ]*`: the same words, matched in linear time on a long answer)
+_TRAILING_WORD_UNIT = re.compile(r"^([-+]?[\d.,/]+)\s+[a-zA-Z]{2}[a-zA-Z ]*(\^\d)?$")
+_VARIABLE_PREFIX = re.compile(r"^\s*(?:[a-zA-Z]|\\[a-zA-Z]+)(?:_\{?\w+\}?)?\s*(?:=|\\in(?![a-zA-Z]))")
+_DEGREE = r"(?:\^\s*\{?\s*\\circ\s*\}?|\\circ|\\degree|°)"
+_INTEGER = re.compile(r"-?\d+")
+_THOUSANDS = re.compile(r"[-+]?\d{1,3}(,\d{3})+(\.\d+)?")
+
+
+def _unwrap_text(s: str) -> str:
+    """`\\text{odd}` -> `odd`, for every text-like macro, innermost first."""
+    pattern = re.compile(_TEXT_MACRO + r"\{([^{}]*)\}")
+    while (new := pattern.sub(lambda m: m.group(1), s)) != s:
+        s = new
+    return s
+
+
+def _read_arg(s: str, i: int) -> tuple[str, int] | None:
+    """One macro argument at s[i]: `{...}`, a `\\command` or a single character."""
+    while i < len(s) and s[i] == " ":
+        i += 1
+    if i >= len(s):
+        return None
+    if s[i] == "{":
+        return braced(s, i)
+    if s[i] == "\\":
+        m = re.match(r"\\[a-zA-Z]+", s[i:])
+        if m:
+            return m.group(0), i + m.end()
+    return s[i], i + 1
+
+
+def _brace_args(s: str, macro: str, n_args: int) -> str:
+    """Rewrite `\\frac12` / `\\frac 1{2}` as `\\frac{1}{2}` and `\\sqrt2` as `\\sqrt{2}`."""
+    out, i = [], 0
+    pattern = re.compile(re.escape(macro) + r"(?![a-zA-Z])")
+    while (m := pattern.search(s, i)) is not None:
+        out.append(s[i : m.end()])
+        j = m.end()
+        if macro == r"\sqrt" and s[j : j + 1] == "[" and "]" in s[j:]:  # keep `\sqrt[3]` as is
+            k = s.index("]", j)
+            out.append(s[j : k + 1])
+            j = k + 1
+        for _ in range(n_args):
+            arg = _read_arg(s, j)
+            if arg is None:
+                break
+            out.append("{" + _brace_args(arg[0], macro, n_args) + "}")
+            j = arg[1]
+        i = j
+    out.append(s[i:])
+    return "".join(out)
+
+
+def _strip_units(s: str) -> str:
+    """Drop a trailing unit: `5\text{ cm}` -> `5`, `12 square units` -> `12` (not `2 pi`)."""
+    without = _TRAILING_TEXT_UNIT.sub("", s).strip()
+    if without and without != s.strip():
+        s = without
+    m = _TRAILING_WORD_UNIT.match(s.strip())
+    if m and not {"pi", "and", "or"} & set(m.group(0).split()):
+        return m.group(1)
+    return s
+
+
+@lru_cache(maxsize=1 << 16)  # a reference answer is normalized once for all its N samples
+def normalize_answer(s: str) -> str:
+    """Canonical string form of a MATH answer; equal strings are equal answers.
+
+    Removes `$`, `\\boxed` (several boxes become a comma list), `\\left`/`\\right`, LaTeX
+    spacing, degrees, percent and dollar signs, trailing units and periods, a leading `x =`,
+    thousands separators and all whitespace; braces `\\frac`/`\\sqrt` arguments, unwraps
+    `\\text{}`, writes `.5` as `0.5` and a top-level `a/b` as `\\frac{a}{b}`. Group raw answers
+    by this key; it is not idempotent on comma lists (`45, 135` -> `45,135`, which then reads
+    as a thousands number).
+    """
+    s = s.strip()
+    if _INTEGER.fullmatch(s):  # most answers; every step below leaves them as they are
+        return s
+    if BOX.search(s):
+        s = ", ".join(arg for _, _, arg in boxed_arguments(s))
+    s = s.replace(r"\$", "").replace("$", "").strip().rstrip(".")
+    for old, new in _SYNONYMS:
+        s = s.replace(old, new)
+    s = re.sub(r"(?<=\d)(?:,\s*\\!\s*|\{,\})(?=\d{3})", "", s)  # marked thousands `1,\!000`, `1{,}000`
+    s = _SPACES.sub(" ", s)
+    s = re.sub(r"\\(?:left|right|displaystyle)(?![a-zA-Z])", "", s)
+    s = re.sub(_DEGREE + r"(?=\s*,)", " ", s)  # `60^\circ,120^\circ` is a list, not 60,120
+    s = re.sub(_DEGREE, "", s)
+    s = s.replace(r"\%", "").replace("%", "")
+    s = re.sub(_TEXT_MACRO + r"\{\s*and\s*\}", ",", s)  # `19 \text{ and }43` is a list
+    s = _unwrap_text(_strip_units(s)).strip()
+    if s.count("=") + len(re.findall(r"\\in(?![a-zA-Z])", s)) == 1:
+        s = _VARIABLE_PREFIX.sub("", s)
+    if _THOUSANDS.fullmatch(s.strip()):
+        s = s.replace(",", "")
+    s = _brace_args(_brace_args(s, r"\frac", 2), r"\sqrt", 1)
+    s = re.sub(r"\s+", "", s).rstrip(".")
+    s = re.sub(r"(?<!\d)\.(\d)", r"0.\1", s)
+    s = re.sub(r"([_^])\{(\w)\}", r"\1\2", s)  # `4210_{5}` -> `4210_5`, `x^{2}` -> `x^2`
+    s = re.sub(r"^\(([A-Z])\)[a-zA-Z-]*$", r"\1", s)  # multiple choice `(C)`, `(C) a line` -> `C`
+    s = re.sub(r"^(-?)\\frac\{-", r"-\1\\frac{", s)  # `\frac{-a}{b}` -> `-\frac{a}{b}`
+    return _slash_to_frac(s.removeprefix("--"))
+
+
+def top_level(s: str, sep: str) -> list[str]:
+    """Split s at occurrences of sep outside any (), [], {} nesting."""
+    parts, depth, start, i = [], 0, 0, 0
+    while i < len(s):
+        if s[i] in "([{":
+            depth += 1
+        elif s[i] in ")]}":
+            depth -= 1
+        elif depth == 0 and s.startswith(sep, i):
+            parts.append(s[start:i])
+            start = i + len(sep)
+            i = start
+            continue
+        i += 1
+    return parts + [s[start:]]
+
+
+def _slash_to_frac(s: str) -> str:
+    """A top-level `a/b` of two operator-free terms as `\frac{a}{b}` (`a-b/2` is left alone)."""
+    parts = top_level(s, "/")
+    if len(parts) != 2:
+        return s
+    sign, num = ("-", parts[0][1:]) if parts[0].startswith("-") else ("", parts[0])
+    den = parts[1]
+    if not num or not den or any(c in num + den for c in "+-,="):
+        return s
+    return sign + r"\frac{" + num + "}{" + den + "}"
