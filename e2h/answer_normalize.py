@@ -8,6 +8,7 @@ answer is unwrapped, and several boxes (`\\boxed{2}, \\boxed{3}`) are one answer
 import re
 from functools import lru_cache
 
+MAX_CHARS = 1000
 BOX = re.compile(r"\\(?:boxed|fbox)(?![a-zA-Z])")
 
 
@@ -62,15 +63,26 @@ _TRAILING_TEXT_UNIT = re.compile(_TEXT_MACRO + r"\{[^{}]*\}(\s*\^\s*\{?\d\}?)?\s
 # `{2,}`, before `[a-zA-Z ]*`: the same words, matched in linear time on a long answer)
 _TRAILING_WORD_UNIT = re.compile(r"^([-+]?[\d.,/]+)\s+[a-zA-Z]{2}[a-zA-Z ]*(\^\d)?$")
 _VARIABLE_PREFIX = re.compile(r"^\s*(?:[a-zA-Z]|\\[a-zA-Z]+)(?:_\{?\w+\}?)?\s*(?:=|\\in(?![a-zA-Z]))")
-_DEGREE = r"(?:\^\s*\{?\s*\\circ\s*\}?|\\circ|\\degree|°)"
+_DEGREE = re.compile(r"\^\s*\{?\s*\\circ\s*\}?|\\circ|\\degree|°")
+_DEGREE_BEFORE_COMMA = re.compile(rf"(?:{_DEGREE.pattern})(?=\s*,)")
+_MARKED_THOUSANDS = re.compile(r"(?<=\d)(?:,\s*\\!\s*|\{,\})(?=\d{3})")
+_SIZING = re.compile(r"\\(?:left|right|displaystyle)(?![a-zA-Z])")
+_TEXT_AND = re.compile(_TEXT_MACRO + r"\{\s*and\s*\}")
+_TEXT_GROUP = re.compile(_TEXT_MACRO + r"\{([^{}]*)\}")
+_IN = re.compile(r"\\in(?![a-zA-Z])")
+_WHITESPACE = re.compile(r"\s+")
+_BARE_POINT = re.compile(r"(?<!\d)\.(\d)")
+_ONE_CHAR_GROUP = re.compile(r"([_^])\{(\w)\}")
+_CHOICE = re.compile(r"^\(([A-Z])\)[a-zA-Z-]*$")
+_COMMAND = re.compile(r"\\[a-zA-Z]+")
+_MACROS = {m: re.compile(re.escape(m) + r"(?![a-zA-Z])") for m in (r"\frac", r"\sqrt")}
 _INTEGER = re.compile(r"-?\d+")
 _THOUSANDS = re.compile(r"[-+]?\d{1,3}(,\d{3})+(\.\d+)?")
 
 
 def _unwrap_text(s: str) -> str:
     """`\\text{odd}` -> `odd`, for every text-like macro, innermost first."""
-    pattern = re.compile(_TEXT_MACRO + r"\{([^{}]*)\}")
-    while (new := pattern.sub(lambda m: m.group(1), s)) != s:
+    while (new := _TEXT_GROUP.sub(lambda m: m.group(1), s)) != s:
         s = new
     return s
 
@@ -84,17 +96,16 @@ def _read_arg(s: str, i: int) -> tuple[str, int] | None:
     if s[i] == "{":
         return braced(s, i)
     if s[i] == "\\":
-        m = re.match(r"\\[a-zA-Z]+", s[i:])
+        m = _COMMAND.match(s, i)
         if m:
-            return m.group(0), i + m.end()
+            return m.group(0), m.end()
     return s[i], i + 1
 
 
 def _brace_args(s: str, macro: str, n_args: int) -> str:
     """Rewrite `\\frac12` / `\\frac 1{2}` as `\\frac{1}{2}` and `\\sqrt2` as `\\sqrt{2}`."""
     out, i = [], 0
-    pattern = re.compile(re.escape(macro) + r"(?![a-zA-Z])")
-    while (m := pattern.search(s, i)) is not None:
+    while (m := _MACROS[macro].search(s, i)) is not None:
         out.append(s[i : m.end()])
         j = m.end()
         if macro == r"\sqrt" and s[j : j + 1] == "[" and "]" in s[j:]:  # keep `\sqrt[3]` as is
@@ -115,7 +126,7 @@ def _brace_args(s: str, macro: str, n_args: int) -> str:
 def _strip_units(s: str) -> str:
     """Drop a trailing unit: `5\text{ cm}` -> `5`, `12 square units` -> `12` (not `2 pi`)."""
     without = _TRAILING_TEXT_UNIT.sub("", s).strip()
-    if without and without != s.strip():
+    if without and without != s.strip() and without[-1] not in "=<>,(":  # `x = \text{east}`
         s = without
     m = _TRAILING_WORD_UNIT.match(s.strip())
     if m and not {"pi", "and", "or"} & set(m.group(0).split()):
@@ -132,35 +143,34 @@ def normalize_answer(s: str) -> str:
     thousands separators and all whitespace; braces `\\frac`/`\\sqrt` arguments, unwraps
     `\\text{}`, writes `.5` as `0.5` and a top-level `a/b` as `\\frac{a}{b}`. Group raw answers
     by this key; it is not idempotent on comma lists (`45, 135` -> `45,135`, which then reads
-    as a thousands number).
+    as a thousands number). Texts over MAX_CHARS are returned stripped, unchanged.
     """
     s = s.strip()
-    if _INTEGER.fullmatch(s):  # most answers; every step below leaves them as they are
-        return s
+    if _INTEGER.fullmatch(s) or len(s) > MAX_CHARS:  # integers: every step below keeps them;
+        return s  # a longer text is no MATH answer (the longest is 159 characters): kept as is
     if BOX.search(s):
         s = ", ".join(arg for _, _, arg in boxed_arguments(s))
     s = s.replace(r"\$", "").replace("$", "").strip().rstrip(".")
     for old, new in _SYNONYMS:
         s = s.replace(old, new)
-    s = re.sub(r"(?<=\d)(?:,\s*\\!\s*|\{,\})(?=\d{3})", "", s)  # marked thousands `1,\!000`, `1{,}000`
+    s = _MARKED_THOUSANDS.sub("", s)  # `1,\!000`, `1{,}000`
     s = _SPACES.sub(" ", s)
-    s = re.sub(r"\\(?:left|right|displaystyle)(?![a-zA-Z])", "", s)
-    s = re.sub(_DEGREE + r"(?=\s*,)", " ", s)  # `60^\circ,120^\circ` is a list, not 60,120
-    s = re.sub(_DEGREE, "", s)
+    s = _SIZING.sub("", s)
+    s = _DEGREE_BEFORE_COMMA.sub(" ", s)  # `60^\circ,120^\circ` is a list, not 60,120
+    s = _DEGREE.sub("", s)
     s = s.replace(r"\%", "").replace("%", "")
-    s = re.sub(_TEXT_MACRO + r"\{\s*and\s*\}", ",", s)  # `19 \text{ and }43` is a list
+    s = _TEXT_AND.sub(",", s)  # `19 \text{ and }43` is a list
     s = _unwrap_text(_strip_units(s)).strip()
-    if s.count("=") + len(re.findall(r"\\in(?![a-zA-Z])", s)) == 1:
+    if s.count("=") + len(_IN.findall(s)) == 1:
         s = _VARIABLE_PREFIX.sub("", s)
     if _THOUSANDS.fullmatch(s.strip()):
         s = s.replace(",", "")
     s = _brace_args(_brace_args(s, r"\frac", 2), r"\sqrt", 1)
-    s = re.sub(r"\s+", "", s).rstrip(".")
-    s = re.sub(r"(?<!\d)\.(\d)", r"0.\1", s)
-    s = re.sub(r"([_^])\{(\w)\}", r"\1\2", s)  # `4210_{5}` -> `4210_5`, `x^{2}` -> `x^2`
-    s = re.sub(r"^\(([A-Z])\)[a-zA-Z-]*$", r"\1", s)  # multiple choice `(C)`, `(C) a line` -> `C`
-    s = re.sub(r"^(-?)\\frac\{-", r"-\1\\frac{", s)  # `\frac{-a}{b}` -> `-\frac{a}{b}`
-    return _slash_to_frac(s.removeprefix("--"))
+    s = _WHITESPACE.sub("", s).rstrip(".")
+    s = _BARE_POINT.sub(r"0.\1", s)
+    s = _ONE_CHAR_GROUP.sub(r"\1\2", s)  # `4210_{5}` -> `4210_5`, `x^{2}` -> `x^2`
+    s = _CHOICE.sub(r"\1", s)  # multiple choice `(C)`, `(C) a line` -> `C`
+    return _slash_to_frac(s)
 
 
 def top_level(s: str, sep: str) -> list[str]:

@@ -16,19 +16,18 @@ Two answers are equal when, in this order (each step cheap before the next):
 
 Deliberately conservative: what cannot be evaluated is compared as a string only, so errors
 lean towards rejecting correct answers. Hostile input is bounded: answers over
-``MAX_ANSWER_CHARS`` are compared as raw strings, nesting over ``MAX_DEPTH`` as strings,
-lists over ``MAX_LIST`` elements as multisets of strings.
+``answer_normalize.MAX_CHARS`` characters are compared as raw strings, nesting over
+``MAX_DEPTH`` as strings, lists over ``MAX_LIST`` elements as multisets of strings.
 """
 
 import re
 from collections import Counter
 
-from e2h.answer_normalize import boxed_arguments, normalize_answer, top_level
+from e2h.answer_normalize import MAX_CHARS, boxed_arguments, normalize_answer, top_level
 from e2h.latex_eval import equations_equal, values_equal
 
 __all__ = ["extract_answer", "normalize_answer", "equivalent", "grade_answer"]
 
-MAX_ANSWER_CHARS = 1000
 MAX_DEPTH = 8
 MAX_LIST = 64
 
@@ -136,11 +135,16 @@ def equivalent(a: str, b: str) -> bool:
 def _equivalent(a: str, b: str, depth: int) -> bool:
     if a == b:
         return True
-    if depth > MAX_DEPTH or not a or not b:
+    if depth > MAX_DEPTH or not a or not b or max(len(a), len(b)) > MAX_CHARS:
         return False
     if _INTEGER.fullmatch(a) and _INTEGER.fullmatch(b):  # most MATH answers: no parsing
         return int(a) == int(b)
     depth += 1
+    sides_a, sides_b = top_level(a, "="), top_level(b, "=")
+    if (len(sides_a) > 1) != (len(sides_b) > 1):  # `lhs = value` against a value of any kind
+        equation = a if len(sides_a) > 1 else b
+        if len(top_level(equation, ",")) == 1:  # not a list of equations `x=1,y=2`
+            return _equivalent(sides_a[-1], sides_b[-1], depth)
     unions_a, unions_b = top_level(a, r"\cup"), top_level(b, r"\cup")
     if len(unions_a) > 1 or len(unions_b) > 1:
         return _all_equal(unions_a, unions_b, depth)
@@ -169,13 +173,11 @@ def _equivalent(a: str, b: str, depth: int) -> bool:
 
 
 def _scalars_equal(a: str, b: str, depth: int) -> bool:
-    """One value or equation each: rules 3 and 4 of the module docstring."""
+    """One value each, or two equations: rules 3 and 4 of the module docstring."""
     sides_a, sides_b = top_level(a, "="), top_level(b, "=")
     if len(sides_a) > 1 and len(sides_b) > 1:
         same = len(sides_a) == len(sides_b) == 2 and equations_equal(a, b)
         return bool(same) or _all_equal(sides_a, sides_b, depth)
-    if len(sides_a) > 1 or len(sides_b) > 1:  # `lhs = value` against a value
-        return _equivalent(sides_a[-1], sides_b[-1], depth)
     return bool(values_equal(a, b))
 
 
@@ -183,7 +185,5 @@ def grade_answer(given: str | None, truth: str | None) -> bool:
     """True when the answer `given` is equivalent to the reference answer `truth`."""
     if given is None or truth is None:
         return False
-    if max(len(given), len(truth)) > MAX_ANSWER_CHARS:  # no answer is this long: no parsing
-        return given.strip() == truth.strip()
     a, b = normalize_answer(given), normalize_answer(truth)
     return bool(a) and bool(b) and equivalent(a, b)

@@ -15,8 +15,8 @@ answers are equal when their values are, by a rule that respects what was writte
   ``REL_TOL`` = 1e-9 (double rounding is ~1e-16; a different MATH answer is never that close);
 - letters are variables: an expression is evaluated at ``N_POINTS`` fixed points, each letter set
   to a value that depends only on its name, so `2x+3` = `3+2x` and `(x+1)^2` = `x^2+2x+1` (the
-  classic randomized identity test). `i` is the imaginary unit; a run of three or more letters is
-  a word, not a product, and is not evaluated.
+  classic randomized identity test). `i` is the imaginary unit; a run of three or more letters,
+  or an answer made of letters only (`No`), is a word, not a product, and is not evaluated.
 
 Anything not understood, and anything too large (long input, deep nesting, an exponent whose
 result would exceed ``MAX_BITS`` bits), evaluates to None: the grader then says unequal.
@@ -79,9 +79,12 @@ def _tokens(s: str) -> list[str]:
 
 
 def _point(name: str, k: int) -> complex:
-    """Value of variable `name` at point k: fixed, irrational-looking, in (1.1, 2.8)."""
+    """Value of variable `name` at point k: fixed, irrational-looking, in (0.55, 0.95) at even
+    k and (1.05, 1.45) at odd k. Near 1, so that in `121z^{34}+55z^{17}+1` the `+1` is not lost
+    below REL_TOL next to z^34 as it would be at z = 2.8; on both sides of 1, so that powers
+    of different degree differ."""
     h = zlib.crc32(f"{name}/{k}".encode())
-    return complex(1.1 + 1.7 * ((h * 0.6180339887498949) % 1.0))
+    return complex(0.55 + 0.5 * (k % 2) + 0.4 * ((h * 0.6180339887498949) % 1.0))
 
 
 def _pow(base, exp):
@@ -359,7 +362,7 @@ def _variables(tree) -> set[str]:
 def evaluate(s: str) -> tuple | None:
     """Values of expression s: a tuple of one exact/complex value (no variables) or of
     ``N_POINTS`` values at the variable points; None when s is not evaluated."""
-    if len(s) > MAX_CHARS:
+    if len(s) > MAX_CHARS or (len(s) > 1 and s.isalpha()):  # `No` is a word, not N*o
         return None
     try:
         parser = _Parser(_tokens(s))

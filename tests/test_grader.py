@@ -1,6 +1,7 @@
 """MATH answer grader: a hand-written equivalence table, extraction, and the real MATH500 file."""
 import json
 import re
+import time
 from pathlib import Path
 
 import pytest
@@ -121,6 +122,7 @@ EQUAL = [
     ("1000000.0", "1000000"),
     ("0.333333", r"\frac13"),  # |0.333333 - 1/3| = 3.3e-7 <= 5e-7, half a unit in the 6th place
     ("0.666667", r"\frac23"),  # rounded up
+    ("0.166667", r"\frac16"),
     ("1.414214", r"\sqrt2"),
     ("3.14159", r"\pi"),  # |3.14159 - pi| = 2.7e-6 <= 5e-6
     ("0.3333333", "0.333333"),  # the shorter decimal is the rounded one
@@ -207,6 +209,7 @@ UNEQUAL = [
     ("1.00", r"1+\frac{1}{4036081}"),  # 3 significant digits: too few to round
     ("0.3333", r"\frac13"),
     ("0.666666", r"\frac23"),  # truncated, not rounded: 6.7e-7 > 5e-7
+    ("0.166666", r"\frac16"),  # 1/6 - 0.166666 = 6.7e-7 > 5e-7
     ("3.14", r"\pi"),
     ("1.5708", r"\frac{\pi}{2}"),
     ("2.0000001", "2"),
@@ -222,6 +225,7 @@ UNEQUAL = [
     (r"\sin x", r"\cos x"),
     ("(x+1)^2", "x^2+1"),
     (r"\text{odd}", r"\text{dod}"),  # a word is not a product of letters
+    (r"\text{No}", r"\text{on}"),
     # lists, plus-minus, boxes
     (r"1 \pm \sqrt{19}", r"1+\sqrt{19}"),
     (r"\pm 8", "8"),
@@ -282,12 +286,42 @@ EXTRACT = [
     (r"$\boxed{\frac{1}{2}$", None),  # unbalanced braces
     ("no answer here", None),
     ("# Answers are below: 5", None),  # not a heading
+    # boxes joined by `,` / `and` are one answer; `or` gives MATH's second form of one answer
+    (r"So the solutions are $\boxed{\pm 8}$ and $\boxed{\pm 1}$.", r"\pm 8, \pm 1"),
+    (r"the two solutions are $x = \boxed{2}$ and $x = \boxed{3}$", "2, 3"),
+    (r"$\boxed{2}$, $\boxed{3}$", "2, 3"),
+    (r"$\boxed{x+11}$ or $\boxed{11+x}$", "11+x"),
+    (r"\boxed{\boxed{5}}", r"\boxed{5}"),  # the outer box only
 ]
 
 
 @pytest.mark.parametrize("text,expected", EXTRACT)
 def test_extract_answer(text, expected):
     assert extract_answer(text) == expected
+
+
+HOSTILE = [
+    "10^{10^{10}}", "2^{2^{2^{2^{2^{2}}}}}", "10^{-10^{10}}", "1000!^{1000}", "9!!!!!!!",
+    r"\binom{10^{9}}{5}", "{" * 5000 + "1" + "}" * 5000, "(" * 3000 + ")" * 3000,
+    r"\frac{" * 600 + "1", r"\sqrt{" * 1000 + "2" + "}" * 1000, "1" * 100_000, "1," * 50_000,
+    r"\pm" * 1000, "0^{-1}", r"\frac{1}{0}", r"\sqrt[0]{2}", "|" * 100, r"\left(" * 600,
+    "=" * 1000, "x" * 1000, "1 " + "a" * 990 + "!", "(" * 600 + "1," * 300, r"\{" * 300,
+    r"\begin{pmatrix}" * 60, "x^{" * 300, "-" * 900 + "1", "2^{-" * 300, r"\boxed{" * 600,
+    "1,2," * 200,
+]
+
+
+@pytest.mark.parametrize("hostile", HOSTILE, ids=lambda h: f"{h[:12]}..{len(h)}")
+def test_hostile_input_is_bounded(hostile):
+    """Huge powers, deep nesting, 100 kB answers and malformed LaTeX grade unequal to a value,
+    without raising; equal to themselves only as strings. 0.5 s is a hang guard (the grader
+    takes milliseconds on these, bench/README.md), not a speed claim."""
+    start = time.perf_counter()
+    assert grade_answer(hostile, "5") is False
+    assert grade_answer("5", hostile) is False
+    assert grade_answer(hostile, hostile) is bool(normalize_answer(hostile))
+    assert grade_answer(hostile, hostile[: len(hostile) // 2] + "7") is False
+    assert time.perf_counter() - start < 0.5
 
 
 def _math500():
