@@ -15,8 +15,8 @@ answers are equal when their values are, by a rule that respects what was writte
   ``REL_TOL`` = 1e-9 (double rounding is ~1e-16; a different MATH answer is never that close);
 - letters are variables: an expression is evaluated at ``N_POINTS`` fixed points, each letter set
   to a value that depends only on its name, so `2x+3` = `3+2x` and `(x+1)^2` = `x^2+2x+1` (the
-  classic randomized identity test). `i` is the imaginary unit; a run of three or more letters,
-  or an answer made of letters only (`No`), is a word, not a product, and is not evaluated.
+  classic randomized identity test). `i` is the imaginary unit; a run of four or more letters,
+  or an answer made of letters only (`No`, `odd`), is a word, not a product, and is not evaluated.
 
 Anything not understood, and anything too large (long input, deep nesting, an exponent whose
 result would exceed ``MAX_BITS`` bits), evaluates to None: the grader then says unequal.
@@ -70,10 +70,10 @@ def _tokens(s: str) -> list[str]:
             out.extend(name[len(known):])
         else:
             out.append(tok)
-    run = 0  # consecutive bare letters: a word like `odd` is text, not o*d*d
+    run = 0  # consecutive bare letters
     for tok in out:
         run = run + 1 if tok.isalpha() else 0
-        if run > 2:
+        if run > 3:  # `2abc` is a product, `Evelyn` and `odd` (letters only) are words
             raise _Fail("word")
     return out
 

@@ -135,6 +135,7 @@ EQUAL = [
     ("(x+1)^2", "x^2+2x+1"),
     (r"\frac{x}{2}", "0.5x"),
     ("2ab", "2ba"),
+    ("a^2b+2abc", "ab(a+2c)"),  # a three-letter run in an expression is a product
     ("x_1+x_2", "x_2+x_1"),
     (r"2\pi r^2", r"2r^2\pi"),
     (r"\sin^2x", r"(\sin x)^2"),
