@@ -67,7 +67,8 @@ _DEGREE = re.compile(r"\^\s*\{?\s*\\circ\s*\}?|\\circ|\\degree|°")
 _DEGREE_BEFORE_COMMA = re.compile(rf"(?:{_DEGREE.pattern})(?=\s*,)")
 _MARKED_THOUSANDS = re.compile(r"(?<=\d)(?:,\s*\\!\s*|\{,\})(?=\d{3})")
 _SIZING = re.compile(r"\\(?:left|right|displaystyle)(?![a-zA-Z])")
-_TEXT_AND = re.compile(_TEXT_MACRO + r"\{\s*and\s*\}")
+_TEXT_AND = re.compile(_TEXT_MACRO + r"\{\s*(?:and|or)\s*\}")
+_BARE_AND = re.compile(r"(?<=\S)\s+(?:and|or)\s+(?=\S)")
 _TEXT_GROUP = re.compile(_TEXT_MACRO + r"\{([^{}]*)\}")
 _IN = re.compile(r"\\in(?![a-zA-Z])")
 _WHITESPACE = re.compile(r"\s+")
@@ -138,12 +139,13 @@ def _strip_units(s: str) -> str:
 def normalize_answer(s: str) -> str:
     """Canonical string form of a MATH answer; equal strings are equal answers.
 
-    Removes `$`, `\\boxed` (several boxes become a comma list), `\\left`/`\\right`, LaTeX
-    spacing, degrees, percent and dollar signs, trailing units and periods, a leading `x =`,
-    thousands separators and all whitespace; braces `\\frac`/`\\sqrt` arguments, unwraps
-    `\\text{}`, writes `.5` as `0.5` and a top-level `a/b` as `\\frac{a}{b}`. Group raw answers
-    by this key; it is not idempotent on comma lists (`45, 135` -> `45,135`, which then reads
-    as a thousands number). Texts over MAX_CHARS are returned stripped, unchanged.
+    Removes `$`, `\\boxed` (several boxes become a comma list, as do `and` / `or`),
+    `\\left`/`\\right`, LaTeX spacing, degrees, percent and dollar signs, trailing units and
+    periods, a leading `x =`, thousands separators and all whitespace; braces `\\frac`/`\\sqrt`
+    arguments, unwraps `\\text{}`, writes `.5` as `0.5` and a top-level `a/b` as `\\frac{a}{b}`.
+    Group raw answers by this key; it is not idempotent on comma lists (`45, 135` -> `45,135`,
+    which then reads as a thousands number). Texts over MAX_CHARS are returned stripped,
+    unchanged.
     """
     s = s.strip()
     if _INTEGER.fullmatch(s) or len(s) > MAX_CHARS:  # integers: every step below keeps them;
@@ -159,7 +161,9 @@ def normalize_answer(s: str) -> str:
     s = _DEGREE_BEFORE_COMMA.sub(" ", s)  # `60^\circ,120^\circ` is a list, not 60,120
     s = _DEGREE.sub("", s)
     s = s.replace(r"\%", "").replace("%", "")
-    s = _TEXT_AND.sub(",", s)  # `19 \text{ and }43` is a list
+    s = _TEXT_AND.sub(",", s)  # `19 \text{ and }43`, `2 \text{ or } 3` are lists
+    if not _TEXT_GROUP.search(s):  # `2 or 3`, but no word of a `\text{}` answer
+        s = _BARE_AND.sub(",", s)
     s = _unwrap_text(_strip_units(s)).strip()
     if s.count("=") + len(_IN.findall(s)) == 1:
         s = _VARIABLE_PREFIX.sub("", s)

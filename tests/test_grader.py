@@ -150,6 +150,8 @@ EQUAL = [
     (r"60^\circ, 120^\circ", "60, 120"),
     (r"\boxed{2}, \boxed{3}", "2,3"),
     (r"$\boxed{-2}$ and $\boxed{1}$", "1,-2"),
+    (r"-2 \text{ or } 1", "1,-2"),
+    ("x = 2 or x = 3", "3, 2"),
     (r"\{1,2\}", "2,1"),  # a set against the bare list of its elements
     (r"\frac{\pi}{4}, \frac{7\pi}{4}", r"\frac74\pi, \frac14\pi"),
     # tuples, intervals and matrices element by element
@@ -235,6 +237,7 @@ UNEQUAL = [
     (r"60^\circ,120^\circ", "60120"),  # degrees separate the elements of a list
     (r"60^\circ,120^\circ", r"60^\circ"),
     (r"\boxed{2}, \boxed{3}", "3"),  # every box counts, not only the last
+    ("2 or 3", "2"),  # a hedge is a list
     (r"\{1,2\}", "1,2,3"),
     (r"\{1,2\}", "(1,2)"),  # a set is not a point
     ("1,1,2", "1,2,2"),
