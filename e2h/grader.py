@@ -11,8 +11,9 @@ Two answers are equal when, in this order (each step cheap before the next):
    comma lists ("enter all solutions") in any order, `a \\pm b` counting as the list `a+b, a-b`;
 3. an equation `lhs = value` against a value: its value (`\\frac{b_1}{b_2}=\\frac32` is `\\frac32`);
    two equations: the same up to a nonzero factor (`2x+2y=4` is `x+y=2`);
-4. their values are equal (``e2h.latex_eval``): exact for rationals, a decimal to the digits it
-   shows, expressions with `\\pi`, roots and variables numerically (`\\frac{4\\pi}{3}` = `\\frac43\\pi`).
+4. their values are equal (``e2h.latex_eval``, ``e2h.answer_values``): exact for rationals, a
+   decimal to the digits it shows, expressions with `\\pi`, roots and variables numerically
+   (`\\frac{4\\pi}{3}` = `\\frac43\\pi`).
 
 Deliberately conservative: what cannot be evaluated is compared as a string only, so errors
 lean towards rejecting correct answers. Hostile input is bounded: answers over
@@ -24,7 +25,7 @@ import re
 from collections import Counter
 
 from e2h.answer_normalize import MAX_CHARS, boxed_arguments, normalize_answer, top_level
-from e2h.latex_eval import equations_equal, values_equal
+from e2h.answer_values import equations_equal, values_equal
 
 __all__ = ["extract_answer", "normalize_answer", "equivalent", "grade_answer"]
 

@@ -1,11 +1,13 @@
-"""Values of LaTeX expressions (e2h.latex_eval): exact where rational, float64 references else."""
+"""Values of LaTeX expressions (e2h.latex_eval): exact where rational, float64 references else;
+and their comparison (e2h.answer_values)."""
 import cmath
 import math
 from fractions import Fraction
 
 import pytest
 
-from e2h.latex_eval import N_POINTS, _point, equations_equal, evaluate, values_equal
+from e2h.answer_values import equations_equal, values_equal
+from e2h.latex_eval import N_POINTS, _point, evaluate
 
 EXACT = [
     ("-2(1009)^2", Fraction(-2036162)),  # 1009^2 = 1018081
