@@ -179,6 +179,8 @@ def normalize_answer(s: str) -> str:
 
 def top_level(s: str, sep: str) -> list[str]:
     """Split s at occurrences of sep outside any (), [], {} nesting."""
+    if sep not in s:  # most calls: no scan
+        return [s]
     parts, depth, start, i = [], 0, 0, 0
     while i < len(s):
         if s[i] in "([{":

@@ -38,6 +38,8 @@ _ANSWER_HEADING = re.compile(r"(?:^|\n)[ \t]*# Answer[ \t]*(?=\n|$)")
 _BOX_JOINER = re.compile(r"[\s$]*(?:,|and|,\s*and|\\text\{\s*and\s*\})?[\s$]*"
                          r"(?:[a-zA-Z](?:_\{?\w+\}?)?\s*=\s*)?[\s$]*")
 _INTEGER = re.compile(r"-?\d{1,50}")
+_MATRIX = re.compile(r"\\begin\{[pbv]?matrix\}(.*)\\end\{[pbv]?matrix\}")
+_LEADING_PLUS = re.compile(r"^\+|(?<=[(,{=])\+")  # `+\sqrt5` from `\pm\sqrt5` -> `\sqrt5`
 
 
 def _final_boxes(text: str) -> str | None:
@@ -86,7 +88,7 @@ def _brackets(s: str) -> tuple[str, str, str] | None:
 
 
 def _matrix(s: str) -> list[list[str]] | None:
-    m = re.fullmatch(r"\\begin\{[pbv]?matrix\}(.*)\\end\{[pbv]?matrix\}", s)
+    m = _MATRIX.fullmatch(s)
     if m is None:
         return None
     return [row.split("&") for row in m.group(1).split(r"\\")]
@@ -99,7 +101,7 @@ def _expand_pm(s: str) -> list[str]:
         return [s]
     plus = s.replace(r"\pm", "+").replace(r"\mp", "-")
     minus = s.replace(r"\pm", "-").replace(r"\mp", "+")
-    return [re.sub(r"^\+|(?<=[(,{=])\+", "", t) for t in (plus, minus)]
+    return [_LEADING_PLUS.sub("", t) for t in (plus, minus)]
 
 
 def _elements(s: str) -> list[str]:

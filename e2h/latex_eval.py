@@ -174,7 +174,7 @@ class _Parser:
             raise _Fail("end")
         if tok[0].isdigit() or tok[0] == ".":
             self.take()
-            return self.mixed_number(Fraction(tok))
+            return self.mixed_number(Fraction(int(tok)) if tok.isdigit() else Fraction(tok))
         if tok == "{":
             return self.group("}")
         if tok == "(":
