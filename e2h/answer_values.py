@@ -24,6 +24,7 @@ _DECIMAL = re.compile(r"[-+]?(\d*)\.(\d+)")
 
 
 def _close(u, v) -> bool:
+    """|u - v| <= REL_TOL * max(|u|, |v|), or both within ZERO_TOL of 0 (float noise)."""
     try:
         u, v = complex(u), complex(v)
     except OverflowError:  # an exact rational beyond the float range
@@ -70,8 +71,8 @@ def values_equal(a: str, b: str) -> bool | None:
 
 
 def equations_equal(a: str, b: str) -> bool | None:
-    """Whether `l1 = r1` and `l2 = r2` (given as (l, r) strings joined by '=') are the same
-    equation: l1 - r1 proportional to l2 - r2 by one nonzero factor at every variable point."""
+    """Whether equations a = `l1 = r1` and b = `l2 = r2` are the same: l1 - r1 proportional to
+    l2 - r2 by one nonzero factor at every variable point; None without variables."""
     x, y = (evaluate("(" + s.replace("=", ")-(") + ")") for s in (a, b))
     if x is None or y is None or len(x) == 1 or len(y) == 1:
         return None
