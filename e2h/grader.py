@@ -4,244 +4,78 @@ PAPER.md, "Text format" / "Grading": the final answer is the text after the last
 heading (else the last `\\boxed{}`), compared with the reference answer under MATH
 normalization. The same grader gives the final-answer reward of the RL methods on easy problems.
 
-Deliberate simplifications: answers are compared as normalized strings, as exact rationals
-(`fractions.Fraction`: integers, decimals, `\\frac{a}{b}`, `a/b`, mixed numbers `2\\frac{1}{2}`),
-or structurally (tuples, intervals, sets, comma lists, `\\cup` unions, matrices). Nothing is
-evaluated symbolically (`\\pi`, `\\sqrt{8}` vs `2\\sqrt{2}` stay distinct): where a CAS would be
-needed the grader says unequal, so its errors lean towards rejecting correct answers.
+Two answers are equal when, in this order (each step cheap before the next):
+1. their normal forms (``e2h.answer_normalize``) are the same string;
+2. their structures match element by element: `\\cup` unions and tuples / intervals in order
+   with the same brackets (`(1,2]` is not `[1,2]`), matrices cell by cell, sets `\\{..\\}` and bare
+   comma lists ("enter all solutions") in any order, `a \\pm b` counting as the list `a+b, a-b`;
+3. an equation `lhs = value` against a value: its value (`\\frac{b_1}{b_2}=\\frac32` is `\\frac32`);
+   two equations: the same up to a nonzero factor (`2x+2y=4` is `x+y=2`);
+4. their values are equal (``e2h.latex_eval``, ``e2h.answer_values``): exact for rationals, a
+   decimal to the digits it shows, expressions with `\\pi`, roots and variables numerically
+   (`\\frac{4\\pi}{3}` = `\\frac43\\pi`).
+
+Deliberately conservative: what cannot be evaluated is compared as a string only, so errors
+lean towards rejecting correct answers. Hostile input is bounded: answers over
+``answer_normalize.MAX_CHARS`` characters are compared as raw strings, nesting over
+``MAX_DEPTH`` as strings, lists over ``MAX_LIST`` elements as multisets of strings.
 """
 
 import re
-from fractions import Fraction
+from collections import Counter
+
+from e2h.answer_normalize import MAX_CHARS, boxed_arguments, normalize_answer, top_level
+from e2h.answer_values import equations_equal, values_equal
+
+__all__ = ["extract_answer", "normalize_answer", "equivalent", "grade_answer"]
+
+MAX_DEPTH = 8
+MAX_LIST = 64
 
 _EOS_TEXT = "</s>"
 _ANSWER_HEADING = re.compile(r"(?:^|\n)[ \t]*# Answer[ \t]*(?=\n|$)")
-_BOX = re.compile(r"\\(?:boxed|fbox)(?![a-zA-Z])")
-_REL_TOL = 1e-6
+# between two boxes of one answer: `$\boxed{2}$ and $\boxed{3}$`, `\boxed{2}, x = \boxed{3}`
+_BOX_JOINER = re.compile(r"[\s$]*(?:,|and|,\s*and|\\text\{\s*and\s*\})?[\s$]*"
+                         r"(?:[a-zA-Z](?:_\{?\w+\}?)?\s*=\s*)?[\s$]*")
+_INTEGER = re.compile(r"-?\d{1,50}")
+_MATRIX = re.compile(r"\\begin\{[pbv]?matrix\}(.*)\\end\{[pbv]?matrix\}")
+_LEADING_PLUS = re.compile(r"^\+|(?<=[(,{=])\+")  # `+\sqrt5` from `\pm\sqrt5` -> `\sqrt5`
 
 
-def _braced(text: str, i: int) -> tuple[str, int] | None:
-    """Contents of the brace group opening at text[i] and the index after it; None if unbalanced."""
-    depth = 0
-    for j in range(i, len(text)):
-        if text[j] == "{" and text[j - 1 : j] != "\\":
-            depth += 1
-        elif text[j] == "}" and text[j - 1 : j] != "\\":
-            depth -= 1
-            if depth == 0:
-                return text[i + 1 : j], j + 1
-    return None
-
-
-def _last_boxed(text: str) -> str | None:
-    """Argument of the last `\\boxed{...}` / `\\fbox{...}` / `\\boxed x` in text."""
-    matches = list(_BOX.finditer(text))
-    if not matches:
+def _final_boxes(text: str) -> str | None:
+    """The last box of text, with the boxes just before it that list the same answer
+    (`the roots are $\\boxed{2}$ and $\\boxed{3}$` -> `2, 3`); `\\boxed{a}$ or $\\boxed{b}`, MATH's
+    way of giving one answer in two forms, stays `b`."""
+    boxes = boxed_arguments(text)
+    if not boxes:
         return None
-    i = matches[-1].end()
-    rest = text[i:].lstrip(" ")
-    if rest.startswith("{"):
-        found = _braced(rest, 0)
-        return None if found is None else found[0]
-    # `\boxed 5$`: the argument runs to the closing `$` or the end of the line
-    arg = re.match(r"[^$\n]*", rest).group(0).strip()
-    return arg or None
+    k = len(boxes) - 1
+    while k > 0 and _BOX_JOINER.fullmatch(text[boxes[k - 1][1] : boxes[k][0]]):
+        k -= 1
+    return ", ".join(arg for _, _, arg in boxes[k:])
 
 
 def extract_answer(text: str) -> str | None:
-    """The final answer of a solution: after the last `# Answer` heading, else the last box.
+    """The final answer of a solution: after the last `# Answer` heading, else the last box(es).
 
     The answer section runs to the end of the text or to an `</s>` written as text; an empty
-    section falls back to the last `\\boxed{}`. Returns None when neither is present.
+    section falls back to the boxes. Returns None when neither is present.
     """
     headings = list(_ANSWER_HEADING.finditer(text))
     if headings:
         answer = text[headings[-1].end() :].split(_EOS_TEXT)[0].strip()
         if answer:
             return answer
-    return _last_boxed(text)
+    return _final_boxes(text)
 
 
-# ---------------------------------------------------------------------------- normalization
-
-# LaTeX spacing (`\!`, `\,`, `\ `, `\quad`, `~`), but not the row break `\\` of a matrix
-_SPACES = re.compile(r"(?<!\\)\\(?:[ !,;:]|q?quad(?![a-zA-Z]))|~")
-_SYNONYMS = [
-    (r"\dfrac", r"\frac"), (r"\tfrac", r"\frac"), (r"\cfrac", r"\frac"),
-    (r"\leq", r"\le"), (r"\geq", r"\ge"), (r"\neq", r"\ne"), (r"\varnothing", r"\emptyset"),
-    ("−", "-"), ("∞", r"\infty"), ("π", r"\pi"),
-]
-_TEXT_MACRO = r"\\(?:text|mbox|textrm|textbf|mathrm|mathbf)\s*"
-# a unit after a value: `5\text{ cm}`, `864 \mbox{ inches}^2`, `25 \, \text{km}`
-_TRAILING_TEXT_UNIT = re.compile(_TEXT_MACRO + r"\{[^{}]*\}(\s*\^\s*\{?\d\}?)?\s*$")
-# a bare unit word after a plain number: `5 cm`, `12 square units`, `30 degrees`
-_TRAILING_WORD_UNIT = re.compile(r"^([-+]?[\d.,/]+)\s+[a-zA-Z]{2,}[a-zA-Z ]*(\^\d)?$")
-_VARIABLE_PREFIX = re.compile(r"^\s*(?:[a-zA-Z]|\\[a-zA-Z]+)(?:_\{?\w+\}?)?\s*(?:=|\\in(?![a-zA-Z]))")
-_THOUSANDS = re.compile(r"[-+]?\d{1,3}(,\d{3})+(\.\d+)?")
-
-
-def _unwrap_text(s: str) -> str:
-    """`\\text{odd}` -> `odd`, for every text-like macro, innermost first."""
-    pattern = re.compile(_TEXT_MACRO + r"\{([^{}]*)\}")
-    while (new := pattern.sub(lambda m: m.group(1), s)) != s:
-        s = new
-    return s
-
-
-def _read_arg(s: str, i: int) -> tuple[str, int] | None:
-    """One macro argument at s[i]: `{...}`, a `\\command` or a single character."""
-    while i < len(s) and s[i] == " ":
-        i += 1
-    if i >= len(s):
-        return None
-    if s[i] == "{":
-        return _braced(s, i)
-    if s[i] == "\\":
-        m = re.match(r"\\[a-zA-Z]+", s[i:])
-        if m:
-            return m.group(0), i + m.end()
-    return s[i], i + 1
-
-
-def _brace_args(s: str, macro: str, n_args: int) -> str:
-    """Rewrite `\\frac12` / `\\frac 1{2}` as `\\frac{1}{2}` and `\\sqrt2` as `\\sqrt{2}`."""
-    out, i = [], 0
-    pattern = re.compile(re.escape(macro) + r"(?![a-zA-Z])")
-    while (m := pattern.search(s, i)) is not None:
-        out.append(s[i : m.end()])
-        j = m.end()
-        if macro == r"\sqrt" and s[j : j + 1] == "[" and "]" in s[j:]:  # keep `\sqrt[3]` as is
-            k = s.index("]", j)
-            out.append(s[j : k + 1])
-            j = k + 1
-        for _ in range(n_args):
-            arg = _read_arg(s, j)
-            if arg is None:
-                break
-            out.append("{" + _brace_args(arg[0], macro, n_args) + "}")
-            j = arg[1]
-        i = j
-    out.append(s[i:])
-    return "".join(out)
-
-
-def _strip_units(s: str) -> str:
-    """Drop a trailing unit: `5\text{ cm}` -> `5`, `12 square units` -> `12` (not `2 pi`)."""
-    without = _TRAILING_TEXT_UNIT.sub("", s).strip()
-    if without and without != s.strip():
-        s = without
-    m = _TRAILING_WORD_UNIT.match(s.strip())
-    if m and not {"pi", "and", "or"} & set(m.group(0).split()):
-        return m.group(1)
-    return s
-
-
-def normalize_answer(s: str) -> str:
-    """Canonical string form of a MATH answer; equal strings are equal answers.
-
-    Removes `$`, `\\boxed`, `\\left`/`\\right`, LaTeX spacing, degrees, percent and dollar
-    signs, trailing units and periods, a leading `x =`, thousands separators and all
-    whitespace; braces `\\frac`/`\\sqrt` arguments, unwraps `\\text{}`, writes `.5` as `0.5`
-    and a top-level `a/b` as `\\frac{a}{b}`. Group raw answers by this key; it is not
-    idempotent on comma lists (`45, 135` -> `45,135`, which then reads as a thousands number).
-    """
-    s = s.strip()
-    if _BOX.search(s):
-        s = _last_boxed(s) or ""
-    s = s.replace(r"\$", "").replace("$", "").strip().rstrip(".")
-    for old, new in _SYNONYMS:
-        s = s.replace(old, new)
-    s = re.sub(r"(?<=\d)(?:,\s*\\!\s*|\{,\})(?=\d{3})", "", s)  # marked thousands `1,\!000`, `1{,}000`
-    s = _SPACES.sub(" ", s)
-    s = re.sub(r"\\(?:left|right|displaystyle)(?![a-zA-Z])", "", s)
-    s = re.sub(r"\^\s*\{?\s*\\circ\s*\}?|\\circ|\\degree|°", "", s)
-    s = s.replace(r"\%", "").replace("%", "")
-    s = re.sub(_TEXT_MACRO + r"\{\s*and\s*\}", ",", s)  # `19 \text{ and }43` is a list
-    s = _unwrap_text(_strip_units(s)).strip()
-    if s.count("=") + len(re.findall(r"\\in(?![a-zA-Z])", s)) == 1:
-        s = _VARIABLE_PREFIX.sub("", s)
-    if _THOUSANDS.fullmatch(s.strip()):
-        s = s.replace(",", "")
-    s = _brace_args(_brace_args(s, r"\frac", 2), r"\sqrt", 1)
-    s = re.sub(r"\s+", "", s).rstrip(".")
-    s = re.sub(r"(?<!\d)\.(\d)", r"0.\1", s)
-    s = re.sub(r"([_^])\{(\w)\}", r"\1\2", s)  # `4210_{5}` -> `4210_5`, `x^{2}` -> `x^2`
-    s = re.sub(r"^\(([A-Z])\)$", r"\1", s)  # multiple choice `(C)` -> `C`
-    s = re.sub(r"^(-?)\\frac\{-", r"-\1\\frac{", s)  # `\frac{-a}{b}` -> `-\frac{a}{b}`
-    return _slash_to_frac(s.removeprefix("--"))
-
-
-def _top_level(s: str, sep: str) -> list[str]:
-    """Split s at occurrences of sep outside any (), [], {} nesting."""
-    parts, depth, start, i = [], 0, 0, 0
-    while i < len(s):
-        if s[i] in "([{":
-            depth += 1
-        elif s[i] in ")]}":
-            depth -= 1
-        elif depth == 0 and s.startswith(sep, i):
-            parts.append(s[start:i])
-            start = i + len(sep)
-            i = start
-            continue
-        i += 1
-    return parts + [s[start:]]
-
-
-def _slash_to_frac(s: str) -> str:
-    """A top-level `a/b` of two operator-free terms as `\frac{a}{b}` (`a-b/2` is left alone)."""
-    parts = _top_level(s, "/")
-    if len(parts) != 2:
-        return s
-    sign, num = ("-", parts[0][1:]) if parts[0].startswith("-") else ("", parts[0])
-    den = parts[1]
-    if not num or not den or any(c in num + den for c in "+-,="):
-        return s
-    return sign + r"\frac{" + num + "}{" + den + "}"
-
-
-# ---------------------------------------------------------------------------- equivalence
-
-_NUMBER = r"[-+]?(?:\d+\.?\d*|\.\d+)"
-
-
-def _to_number(s: str) -> tuple[Fraction, bool] | None:
-    """(exact value, written as a decimal) of a normalized rational literal, else None."""
-    try:
-        if re.fullmatch(_NUMBER, s):
-            return Fraction(s), "." in s
-        m = re.fullmatch(rf"({_NUMBER})/({_NUMBER})", s)
-        if m and Fraction(m.group(2)) != 0:
-            return Fraction(m.group(1)) / Fraction(m.group(2)), "." in s
-        m = re.fullmatch(rf"(-?)\\frac\{{({_NUMBER})\}}\{{({_NUMBER})\}}", s)
-        if m and Fraction(m.group(3)) != 0:
-            value = Fraction(m.group(2)) / Fraction(m.group(3))
-            return (-value if m.group(1) else value), "." in s
-        m = re.fullmatch(r"(-?)(\d+)\\frac\{(\d+)\}\{(\d+)\}", s)  # mixed number 2\frac{1}{2}
-        if m and 0 < int(m.group(3)) < int(m.group(4)):
-            value = int(m.group(2)) + Fraction(int(m.group(3)), int(m.group(4)))
-            return (-value if m.group(1) else value), False
-    except (ValueError, ZeroDivisionError):
-        return None
-    return None
-
-
-def _numbers_equal(a: str, b: str) -> bool | None:
-    x, y = _to_number(a), _to_number(b)
-    if x is None or y is None:
-        return None
-    if x[0] == y[0]:
-        return True
-    # a decimal written to ~7 significant digits matches the exact value it rounds
-    close = abs(x[0] - y[0]) <= _REL_TOL * max(abs(x[0]), abs(y[0]))
-    return (x[1] or y[1]) and close
-
+# ---------------------------------------------------------------------------- structure
 
 def _brackets(s: str) -> tuple[str, str, str] | None:
     """(open, inner, close) when s is one bracketed group: `(..)`, `[..)`, `\\{..\\}`."""
     if s.startswith(r"\{") and s.endswith(r"\}"):
         inner = s[2:-2]
-        return (r"\{", inner, r"\}") if len(_top_level(inner, r"\}")) == 1 else None
+        return (r"\{", inner, r"\}") if len(top_level(inner, r"\}")) == 1 else None
     if len(s) < 2 or s[0] not in "([" or s[-1] not in ")]":
         return None
     depth = 0
@@ -253,56 +87,101 @@ def _brackets(s: str) -> tuple[str, str, str] | None:
     return s[0], s[1:-1], s[-1]
 
 
-def _all_equal(xs: list[str], ys: list[str]) -> bool:
-    return len(xs) == len(ys) and all(equivalent(x, y) for x, y in zip(xs, ys))
+def _matrix(s: str) -> list[list[str]] | None:
+    m = _MATRIX.fullmatch(s)
+    if m is None:
+        return None
+    return [row.split("&") for row in m.group(1).split(r"\\")]
 
 
-def _unordered_equal(xs: list[str], ys: list[str]) -> bool:
+def _expand_pm(s: str) -> list[str]:
+    """`1\\pm\\sqrt{19}` -> [`1+\\sqrt{19}`, `1-\\sqrt{19}`]; every `\\pm` of one element takes the
+    same sign and `\\mp` the other, as in `\\frac{-b\\pm\\sqrt{d}}{2a}`."""
+    if r"\pm" not in s and r"\mp" not in s:
+        return [s]
+    plus = s.replace(r"\pm", "+").replace(r"\mp", "-")
+    minus = s.replace(r"\pm", "-").replace(r"\mp", "+")
+    return [_LEADING_PLUS.sub("", t) for t in (plus, minus)]
+
+
+def _elements(s: str) -> list[str]:
+    return [t for part in top_level(s, ",") for t in _expand_pm(part)]
+
+
+def _all_equal(xs: list[str], ys: list[str], depth: int) -> bool:
+    return len(xs) == len(ys) and all(_equivalent(x, y, depth) for x, y in zip(xs, ys))
+
+
+def _unordered_equal(xs: list[str], ys: list[str], depth: int) -> bool:
     if len(xs) != len(ys):
         return False
+    if len(xs) > MAX_LIST:
+        return Counter(xs) == Counter(ys)
     left = list(ys)
     for x in xs:
-        match = next((i for i, y in enumerate(left) if equivalent(x, y)), None)
+        match = next((i for i, y in enumerate(left) if _equivalent(x, y, depth)), None)
         if match is None:
             return False
         left.pop(match)
     return True
 
 
-def _matrix(s: str) -> list[list[str]] | None:
-    m = re.fullmatch(r"\\begin\{[pbv]?matrix\}(.*)\\end\{[pbv]?matrix\}", s)
-    if m is None:
-        return None
-    return [row.split("&") for row in m.group(1).split(r"\\")]
-
+# ---------------------------------------------------------------------------- equivalence
 
 def equivalent(a: str, b: str) -> bool:
     """Equivalence of two answers already passed through ``normalize_answer`` (recursive over
-    structure). Voting normalizes each distinct answer once and compares forms with this."""
+    structure; rules in the module docstring). Voting normalizes each distinct answer once and
+    compares forms with this."""
+    return _equivalent(a, b, 0)
+
+
+def _equivalent(a: str, b: str, depth: int) -> bool:
     if a == b:
         return True
-    numbers = _numbers_equal(a, b)
-    if numbers is not None:
-        return numbers
-    if len(_top_level(a, r"\cup")) > 1 or len(_top_level(b, r"\cup")) > 1:
-        return _all_equal(_top_level(a, r"\cup"), _top_level(b, r"\cup"))
+    if depth > MAX_DEPTH or not a or not b or max(len(a), len(b)) > MAX_CHARS:
+        return False
+    if _INTEGER.fullmatch(a) and _INTEGER.fullmatch(b):  # most MATH answers: no parsing
+        return int(a) == int(b)
+    depth += 1
+    sides_a, sides_b = top_level(a, "="), top_level(b, "=")
+    if (len(sides_a) > 1) != (len(sides_b) > 1):  # `lhs = value` against a value of any kind
+        equation = a if len(sides_a) > 1 else b
+        if len(top_level(equation, ",")) == 1:  # not a list of equations `x=1,y=2`
+            return _equivalent(sides_a[-1], sides_b[-1], depth)
+    unions_a, unions_b = top_level(a, r"\cup"), top_level(b, r"\cup")
+    if len(unions_a) > 1 or len(unions_b) > 1:
+        return _all_equal(unions_a, unions_b, depth)
     ma, mb = _matrix(a), _matrix(b)
     if ma is not None or mb is not None:
         return (ma is not None and mb is not None and len(ma) == len(mb)
-                and all(_all_equal(ra, rb) for ra, rb in zip(ma, mb)))
+                and all(_all_equal(ra, rb, depth) for ra, rb in zip(ma, mb)))
     ba, bb = _brackets(a), _brackets(b)
     if ba is not None and bb is not None:
         if (ba[0], ba[2]) != (bb[0], bb[2]):  # `(1,2]` is not `[1,2]`
             return False
-        xs, ys = _top_level(ba[1], ","), _top_level(bb[1], ",")
         if ba[0] == r"\{":  # a set: element order does not matter
-            return _unordered_equal(xs, ys)
-        return _all_equal(xs, ys)
-    xs, ys = _top_level(a, ","), _top_level(b, ",")
-    if ba is None and bb is None and len(xs) > 1:
+            return _unordered_equal(_elements(ba[1]), _elements(bb[1]), depth)
+        return _all_equal(top_level(ba[1], ","), top_level(bb[1], ","), depth)
+    if ba is not None or bb is not None:
+        (bracket, inner, _), other = (ba, b) if ba is not None else (bb, a)
+        if bracket == r"\{":  # a set against a bare list of its elements
+            return _unordered_equal(_elements(inner), _elements(other), depth)
+        if len(top_level(inner, ",")) > 1:  # a point or an interval is not a list
+            return False
+    xs, ys = _elements(a), _elements(b)
+    if len(xs) > 1 or len(ys) > 1:
         # a bare list answers "enter all solutions, separated by commas": order does not matter
-        return _unordered_equal(xs, ys)
-    return False
+        return _unordered_equal(xs, ys, depth)
+    return _scalars_equal(a, b, depth)
+
+
+def _scalars_equal(a: str, b: str, depth: int) -> bool:
+    """One value each, or two equations: rules 3 and 4 of the module docstring."""
+    sides_a, sides_b = top_level(a, "="), top_level(b, "=")
+    if len(sides_a) > 1 and len(sides_b) > 1:
+        same = len(sides_a) == len(sides_b) == 2 and equations_equal(a, b)
+        return bool(same) or _all_equal(sides_a, sides_b, depth)
+    return bool(values_equal(a, b))
 
 
 def grade_answer(given: str | None, truth: str | None) -> bool:
