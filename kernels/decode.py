@@ -1,0 +1,41 @@
+"""Attention for a few queries over a filled KV cache: two batched matmuls around a masked softmax.
+
+A decoding step asks for 1 query per row over every cached key. At that shape the work is
+reading K and V once, and PyTorch's fused CPU attention (`scaled_dot_product_attention` with a
+boolean mask) spends more time than two plain batched matmuls: the scores (B, H, Tq, Tk) are
+tiny, so nothing is gained by never materializing them (bench/README.md, "Decode").
+
+Grouped-query heads are folded into the query axis: the G = H // Hkv query heads that share a
+key/value head become G * Tq rows of one matmul against that head's K, so K and V are read in
+place, never repeated. The visibility rule is that of kernels/reference.py. float32 and float64
+inputs are computed in their own precision; 16-bit inputs in float32 (scores and probabilities
+rounded to 8 bits would double the error of the reference), the output rounded once.
+
+Letters: B batch, H query heads, Hkv key/value heads, G = H // Hkv, Tq queries, Tk keys,
+D head dim.
+"""
+import math
+
+import torch
+
+from kernels.reference import visible_keys
+
+
+def attention_decode(q, k, v, causal=True, kv_start=None, kv_len=None):
+    """q (B, H, Tq, D) over k, v (B, Hkv, Tk, D) -> (B, H, Tq, D) in q's dtype; differentiable."""
+    B, H, Tq, D = q.shape
+    Hkv, Tk = k.shape[1], k.shape[2]
+    G = H // Hkv
+    dtype = q.dtype
+    if dtype not in (torch.float32, torch.float64):
+        q, k, v = q.float(), k.float(), v.float()
+    visible = visible_keys(Tq, Tk, causal, kv_start, kv_len, q.device)[:, :, None]  # (B|1, 1, 1, Tq, Tk)
+    has_key = visible.any(-1, keepdim=True)  # (B|1, 1, 1, Tq, 1)
+    q = q.reshape(B, Hkv, G * Tq, D) * (1.0 / math.sqrt(D))  # row g * Tq + i: head h = Hkv g-group
+    scores = (q @ k.transpose(-1, -2)).view(B, Hkv, G, Tq, Tk)  # (B, Hkv, G, Tq, Tk)
+    # The lowest finite value, not -inf: a row with no visible key gets a finite (uniform)
+    # softmax, zeroed below with exactly zero gradient, like the reference's.
+    scores = scores.masked_fill(~visible, torch.finfo(scores.dtype).min)
+    p = scores.softmax(-1).masked_fill(~has_key, 0.0)  # (B, Hkv, G, Tq, Tk)
+    o = p.view(B, Hkv, G * Tq, Tk) @ v  # (B, Hkv, G Tq, D)
+    return o.view(B, H, Tq, D).to(dtype)
