@@ -113,7 +113,8 @@ class KVCache:
     count from slot 0, and attention masks its slots from lengths[b] on, so one row can be
     emptied and refilled with another sequence while the others decode (continuous batching,
     e2h/sample.py). ``length`` is a host-side bound on every row's length: attention reads slots
-    [0, length) and never asks the device for the longest row.
+    [0, length) and never asks the device for the longest row. A forward calls ``prepare``,
+    then ``update`` once per layer, then ``advance``.
     """
 
     def __init__(self, args: ModelArgs, batch: int, max_len: int, dtype, device):
@@ -124,22 +125,29 @@ class KVCache:
         self.length = 0
         self.max_len = max_len
 
+    def prepare(self, T: int):
+        """Where this forward's T new keys of each row go, and each row's keys after it."""
+        if self.length + T > self.max_len:
+            raise ValueError(f"KVCache: {self.length + T} slots needed, only {self.max_len} "
+                             "allocated")
+        B, Hkv, S, _ = self.k[0].shape
+        device = self.lengths.device
+        first = (torch.arange(B * Hkv, device=device) * S).view(B, Hkv, 1)   # slot 0 of (b, h)
+        slots = self.lengths[:, None, None] + torch.arange(T, device=device)  # (B, 1, T)
+        self._index = (first + slots).view(-1)        # rows of the (B Hkv S, D) view: (B Hkv T,)
+        self.kv_len = self.lengths + T                                        # (B,)
+
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor):
         """Write k, v (B, Hkv, T, D) at slots [lengths[b], lengths[b] + T) of each row b;
         return slots [0, length + T) of the layer, (B, Hkv, length + T, D) each."""
-        B, _, T, _ = k.shape
-        end = self.length + T
-        if end > self.max_len:
-            raise ValueError(f"KVCache: {end} slots needed, only {self.max_len} allocated")
-        rows = torch.arange(B, device=k.device)[:, None]                      # (B, 1)
-        slots = self.lengths[:, None] + torch.arange(T, device=k.device)      # (B, T)
-        self.k[layer][rows, :, slots] = k.transpose(1, 2)                     # (B, T, Hkv, D)
-        self.v[layer][rows, :, slots] = v.transpose(1, 2)
+        D, end = k.shape[-1], self.length + k.shape[2]
+        self.k[layer].view(-1, D).index_copy_(0, self._index, k.reshape(-1, D))
+        self.v[layer].view(-1, D).index_copy_(0, self._index, v.reshape(-1, D))
         return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
 
     def advance(self, T: int):
-        """Every row has T more filled slots (called once per forward, after every layer)."""
-        self.lengths += T
+        """Every row has T more filled slots (after the last layer)."""
+        self.lengths = self.kv_len
         self.length += T
 
     def insert(self, rows: torch.Tensor, source: "KVCache", source_rows: torch.Tensor,
@@ -185,7 +193,7 @@ class Attention(nn.Module):
             k_all, v_all = cache.update(layer, k, v)                        # (B, Hkv, S, D)
             # An empty cache holds nothing but the new keys: plain causal attention over them.
             if cache.length > 0:
-                k, v, kv_len = k_all, v_all, cache.lengths + T
+                k, v, kv_len = k_all, v_all, cache.kv_len
         y = attend(q, k, v, causal=True, kv_len=kv_len)                     # (B, H, T, D)
         return self.o_proj(y.transpose(1, 2).reshape(B, T, -1))             # (B, T, C)
 
@@ -247,6 +255,8 @@ class Transformer(nn.Module):
             if cache is not None:
                 positions = positions + cache.lengths[:, None]              # (B, T): its slots
         cos, sin = rope_cos_sin(positions, self.args.head_dim, self.args.rope_theta)
+        if cache is not None:
+            cache.prepare(T)
         x = self.embed_tokens(tokens)                                       # (B, T, C)
         for block in self.layers:
             x = block(x, cos, sin, cache)

@@ -51,8 +51,8 @@ class Sample:
 
 
 def prefill(model: Transformer, prompts: list[list[int]], dtype, device):
-    """The prompts through the model into a fresh cache of U rows; (cache, logits (U, V) of each
-    prompt's last token). Right padding: slot p of row u is position p."""
+    """The prompts through the model into a fresh cache of U rows, right-padded (slot p of a row
+    is position p); returns (cache, prompt lengths (U,), logits (U, V) of each last token)."""
     lengths = torch.tensor([len(p) for p in prompts], device=device)          # (U,)
     tokens = torch.zeros(len(prompts), max(len(p) for p in prompts), dtype=torch.long)
     for u, p in enumerate(prompts):
@@ -211,11 +211,17 @@ def generate(model: Transformer, prompts: list[list[int]], max_new_tokens: int,
         model.train(was_training)
 
 
+def _check_every(device, stop_fn) -> int:
+    """Steps between looks at the done flags: every step where that costs nothing (CPU) or
+    where stop_fn reads every token on the host anyway."""
+    return 1 if device.type == "cpu" or stop_fn is not None else CHECK_DONE_EVERY
+
+
 def _stream(model, prompts, pairs, seeds, R, M, temperature, top_k, top_p, eos_id, stop_fn):
     """The decode loop of ``generate``: one Sample per pair, in pair order."""
     weight = model.embed_tokens.weight
     device = weight.device
-    check_every = 1 if device.type == "cpu" or stop_fn is not None else CHECK_DONE_EVERY
+    check_every = _check_every(device, stop_fn)
     # a finished row decodes up to check_every - 1 more steps before it is seen: spare slots
     cache = KVCache(model.args, R, max(map(len, prompts)) + M + check_every - 1, weight.dtype,
                     device)

@@ -30,12 +30,11 @@ def attention_decode(q, k, v, causal=True, kv_start=None, kv_len=None):
     if dtype not in (torch.float32, torch.float64):
         q, k, v = q.float(), k.float(), v.float()
     visible = visible_keys(Tq, Tk, causal, kv_start, kv_len, q.device)[:, :, None]  # (B|1, 1, 1, Tq, Tk)
-    has_key = visible.any(-1, keepdim=True)  # (B|1, 1, 1, Tq, 1)
-    q = q.reshape(B, Hkv, G * Tq, D) * (1.0 / math.sqrt(D))  # row g * Tq + i: head h = Hkv g-group
-    scores = (q @ k.transpose(-1, -2)).view(B, Hkv, G, Tq, Tk)  # (B, Hkv, G, Tq, Tk)
+    q = q.reshape(B, Hkv, G * Tq, D) * (1.0 / math.sqrt(D))  # row g Tq + i: query head Hkv-group g
+    scores = (q @ k.transpose(-1, -2)).view(B, Hkv, G, Tq, Tk)
     # The lowest finite value, not -inf: a row with no visible key gets a finite (uniform)
-    # softmax, zeroed below with exactly zero gradient, like the reference's.
-    scores = scores.masked_fill(~visible, torch.finfo(scores.dtype).min)
-    p = scores.softmax(-1).masked_fill(~has_key, 0.0)  # (B, Hkv, G, Tq, Tk)
-    o = p.view(B, Hkv, G * Tq, Tk) @ v  # (B, Hkv, G Tq, D)
+    # softmax, whose output is zeroed below, so it and its gradient are exactly 0.
+    scores = scores.masked_fill_(~visible, torch.finfo(scores.dtype).min)
+    o = (scores.softmax(-1).view(B, Hkv, G * Tq, Tk) @ v).view(B, Hkv, G, Tq, D)
+    o = o.masked_fill(~visible.any(-1, keepdim=True), 0.0)  # (B, Hkv, G, Tq, D)
     return o.view(B, H, Tq, D).to(dtype)

@@ -130,6 +130,21 @@ def test_a_row_ended_by_eos_takes_the_next_prompt_and_the_tail_shrinks(model, mo
                                    rtol=0, atol=1e-5)
 
 
+def test_looking_for_finished_rows_every_few_steps_changes_nothing(model, monkeypatch):
+    # On a GPU the done flags are read every CHECK_DONE_EVERY steps: finished rows decode a few
+    # idle steps into their spare slots before they are refilled.
+    free = generate(model, PROMPTS[:1], max_new_tokens=6, temperature=0.0)[0]
+    run = lambda: generate(model, PROMPTS, max_new_tokens=6, n=3, eos_id=free.tokens[2],  # noqa: E731
+                           max_rows=2, generator=torch.Generator().manual_seed(7))
+    every_step = run()
+    monkeypatch.setattr(sample_mod, "_check_every", lambda device, stop_fn: 4)
+    every_4th = run()
+    assert {s.finished for s in every_step} == {True, False}       # both kinds of ending
+    assert [(s.tokens, s.finished) for s in every_4th] == [(s.tokens, s.finished) for s in every_step]
+    for a, b in zip(every_4th, every_step):
+        torch.testing.assert_close(torch.tensor(a.logps), torch.tensor(b.logps), rtol=0, atol=1e-5)
+
+
 def test_a_seed_reproduces_samples_whatever_the_number_of_rows(model):
     run = lambda seed, rows: generate(model, PROMPTS, max_new_tokens=6, n=4, max_rows=rows,  # noqa: E731
                                       generator=torch.Generator().manual_seed(seed))
