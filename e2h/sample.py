@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from e2h.model import KVCache, Transformer
 
 # Rows streamed at once when the caller does not say (bench/README.md, "Continuous batching").
-MAX_ROWS = 64
+MAX_ROWS = 128
 REFILL_EVERY_ROWS = 8
 # Reading the `done` flags waits for the device; on a GPU that would stall the launch queue at
 # every step, so finished rows are looked for every few steps there (and decode idly until then).

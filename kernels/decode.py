@@ -29,12 +29,20 @@ def attention_decode(q, k, v, causal=True, kv_start=None, kv_len=None):
     dtype = q.dtype
     if dtype not in (torch.float32, torch.float64):
         q, k, v = q.float(), k.float(), v.float()
-    visible = visible_keys(Tq, Tk, causal, kv_start, kv_len, q.device)[:, :, None]  # (B|1, 1, 1, Tq, Tk)
-    q = q.reshape(B, Hkv, G * Tq, D) * (1.0 / math.sqrt(D))  # row g Tq + i: query head Hkv-group g
+    if Tq == 1 and kv_start is None and kv_len is not None:
+        # one query per row sees the first kv_len[b] keys of its row (reference.py's rule at
+        # Tq = 1): two small ops instead of the general mask's dozen, once per layer and step
+        hidden = torch.arange(Tk, device=q.device) >= kv_len.view(-1, 1, 1, 1, 1)  # (B, 1, 1, 1, Tk)
+        empty = (kv_len <= 0).view(-1, 1, 1, 1, 1)                                 # (B, 1, 1, 1, 1)
+    else:
+        visible = visible_keys(Tq, Tk, causal, kv_start, kv_len, q.device)[:, :, None]
+        hidden, empty = ~visible, ~visible.any(-1, keepdim=True)   # (B|1, 1, 1, Tq, Tk | 1)
+    # (B, Hkv, G Tq, D): the G query heads of each kv head stacked, row g Tq + i
+    q = q.reshape(B, Hkv, G * Tq, D) * (1.0 / math.sqrt(D))
     scores = (q @ k.transpose(-1, -2)).view(B, Hkv, G, Tq, Tk)
     # The lowest finite value, not -inf: a row with no visible key gets a finite (uniform)
     # softmax, whose output is zeroed below, so it and its gradient are exactly 0.
-    scores = scores.masked_fill_(~visible, torch.finfo(scores.dtype).min)
+    scores = scores.masked_fill_(hidden, torch.finfo(scores.dtype).min)
     o = (scores.softmax(-1).view(B, Hkv, G * Tq, Tk) @ v).view(B, Hkv, G, Tq, D)
-    o = o.masked_fill(~visible.any(-1, keepdim=True), 0.0)  # (B, Hkv, G, Tq, D)
+    o = o.masked_fill(empty, 0.0)
     return o.view(B, H, Tq, D).to(dtype)
