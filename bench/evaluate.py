@@ -34,12 +34,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import e2h.evaluate  # noqa: E402
+import e2h.sample  # noqa: E402
 from data.format import format_prompt  # noqa: E402
 from data.synthetic import make_split, reference_completion  # noqa: E402
 from e2h.evaluate import rerank_table, sample_solutions, score_samples  # noqa: E402
 from e2h.model import KVCache, ModelArgs, Transformer  # noqa: E402
 from e2h.rm import RewardModel  # noqa: E402
-from e2h.sample import Sample, decode_one_token, generate, prefill, sample_token  # noqa: E402
+from e2h.sample import Sample, generate, prefill, sample_token  # noqa: E402
 from e2h.tokenizer import Tokenizer, train_tokenizer  # noqa: E402
 
 
@@ -77,7 +78,7 @@ def static_generate(model, prompts, max_new_tokens, temperature=1.0, top_k=None,
         done |= token == eos_id
         if t == M - 1 or bool(done.all()):
             break
-        logits = decode_one_token(model, token, cache)
+        logits = e2h.sample.decode_one_token(model, token, cache)
     ids, logps = torch.stack(ids, 1).tolist(), torch.stack(logps, 1).tolist()
     return [Sample(i[:k], lp[:k], i[k - 1] == eos_id)
             for i, lp, k in zip(ids, logps, count.tolist())]
@@ -130,6 +131,8 @@ def main():
     p.add_argument("--repeats", type=int, default=3,
                    help="timed runs per phase: the median counts for sampling, the fastest else")
     p.add_argument("--skip-unshared", action="store_true", help="do not time the unshared-prefill baseline")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the decode step (dynamic shapes: one compile for every row count)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
@@ -148,6 +151,8 @@ def main():
     rm = RewardModel.from_policy(policy).to(device=device, dtype=dtype).eval()
 
     rows = {} if args.max_rows is None else {"max_rows": args.max_rows}
+    if args.compile:
+        e2h.sample.decode_one_token = torch.compile(e2h.sample.decode_one_token, dynamic=True)
 
     def sample(probs, n, sampler=generate):
         sample_with(sampler, counter)
@@ -158,7 +163,9 @@ def main():
 
     counter = [0]
     streaming = lambda *a, **kw: generate(*a, **kw, **rows)  # noqa: E731
+    t0 = time.perf_counter()
     sample(problems[:1], 2, streaming), sample(problems[:1], 2, static_generate)  # warm-up
+    print(f"warm-up {time.perf_counter() - t0:.1f} s")
     t_on, t_off = [], []
     for _ in range(args.repeats):           # alternate, so both see the same machine load
         samples, t = timed(lambda: sample(problems, args.n, streaming), device, 1)

@@ -3,6 +3,10 @@
 CPU: the "small" preset in float32, batch 1 and 16, 128 new tokens after a 32-token prompt,
 against a loop on the same model that recomputes the whole sequence for every token (no cache).
 
+CPU, --attention: ``generate`` with kernels.attend's CPU decode path (matmul, masked softmax,
+matmul) against the same with PyTorch's fused attention (E2H_ATTENTION=reference), alternating,
+medians of --repeats; the "small" preset, 34-token prompts, 96 new tokens.
+
 CPU, --against-hf: ``generate`` against Hugging Face transformers' ``generate`` (greedy, eager,
 its default dynamic cache) on the same float32 weights: dim 128, 3 layers, 8 heads on 2 KV
 heads, SwiGLU 352, vocab 32016; batch 8, 16-token prompts, 96 new tokens (no EOS). The two
@@ -16,12 +20,14 @@ cache adds a little more traffic, ignored here. Decode steps/s is measured witho
 (time of N new tokens - time of 1) / (N - 1).
 
     python bench/generate.py --threads 1                # CPU part
+    python bench/generate.py --threads 1 --attention
     python bench/generate.py --threads 1 --against-hf [--compile]   # needs transformers
     python bench/generate.py --device cuda [--compile]  # GPU part
 """
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import sys
 import time
@@ -89,6 +95,45 @@ def bench_cpu(args):
               flush=True)
 
 
+def alternate(fns: dict, repeats: int) -> dict:
+    """Median wall time of each function, run in turn ``repeats`` times after a warm-up, so
+    that all of them see the same load on a shared machine."""
+    times = {name: [] for name in fns}
+    for name, fn in fns.items():
+        fn()
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    return {name: median(ts) for name, ts in times.items()}
+
+
+def with_attention(choice: str, fn):
+    def run():
+        os.environ["E2H_ATTENTION"] = choice
+        try:
+            return fn()
+        finally:
+            del os.environ["E2H_ATTENTION"]
+    return run
+
+
+def bench_attention(args):
+    torch.manual_seed(0)
+    model = random_model("small", torch.float32, torch.device("cpu"))
+    print("| preset | batch | decode path (tok/s) | fused attention (tok/s) | speed-up |")
+    print("|---|---|---|---|---|", flush=True)
+    for batch in args.batches or (8, 64, 128):
+        lists = torch.randint(3, model.args.vocab_size, (batch, args.prompt_len)).tolist()
+        run = lambda: sample_mod.generate(model, lists, args.new_tokens, 0.0)  # noqa: E731
+        t = alternate({"decode": with_attention("decode", run),
+                       "reference": with_attention("reference", run)}, args.repeats)
+        n = batch * args.new_tokens
+        print(f"| small | {batch} | {n / t['decode']:,.0f} | {n / t['reference']:,.0f} "
+              f"| {t['reference'] / t['decode']:.2f}x |", flush=True)
+
+
 def hf_twin(model):
     """The same weights in transformers' LlamaForCausalLM (a clear exit if it is missing)."""
     try:
@@ -122,13 +167,8 @@ def bench_against_hf(args):
     t0 = time.perf_counter()
     same = ours() == theirs()                                          # warm-up (and compile)
     print(f"warm-up {time.perf_counter() - t0:.1f} s; greedy tokens identical: {same}")
-    times = {"e2h": [], "hf": []}
-    for _ in range(args.repeats):
-        for name, fn in (("e2h", ours), ("hf", theirs)):
-            t0 = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - t0)
-    e2h, hf_t = median(times["e2h"]), median(times["hf"])
+    t = alternate({"e2h": ours, "hf": theirs}, args.repeats)
+    e2h, hf_t = t["e2h"], t["hf"]
     print(f"| batch | new tokens | e2h generate{' (compiled step)' if args.compile else ''} (s) "
           "| HF generate (s) | e2h tok/s | HF tok/s | speed-up |")
     print("|---|---|---|---|---|---|---|")
@@ -170,6 +210,8 @@ def main():
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="CPU part or GPU part")
     p.add_argument("--batches", type=lambda s: [int(b) for b in s.split(",")], default=None,
                    help="comma-separated batch sizes (default 1,16 on CPU, 1,64 on CUDA)")
+    p.add_argument("--attention", action="store_true",
+                   help="CPU: the decode attention path against fused attention in generate")
     p.add_argument("--against-hf", action="store_true",
                    help="CPU: against transformers' generate (defaults: batch 8, prompt 16, 96 new)")
     p.add_argument("--prompt-len", type=int, default=None, help="prompt tokens per sequence")
@@ -182,8 +224,8 @@ def main():
     p.add_argument("--bandwidth", type=float, default=None,
                    help="HBM bytes/s for the roofline (default: looked up from the GPU name)")
     args = p.parse_args()
-    args.prompt_len = args.prompt_len or (16 if args.against_hf else 32)
-    args.new_tokens = args.new_tokens or (96 if args.against_hf else 128)
+    args.prompt_len = args.prompt_len or (16 if args.against_hf else 34 if args.attention else 32)
+    args.new_tokens = args.new_tokens or (96 if args.against_hf or args.attention else 128)
     torch.set_num_threads(args.threads)
     machine = platform.processor() or platform.machine()
     print(f"{time.strftime('%Y-%m-%d')}, torch {torch.__version__}, {machine}")
@@ -191,7 +233,8 @@ def main():
     if args.device == "cuda":
         bench_cuda(args)
     else:
-        bench_against_hf(args) if args.against_hf else bench_cpu(args)
+        bench_against_hf(args) if args.against_hf else (
+            bench_attention(args) if args.attention else bench_cpu(args))
 
 
 if __name__ == "__main__":
