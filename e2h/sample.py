@@ -136,19 +136,24 @@ class _Rows:
                                               device=self.count.device)
 
     def record(self, token, logp, eos_id, M: int):
-        """Append this step's token and logp to every row that is not done; update done."""
-        column = torch.where(self.done, M, self.count)[:, None]               # (R, 1)
+        """Append this step's token and logp to every row that was not done; update done.
+        Returns those rows (R,) bool."""
+        active = ~self.done
+        column = torch.where(active, self.count, M)[:, None]                 # (R, 1)
         self.ids.scatter_(1, column, token[:, None])
         self.logps.scatter_(1, column, logp[:, None])
-        self.count += ~self.done
+        self.count += active
         if eos_id is not None:
-            self.ended |= ~self.done & (token == eos_id)
+            self.ended |= active & (token == eos_id)
         self.done |= self.ended | (self.count >= M)
+        return active
 
-    def check_stop(self, token, stop_fn):
-        """stop_fn on the new ids of every row that is not done (on the host)."""
-        for r, (tok, done) in enumerate(zip(token.tolist(), self.done.tolist())):
-            if not done:
+    def check_stop(self, token, active, stop_fn):
+        """stop_fn on the new ids of every active row not ended by EOS (on the host); the
+        last token a length allows is checked too."""
+        for r, (tok, act, ended) in enumerate(zip(token.tolist(), active.tolist(),
+                                                  self.ended.tolist())):
+            if act and not ended:
                 self.host_ids[r].append(tok)
                 if stop_fn(self.host_ids[r]):
                     self.done[r] = self.ended[r] = True
@@ -248,9 +253,9 @@ def _stream(model, prompts, pairs, seeds, R, M, temperature, top_k, top_p, eos_i
         u = None if seeds is None else rows.uniforms.gather(
             1, rows.count.clamp(max=M - 1)[:, None])[:, 0]                   # (R,)
         token, logp = sample_token(logits, temperature, top_k, top_p, u)
-        rows.record(token, logp, eos_id, M)
+        active = rows.record(token, logp, eos_id, M)
         if stop_fn is not None:
-            rows.check_stop(token, stop_fn)
+            rows.check_stop(token, active, stop_fn)
         free = []
         if step % check_every == 0:
             free = rows.harvest(samples)

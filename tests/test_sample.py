@@ -196,11 +196,12 @@ def test_eos_stops_one_sequence_and_the_others_go_on(model):
 
 def test_stop_fn_ends_a_sequence_after_the_matching_token(model):
     free = generate(model, PROMPTS, max_new_tokens=6, temperature=0.0)
-    stop_after = free[1].tokens[:4]
+    stop_after, last = free[1].tokens[:4], free[2].tokens        # the last token counts too
     out = generate(model, PROMPTS, max_new_tokens=6, temperature=0.0,
-                   stop_fn=lambda ids: ids == stop_after)
+                   stop_fn=lambda ids: ids in (stop_after, last))
     assert out[1].tokens == stop_after and out[1].finished
-    assert [out[0].tokens, out[2].tokens] == [free[0].tokens, free[2].tokens]
+    assert out[2].tokens == last and out[2].finished
+    assert out[0].tokens == free[0].tokens and not out[0].finished
 
 
 def test_filter_logits_top_k_then_top_p():
