@@ -5,13 +5,14 @@ Best-of-n and weighted voting spend nearly all their time here. The N samples of
 one prefill (``generate(..., n=N)``) and the reward model scores ``--rm-batch-size`` samples
 per forward.
 
-Sampling is timed twice, in alternation, on the same problems: with continuous batching
-(``e2h.sample.generate``: ``--max-rows`` rows, each refilled as its sample ends) and without
-(``static_generate`` below: every sample of a ``generate`` call in one batch that decodes until
-its longest sample ends, the sampler before continuous batching). Both draw every sample from
-the same seeded stream, so they return the same samples (checked) and do the same useful work.
-For comparison, sampling with every sample prefilled on its own (the prompt repeated N times,
-n=1) is timed too.
+Sampling is timed three ways, in alternation, on the same problems: without continuous
+batching (``static_generate`` below, the sampler before it: every sample of a call in one batch
+that decodes until its longest sample ends), ``--batch-size`` problems per call; with it
+(``e2h.sample.generate``: ``--max-rows`` rows, each refilled as its sample ends, the tail
+compacted) on the same calls; and with it streaming every problem through one call, which is
+what continuous batching is for. All draw every sample from the same seeded stream, so they
+return the same samples (checked) and do the same useful work. For comparison, sampling with
+every sample prefilled on its own (the prompt repeated N times, n=1) is timed too.
 
 Models have random weights (throughput does not depend on them); problems come from the
 synthetic curriculum. A sample ends at EOS (random weights draw it now and then) or at
@@ -154,47 +155,57 @@ def main():
     if args.compile:
         e2h.sample.decode_one_token = torch.compile(e2h.sample.decode_one_token, dynamic=True)
 
-    def sample(probs, n, sampler=generate):
+    def sample(probs, n, sampler, batch_size):
         sample_with(sampler, counter)
         gen = torch.Generator(device).manual_seed(0)
         return sample_solutions(policy, tok, probs, n=n, temperature=0.7, top_k=20,
                                 max_new_tokens=args.max_new_tokens, generator=gen,
-                                batch_size=args.batch_size)
+                                batch_size=batch_size)
 
     counter = [0]
     streaming = lambda *a, **kw: generate(*a, **kw, **rows)  # noqa: E731
+    # (name, sampler, problems per generate call): the sampler before continuous batching,
+    # generate on the same calls, and generate streaming every problem through one call
+    runs = [("static", static_generate, args.batch_size),
+            ("continuous", streaming, args.batch_size),
+            ("continuous, one call", streaming, len(problems))]
     t0 = time.perf_counter()
-    sample(problems[:1], 2, streaming), sample(problems[:1], 2, static_generate)  # warm-up
+    for _, sampler, _ in runs:
+        sample(problems[:1], 2, sampler, 1)                                     # warm-up
     print(f"warm-up {time.perf_counter() - t0:.1f} s")
-    t_on, t_off = [], []
-    for _ in range(args.repeats):           # alternate, so both see the same machine load
-        samples, t = timed(lambda: sample(problems, args.n, streaming), device, 1)
-        t_on.append(t)
-        static, t = timed(lambda: sample(problems, args.n, static_generate), device, 1)
-        t_off.append(t)
-    same = [s["completion"] for s in samples] == [s["completion"] for s in static]
-    n_tokens = counter[0] / (2 * args.repeats)
-    t_sample, t_static = median(t_on), median(t_off)
+    times, outs = {name: [] for name, _, _ in runs}, {}
+    for _ in range(args.repeats):           # alternate, so all see the same machine load
+        for name, sampler, batch_size in runs:
+            outs[name], t = timed(lambda: sample(problems, args.n, sampler, batch_size), device, 1)
+            times[name].append(t)
+    samples = outs["continuous, one call"]
+    same = all([s["completion"] for s in out] == [s["completion"] for s in samples]
+               for out in outs.values())
+    n_tokens = counter[0] / (len(runs) * args.repeats)
     _, t_score = timed(lambda: score_samples(rm, tok, samples, args.rm_batch_size), device, args.repeats)
     _, t_rerank = timed(lambda: rerank_table(samples, n_subsets=32), device, args.repeats)
     n_samples = len(samples)
-    total, total_static = t_sample + t_score + t_rerank, t_static + t_score + t_rerank
     print(f"{n_samples} samples, {n_tokens / n_samples:.0f} sampled tokens on average, "
-          f"same samples with and without continuous batching: {same}")
-    print("| device | threads | preset | problems x N | batching | sample (s) | score (s) "
-          "| re-rank (s) | samples/s | sampled tok/s | sampling samples/s |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
-    for name, t, tot in (("static", t_static, total_static), ("continuous", t_sample, total)):
+          f"the same samples from every sampler: {same}")
+    print("| device | threads | preset | problems x N | batching | problems per call | sample (s) "
+          "| score (s) | re-rank (s) | samples/s | sampled tok/s | sampling vs static |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    t_static = median(times["static"])
+    for name, _, batch_size in runs:
+        t = median(times[name])
         print(f"| {args.device} | {args.threads} | {args.preset} {args.dtype} "
-              f"| {len(problems)} x {args.n} | {name} | {t:.2f} | {t_score:.2f} | {t_rerank:.2f} "
-              f"| {n_samples / tot:.1f} | {n_tokens / t:,.0f} | {n_samples / t:.1f} |")
-    print(f"continuous / static: sampling {t_static / t_sample:.2f}x, "
-          f"end to end {total_static / total:.2f}x (samples/s, medians of {args.repeats} runs)")
+              f"| {len(problems)} x {args.n} | {name} | {batch_size} | {t:.2f} | {t_score:.2f} "
+              f"| {t_rerank:.2f} | {n_samples / (t + t_score + t_rerank):.1f} "
+              f"| {n_tokens / t:,.0f} | {t_static / t:.2f}x |")
+    t_sample = median(times["continuous, one call"])
+    print(f"medians of {args.repeats} alternating runs; end to end, one call against static: "
+          f"{(t_static + t_score + t_rerank) / (t_sample + t_score + t_rerank):.2f}x samples/s")
     if not args.skip_unshared:
         # every sample its own prompt copy: N prefills per problem instead of one
         repeated = [q for q in problems for _ in range(args.n)]
         batch_size, args.batch_size = args.batch_size, args.batch_size * args.n
-        _, t_unshared = timed(lambda: sample(repeated, 1, streaming), device, args.repeats)
+        _, t_unshared = timed(lambda: sample(repeated, 1, streaming, len(repeated)), device,
+                              args.repeats)
         args.batch_size = batch_size
         print(f"unshared prefill: sample {t_unshared:.2f} s ({t_unshared / t_sample:.2f}x the shared time)")
 

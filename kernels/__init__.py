@@ -8,8 +8,9 @@
   attention with a boolean mask (kernels/reference.py).
 - attend(q, k, v, causal=True, kv_start=None, kv_len=None): what the model calls. Triton on
   CUDA tensors whose dtype and head dim the kernel supports (kv_len is None); on CPU the decode
-  path for at most DECODE_QUERIES queries; the reference otherwise. The environment variable
-  E2H_ATTENTION=triton, decode or reference forces one path (read at every call).
+  path for one query per row when batch x heads >= DECODE_MIN_ROWS; the reference otherwise.
+  The environment variable E2H_ATTENTION=triton, decode or reference forces one path (read at
+  every call).
 
 Shapes: q (B, H, Tq, D), k and v (B, Hkv, Tk, D) with H % Hkv == 0; key j is visible to query
 i iff (not causal or j <= i + E_b - Tq) and (kv_start is None or j >= kv_start[b]) and (kv_len is
@@ -31,8 +32,10 @@ from kernels.reference import attention_reference
 
 _TRITON_HEAD_DIMS = (16, 32, 64, 128)
 _TRITON_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
-# Up to this many queries the decode path beats the fused CPU attention (bench/README.md).
-DECODE_QUERIES = 1
+# From this many (row, head) pairs on, one query each, the decode path beats PyTorch's fused CPU
+# attention; below, both cost about their operator count and the fused one has fewer
+# (bench/README.md, "Decode attention").
+DECODE_MIN_ROWS = 256
 
 
 def attention(q, k, v, causal=True, kv_start=None):
@@ -53,7 +56,7 @@ def attend(q, k, v, causal=True, kv_start=None, kv_len=None):
         if (q.is_cuda and kv_len is None and q.shape[-1] in _TRITON_HEAD_DIMS
                 and q.dtype in _TRITON_DTYPES and importlib.util.find_spec("triton") is not None):
             choice = "triton"
-        elif not q.is_cuda and q.shape[2] <= DECODE_QUERIES:
+        elif not q.is_cuda and q.shape[2] == 1 and q.shape[0] * q.shape[1] >= DECODE_MIN_ROWS:
             choice = "decode"
     if choice == "triton":
         if kv_len is not None:

@@ -1,9 +1,10 @@
 """Attention for a few queries over a filled KV cache: two batched matmuls around a masked softmax.
 
 A decoding step asks for 1 query per row over every cached key. At that shape the work is
-reading K and V once, and PyTorch's fused CPU attention (`scaled_dot_product_attention` with a
-boolean mask) spends more time than two plain batched matmuls: the scores (B, H, Tq, Tk) are
-tiny, so nothing is gained by never materializing them (bench/README.md, "Decode").
+reading K and V once, and with many rows PyTorch's fused CPU attention
+(`scaled_dot_product_attention` with a boolean mask) spends more time than two plain batched
+matmuls: the scores (B, H, Tq, Tk) are tiny, so nothing is gained by never materializing them
+(bench/README.md, "Decode attention"; kernels.attend picks the faster one).
 
 Grouped-query heads are folded into the query axis: the G = H // Hkv query heads that share a
 key/value head become G * Tq rows of one matmul against that head's K, so K and V are read in

@@ -246,9 +246,14 @@ def test_attend_dispatch(monkeypatch):
     monkeypatch.delenv("E2H_ATTENTION", raising=False)
     assert torch.equal(kernels.attend(q, k, v, True, kv_start),
                        kernels.attention_reference(q, k, v, True, kv_start))  # CPU: reference
-    one = q[:, :, -kernels.DECODE_QUERIES:]  # CPU, short query: the decode path
+    one = q[:, :, -1:]  # CPU, one query: the decode path from DECODE_MIN_ROWS (row, head) pairs
+    many = one.expand(kernels.DECODE_MIN_ROWS // 2, 2, 1, 16)
+    big_k, big_v = k.expand(len(many), 1, 7, 16), v.expand(len(many), 1, 7, 16)
+    kv_len_many = kv_len.expand(len(many))
+    assert torch.equal(kernels.attend(many, big_k, big_v, True, None, kv_len_many),
+                       kernels.attention_decode(many, big_k, big_v, True, None, kv_len_many))
     assert torch.equal(kernels.attend(one, k, v, True, kv_start, kv_len),
-                       kernels.attention_decode(one, k, v, True, kv_start, kv_len))
+                       kernels.attention_reference(one, k, v, True, kv_start, kv_len))
     monkeypatch.setenv("E2H_ATTENTION", "triton")
     assert torch.equal(kernels.attend(q, k, v, True, kv_start),
                        kernels.attention(q, k, v, True, kv_start))
