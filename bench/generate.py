@@ -3,6 +3,16 @@
 CPU: the "small" preset in float32, batch 1 and 16, 128 new tokens after a 32-token prompt,
 against a loop on the same model that recomputes the whole sequence for every token (no cache).
 
+CPU, --attention: ``generate`` with kernels.attend's CPU decode path (matmul, masked softmax,
+matmul) against the same with PyTorch's fused attention (E2H_ATTENTION=reference), alternating,
+medians of --repeats; the "small" preset, 34-token prompts, 96 new tokens.
+
+CPU, --against-hf: ``generate`` against Hugging Face transformers' ``generate`` (greedy, eager,
+its default dynamic cache) on the same float32 weights: dim 128, 3 layers, 8 heads on 2 KV
+heads, SwiGLU 352, vocab 32016; batch 8, 16-token prompts, 96 new tokens (no EOS). The two
+alternate, --repeats times each, the medians count, and their greedy tokens must be identical.
+transformers is imported only here (e2h does not depend on it); install it in its own venv.
+
 CUDA: a Llemma-7B-shaped model with random bf16 weights at batch 1 and 64, against the HBM
 roofline. A decode step reads every weight once, so it takes at least weight bytes / bandwidth
 (6.74e9 parameters * 2 bytes / 3.35 TB/s = 4.0 ms on an H100 SXM, i.e. 249 steps/s); the KV
@@ -10,11 +20,14 @@ cache adds a little more traffic, ignored here. Decode steps/s is measured witho
 (time of N new tokens - time of 1) / (N - 1).
 
     python bench/generate.py --threads 1                # CPU part
+    python bench/generate.py --threads 1 --attention
+    python bench/generate.py --threads 1 --against-hf [--compile]   # needs transformers
     python bench/generate.py --device cuda [--compile]  # GPU part
 """
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import sys
 import time
@@ -24,8 +37,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import e2h.sample as sample_mod  # noqa: E402
+from e2h.checkpoint import hf_config, hf_params  # noqa: E402
 from e2h.model import ModelArgs, Transformer  # noqa: E402
 
+HF_SHAPE = dict(dim=128, n_layers=3, n_heads=8, n_kv_heads=2, ffn_dim=352, vocab_size=32016,
+                max_seq_len=512)
 HBM_BYTES_PER_S = {"H100": 3.35e12, "H200": 4.8e12, "A100": 2.04e12}   # SXM parts
 
 
@@ -79,6 +95,89 @@ def bench_cpu(args):
               flush=True)
 
 
+def alternate(fns: dict, repeats: int) -> dict:
+    """Median wall time of each function, run in turn ``repeats`` times after a warm-up, so
+    that all of them see the same load on a shared machine."""
+    times = {name: [] for name in fns}
+    for name, fn in fns.items():
+        fn()
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    return {name: median(ts) for name, ts in times.items()}
+
+
+def with_attention(choice: str, fn):
+    def run():
+        os.environ["E2H_ATTENTION"] = choice
+        try:
+            return fn()
+        finally:
+            del os.environ["E2H_ATTENTION"]
+    return run
+
+
+def bench_attention(args):
+    torch.manual_seed(0)
+    model = random_model("small", torch.float32, torch.device("cpu"))
+    print("| preset | batch | decode path (tok/s) | fused attention (tok/s) | speed-up |")
+    print("|---|---|---|---|---|", flush=True)
+    for batch in args.batches or (8, 64, 128):
+        lists = torch.randint(3, model.args.vocab_size, (batch, args.prompt_len)).tolist()
+        run = lambda: sample_mod.generate(model, lists, args.new_tokens, 0.0)  # noqa: E731
+        t = alternate({"decode": with_attention("decode", run),
+                       "reference": with_attention("reference", run)}, args.repeats)
+        n = batch * args.new_tokens
+        print(f"| small | {batch} | {n / t['decode']:,.0f} | {n / t['reference']:,.0f} "
+              f"| {t['reference'] / t['decode']:.2f}x |", flush=True)
+
+
+def hf_twin(model):
+    """The same weights in transformers' LlamaForCausalLM (a clear exit if it is missing)."""
+    try:
+        from transformers import LlamaConfig, LlamaForCausalLM
+    except ImportError:
+        raise SystemExit("--against-hf: the transformers package is not installed; e2h does not "
+                         "use it, so install it in a separate venv (see bench/README.md)")
+    cfg = hf_config(model, torch.float32)
+    hf = LlamaForCausalLM(LlamaConfig(**{k: v for k, v in cfg.items() if k != "torch_dtype"}))
+    hf.load_state_dict({k: p.detach() for k, p in hf_params(model).items()})
+    return hf.eval()
+
+
+def median(xs):
+    return sorted(xs)[len(xs) // 2]
+
+
+@torch.no_grad()
+def bench_against_hf(args):
+    torch.manual_seed(0)
+    model = Transformer(ModelArgs(**HF_SHAPE)).eval()
+    hf = hf_twin(model)
+    batch, P, N = args.batches[0] if args.batches else 8, args.prompt_len, args.new_tokens
+    prompts = torch.randint(3, HF_SHAPE["vocab_size"], (batch, P))
+    if args.compile:
+        sample_mod.decode_one_token = torch.compile(sample_mod.decode_one_token, dynamic=True)
+    ours = lambda: [s.tokens for s in sample_mod.generate(model, prompts.tolist(), N, 0.0)]  # noqa: E731
+    theirs = lambda: hf.generate(prompts, attention_mask=torch.ones_like(prompts),  # noqa: E731
+                                 max_new_tokens=N, do_sample=False, eos_token_id=None,
+                                 pad_token_id=0)[:, P:].tolist()
+    t0 = time.perf_counter()
+    same = ours() == theirs()                                          # warm-up (and compile)
+    print(f"warm-up {time.perf_counter() - t0:.1f} s; greedy tokens identical: {same}")
+    t = alternate({"e2h": ours, "hf": theirs}, args.repeats)
+    e2h, hf_t = t["e2h"], t["hf"]
+    print(f"| batch | new tokens | e2h generate{' (compiled step)' if args.compile else ''} (s) "
+          "| HF generate (s) | e2h tok/s | HF tok/s | speed-up |")
+    print("|---|---|---|---|---|---|---|")
+    print(f"| {batch} | {N} | {e2h:.3f} | {hf_t:.3f} | {batch * N / e2h:,.0f} "
+          f"| {batch * N / hf_t:,.0f} | {hf_t / e2h:.2f}x |")
+    if not same:
+        raise SystemExit("greedy tokens differ between e2h and transformers")
+
+
 def bench_cuda(args):
     device = torch.device("cuda")
     name = torch.cuda.get_device_name()
@@ -111,20 +210,31 @@ def main():
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="CPU part or GPU part")
     p.add_argument("--batches", type=lambda s: [int(b) for b in s.split(",")], default=None,
                    help="comma-separated batch sizes (default 1,16 on CPU, 1,64 on CUDA)")
-    p.add_argument("--prompt-len", type=int, default=32, help="prompt tokens per sequence")
-    p.add_argument("--new-tokens", type=int, default=128, help="new tokens per sequence")
+    p.add_argument("--attention", action="store_true",
+                   help="CPU: the decode attention path against fused attention in generate")
+    p.add_argument("--against-hf", action="store_true",
+                   help="CPU: against transformers' generate (defaults: batch 8, prompt 16, 96 new)")
+    p.add_argument("--prompt-len", type=int, default=None, help="prompt tokens per sequence")
+    p.add_argument("--new-tokens", type=int, default=None, help="new tokens per sequence")
     # how
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
-    p.add_argument("--repeats", type=int, default=3, help="timed runs; the fastest is reported")
-    p.add_argument("--compile", action="store_true", help="torch.compile the decode step (CUDA)")
+    p.add_argument("--repeats", type=int, default=3,
+                   help="timed runs; the fastest is reported (--against-hf: the median)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the decode step")
     p.add_argument("--bandwidth", type=float, default=None,
                    help="HBM bytes/s for the roofline (default: looked up from the GPU name)")
     args = p.parse_args()
+    args.prompt_len = args.prompt_len or (16 if args.against_hf else 34 if args.attention else 32)
+    args.new_tokens = args.new_tokens or (96 if args.against_hf or args.attention else 128)
     torch.set_num_threads(args.threads)
     machine = platform.processor() or platform.machine()
     print(f"{time.strftime('%Y-%m-%d')}, torch {torch.__version__}, {machine}")
     print(vars(args))
-    bench_cuda(args) if args.device == "cuda" else bench_cpu(args)
+    if args.device == "cuda":
+        bench_cuda(args)
+    else:
+        bench_against_hf(args) if args.against_hf else (
+            bench_attention(args) if args.attention else bench_cpu(args))
 
 
 if __name__ == "__main__":

@@ -115,36 +115,70 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 
 
 class KVCache:
-    """Preallocated keys and values for every layer, filled left to right.
+    """Preallocated keys and values for every layer; row b fills slots [0, lengths[b]) in order.
 
-    Slots ``[0, length)`` hold keys already computed. ``start[b]`` is the first real slot of row b:
-    prompts of different lengths are left-padded, and the pad slots are masked out of attention.
+    Rows need not be equally long: a row's next keys go to its own next slots, its positions
+    count from slot 0, and attention masks its slots from lengths[b] on, so one row can be
+    emptied and refilled with another sequence while the others decode (continuous batching,
+    e2h/sample.py). ``length`` is a host-side bound on every row's length: attention reads slots
+    [0, length) and never asks the device for the longest row. A forward calls ``prepare``,
+    then ``update`` once per layer, then ``advance``.
     """
 
     def __init__(self, args: ModelArgs, batch: int, max_len: int, dtype, device):
         shape = (batch, args.n_kv_heads, max_len, args.head_dim)   # (B, Hkv, S, D)
         self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(args.n_layers)]
         self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(args.n_layers)]
-        self.start = torch.zeros(batch, dtype=torch.long, device=device)
+        self.lengths = torch.zeros(batch, dtype=torch.long, device=device)   # (B,)
         self.length = 0
         self.max_len = max_len
 
+    def prepare(self, T: int):
+        """Where this forward's T new keys of each row go, and each row's keys after it."""
+        if self.length + T > self.max_len:
+            raise ValueError(f"KVCache: {self.length + T} slots needed, only {self.max_len} "
+                             "allocated")
+        B, Hkv, S, _ = self.k[0].shape
+        device = self.lengths.device
+        first = (torch.arange(B * Hkv, device=device) * S).view(B, Hkv, 1)   # slot 0 of (b, h)
+        slots = self.lengths[:, None, None] + torch.arange(T, device=device)  # (B, 1, T)
+        self._index = (first + slots).view(-1)        # rows of the (B Hkv S, D) view: (B Hkv T,)
+        self.kv_len = self.lengths + T                                        # (B,)
+
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor):
-        """Write k, v (B, Hkv, T, D) at slots [length, length + T); return the filled prefix."""
-        t = k.shape[2]
-        end = self.length + t
-        if end > self.max_len:
-            raise ValueError(f"KVCache: {end} slots needed, only {self.max_len} allocated")
-        self.k[layer][:, :, self.length:end] = k
-        self.v[layer][:, :, self.length:end] = v
+        """Write k, v (B, Hkv, T, D) at slots [lengths[b], lengths[b] + T) of each row b;
+        return slots [0, length + T) of the layer, (B, Hkv, length + T, D) each."""
+        D, end = k.shape[-1], self.length + k.shape[2]
+        self.k[layer].view(-1, D).index_copy_(0, self._index, k.reshape(-1, D))
+        self.v[layer].view(-1, D).index_copy_(0, self._index, v.reshape(-1, D))
         return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
 
-    def repeat_interleave(self, n: int) -> "KVCache":
-        """Each row repeated n times (n samples that share one prefill of their prompt)."""
-        self.k = [k.repeat_interleave(n, dim=0) for k in self.k]
-        self.v = [v.repeat_interleave(n, dim=0) for v in self.v]
-        self.start = self.start.repeat_interleave(n)
-        return self
+    def advance(self, T: int):
+        """Every row has T more filled slots (after the last layer)."""
+        self.lengths = self.kv_len
+        self.length += T
+
+    def insert(self, rows: torch.Tensor, source: "KVCache", source_rows: torch.Tensor,
+               lengths: torch.Tensor):
+        """Rows ``rows`` become copies of ``source``'s rows ``source_rows`` (repeats allowed:
+        n samples of one prompt share its prefill), filled to ``lengths``."""
+        T = source.length
+        for mine, theirs in zip(self.k + self.v, source.k + source.v):
+            mine[rows, :, :T] = theirs[source_rows, :, :T]
+        self.lengths[rows] = lengths
+        self.length = max(self.length, T)
+
+    def clear(self, rows: torch.Tensor):
+        """Rows ``rows`` become empty; ``length`` shrinks to the longest row left (a device sync)."""
+        self.lengths[rows] = 0
+        self.length = int(self.lengths.max())
+
+    def keep(self, rows: torch.Tensor):
+        """Only rows ``rows`` stay, in that order (finished sequences leave the batch)."""
+        self.k = [k[rows] for k in self.k]
+        self.v = [v[rows] for v in self.v]
+        self.lengths = self.lengths[rows]
+        self.length = int(self.lengths.max())
 
 
 class Attention(nn.Module):
@@ -162,11 +196,13 @@ class Attention(nn.Module):
         k = self.k_proj(x).view(B, T, -1, self.head_dim).transpose(1, 2)   # (B, Hkv, T, D)
         v = self.v_proj(x).view(B, T, -1, self.head_dim).transpose(1, 2)   # (B, Hkv, T, D)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        kv_start = None
+        kv_len = None
         if cache is not None:
-            k, v = cache.update(layer, k, v)                                # (B, Hkv, S, D)
-            kv_start = cache.start
-        y = attend(q, k, v, causal=True, kv_start=kv_start)                 # (B, H, T, D)
+            k_all, v_all = cache.update(layer, k, v)                        # (B, Hkv, S, D)
+            # An empty cache holds nothing but the new keys: plain causal attention over them.
+            if cache.length > 0:
+                k, v, kv_len = k_all, v_all, cache.kv_len
+        y = attend(q, k, v, causal=True, kv_len=kv_len)                     # (B, H, T, D)
         return self.o_proj(y.transpose(1, 2).reshape(B, T, -1))             # (B, T, C)
 
 
@@ -223,14 +259,18 @@ class Transformer(nn.Module):
             offset = cache.length if cache is not None else 0
             if offset + T > self.args.max_seq_len:
                 raise ValueError(f"{offset + T} positions exceed max_seq_len {self.args.max_seq_len}")
-            positions = torch.arange(offset, offset + T, device=tokens.device).expand(B, T)
+            positions = torch.arange(T, device=tokens.device).expand(B, T)
+            if cache is not None:
+                positions = positions + cache.lengths[:, None]              # (B, T): its slots
         cos, sin = rope_cos_sin(positions, self.args.head_dim, self.args.rope_theta,
                                 self.args.rope_scaling)
+        if cache is not None:
+            cache.prepare(T)
         x = self.embed_tokens(tokens)                                       # (B, T, C)
         for block in self.layers:
             x = block(x, cos, sin, cache)
         if cache is not None:
-            cache.length += T
+            cache.advance(T)
         return self.norm(x)
 
     def logits(self, h: torch.Tensor) -> torch.Tensor:

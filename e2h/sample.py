@@ -1,24 +1,34 @@
-"""KV-cache sampling: one batched prefill of the prompts, then one token at a time.
+"""KV-cache sampling with continuous batching: a fixed number of rows, each refilled as it ends.
 
 Step 1 of the pipeline. Every stage that samples from a generator (ORM data, re-ranking, PPO
 rollouts, DPO and ReST-EM pairs; PAPER.md "Reward models", "Re-ranking", "RL") calls
 ``generate``; ``sample_solutions`` turns its ids into graded sample records.
 
-- Prompts of different lengths share a batch by left padding. Row b's prompt fills cache slots
-  [start[b], P); ``cache.start`` masks the pad slots out of attention and positions count from
-  the first real token, so each row sees exactly the keys and positions it would see alone.
-- The B prompts are prefilled once; ``cache.repeat_interleave(n)`` then lets n samples per
-  prompt share that prefill.
+- The B * n (prompt, sample) pairs stream through ``max_rows`` rows of one KVCache, allocated
+  once. When a row's sequence ends (EOS, ``stop_fn`` or ``max_new_tokens``), the next pair takes
+  the row: its prompt is prefilled and copied into the row while the other rows keep their
+  place (rows are filled to different lengths; see KVCache). Short samples no longer wait for
+  the longest one of their batch.
+- The pairs admitted together are prefilled in one forward, right-padded (causal attention
+  keeps the padding invisible to the real tokens), and the n samples of a prompt admitted
+  together share its prefill. A prefill costs about a decode step, so free rows are refilled
+  once ``max(1, rows // REFILL_EVERY_ROWS)`` of them wait, not one at a time.
+- When no pair is left and at most half of the rows still decode, the finished rows leave the
+  batch (KVCache.keep): the tail of a stream runs on the rows it needs.
+- Each pair draws from its own stream: a seed per pair from ``generator``, ``max_new_tokens``
+  uniforms from it, and token t is the inverse CDF of its distribution at uniform t. A seed thus
+  reproduces a run, and a sample does not depend on ``max_rows`` or on the pairs that shared
+  its batch.
 - ``logps`` are log_softmax(logits / temperature) of the sampled token under the unfiltered
   distribution (temperature 0: of the plain logits), in float32: the numbers a full forward
   over prompt + completion gives, which PPO's ratio and DPO's reference compare against.
   Top-k / top-p only restrict which tokens can be drawn.
-- Draws use an explicit ``torch.Generator``, so a seed reproduces a run.
 
-Letters: B prompts, N = B * n sequences, P longest prompt, V vocab.
+Letters: R rows, U prompts in one prefill, P prompt length, M max_new_tokens, V vocab.
 """
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 
 import torch
@@ -28,8 +38,11 @@ from data.format import format_prompt
 from e2h.grader import extract_answer, grade_answer
 from e2h.model import KVCache, Transformer
 
-# Reading the `done` flags waits for the device; checking them every step would stall the
-# launch queue on a GPU, so all-finished is checked every few steps (finished rows idle).
+# Rows streamed at once when the caller does not say (bench/README.md, "Continuous batching").
+MAX_ROWS = 128
+REFILL_EVERY_ROWS = 8
+# Reading the `done` flags waits for the device; on a GPU that would stall the launch queue at
+# every step, so finished rows are looked for every few steps there (and decode idly until then).
 CHECK_DONE_EVERY = 8
 
 
@@ -40,16 +53,23 @@ class Sample:
     finished: bool = False                            # ended by EOS or stop_fn, not by length
 
 
-def prefill(model: Transformer, tokens, positions, cache: KVCache) -> torch.Tensor:
-    """Run the prompts (B, P) through the model, filling the cache; logits (B, V) of the last slot."""
-    h = model.hidden(tokens, positions, cache)                     # (B, P, C)
-    return model.logits(h[:, -1:])[:, -1]                          # (B, V): only the last is needed
+def prefill(model: Transformer, prompts: list[list[int]], dtype, device):
+    """The prompts through the model into a fresh cache of U rows, right-padded (slot p of a row
+    is position p); returns (cache, prompt lengths (U,), logits (U, V) of each last token)."""
+    lengths = torch.tensor([len(p) for p in prompts], device=device)          # (U,)
+    tokens = torch.zeros(len(prompts), max(len(p) for p in prompts), dtype=torch.long)
+    for u, p in enumerate(prompts):
+        tokens[u, :len(p)] = torch.tensor(p, dtype=torch.long)
+    cache = KVCache(model.args, len(prompts), tokens.shape[1], dtype, device)
+    h = model.hidden(tokens.to(device), cache=cache)                          # (U, P, C)
+    last = h[torch.arange(len(prompts), device=device), lengths - 1]          # (U, C)
+    return cache, lengths, model.logits(last)                                 # (U, V)
 
 
-def decode_one_token(model: Transformer, token, positions, cache: KVCache) -> torch.Tensor:
-    """Feed token (N,) at positions (N,); logits (N, V) for the next one."""
-    h = model.hidden(token[:, None], positions[:, None], cache)    # (N, 1, C)
-    return model.logits(h)[:, -1]                                  # (N, V)
+def decode_one_token(model: Transformer, token, cache: KVCache) -> torch.Tensor:
+    """Feed token (R,), each at its row's next slot; logits (R, V) for the next one."""
+    h = model.hidden(token[:, None], cache.lengths[:, None], cache)          # (R, 1, C)
+    return model.logits(h)[:, -1]                                            # (R, V)
 
 
 def filter_logits(logits: torch.Tensor, top_k: int | None, top_p: float | None) -> torch.Tensor:
@@ -67,102 +87,200 @@ def filter_logits(logits: torch.Tensor, top_k: int | None, top_p: float | None) 
     return logits
 
 
+def inverse_cdf(probs: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
+    """The first token whose cumulative probability exceeds u * total, per row: (N, V), (N,) in
+    [0, 1) -> (N,). A token of probability 0 adds nothing to the sum, so it is never drawn."""
+    cdf = probs.cumsum(-1)                                                    # (N, V)
+    total = cdf[:, -1]
+    x = torch.minimum(uniforms * total, total.nextafter(torch.zeros_like(total)))   # < total
+    return torch.searchsorted(cdf, x[:, None], right=True)[:, 0]
+
+
 def sample_token(logits: torch.Tensor, temperature: float, top_k: int | None = None,
-                 top_p: float | None = None, generator: torch.Generator | None = None):
-    """Draw one token per row of logits (N, V); returns (tokens (N,), logps (N,) float32)."""
+                 top_p: float | None = None, uniforms: torch.Tensor | None = None):
+    """One token per row of logits (N, V), drawn at uniforms (N,) in [0, 1) unless greedy (None:
+    fresh ones from torch's global generator); returns (tokens (N,), logps (N,) float32)."""
     logits = logits.float()
     if temperature == 0:                                           # greedy
-        logps = F.log_softmax(logits, dim=-1)
         token = logits.argmax(-1)
+        logps = F.log_softmax(logits, dim=-1)
     else:
         logps = F.log_softmax(logits / temperature, dim=-1)        # (N, V)
-        probs = filter_logits(logps, top_k, top_p).softmax(-1)
-        token = torch.multinomial(probs, 1, generator=generator)[:, 0]
+        if uniforms is None:
+            uniforms = torch.rand(logits.shape[0], device=logits.device)
+        token = inverse_cdf(filter_logits(logps, top_k, top_p).softmax(-1), uniforms)
     return token, logps.gather(-1, token[:, None])[:, 0]           # (N,), (N,)
 
 
-def _left_pad(prompts: list[list[int]], pad_id: int, device):
-    """Prompts -> tokens (B, P) padded on the left, start (B,) first real slot, positions (B, P)."""
-    P = max(len(p) for p in prompts)
-    tokens = torch.full((len(prompts), P), pad_id, dtype=torch.long)
-    for b, p in enumerate(prompts):
-        tokens[b, P - len(p):] = torch.tensor(p, dtype=torch.long)
-    start = torch.tensor([P - len(p) for p in prompts], dtype=torch.long)
-    positions = (torch.arange(P)[None, :] - start[:, None]).clamp(min=0)   # (B, P)
-    return tokens.to(device), start.to(device), positions.to(device)
+class _Rows:
+    """Per-row state of a stream: the pair in each row and what it has produced so far.
+
+    A row whose pair ended, or that holds none, is ``done``: it still decodes with the others
+    until it is refilled, but writes its tokens to the spare column M.
+    """
+
+    def __init__(self, R: int, M: int, device):
+        self.pair = [None] * R                                    # host: pair index or None
+        self.count = torch.zeros(R, dtype=torch.long, device=device)          # tokens so far
+        self.done = torch.ones(R, dtype=torch.bool, device=device)
+        self.ended = torch.zeros(R, dtype=torch.bool, device=device)          # by EOS / stop_fn
+        self.ids = torch.zeros(R, M + 1, dtype=torch.long, device=device)     # (R, M + 1)
+        self.logps = torch.zeros(R, M + 1, dtype=torch.float32, device=device)
+        self.uniforms = torch.zeros(R, M, dtype=torch.float32, device=device)
+        self.host_ids = [[] for _ in range(R)]                    # new ids, for stop_fn
+
+    def start(self, rows: list[int], pairs: list[int], seeds: list[int] | None):
+        """Rows ``rows`` begin pairs ``pairs``, each with the uniforms of its own seed."""
+        index = torch.tensor(rows, device=self.count.device)
+        self.count[index], self.done[index], self.ended[index] = 0, False, False
+        for r, j in zip(rows, pairs):
+            self.pair[r], self.host_ids[r] = j, []
+            if seeds is not None:
+                g = torch.Generator(self.count.device).manual_seed(seeds[j])
+                self.uniforms[r] = torch.rand(self.uniforms.shape[1], generator=g,
+                                              device=self.count.device)
+
+    def record(self, token, logp, eos_id, M: int):
+        """Append this step's token and logp to every row that was not done; update done.
+        Returns those rows (R,) bool."""
+        active = ~self.done
+        column = torch.where(active, self.count, M)[:, None]                 # (R, 1)
+        self.ids.scatter_(1, column, token[:, None])
+        self.logps.scatter_(1, column, logp[:, None])
+        self.count += active
+        if eos_id is not None:
+            self.ended |= active & (token == eos_id)
+        self.done |= self.ended | (self.count >= M)
+        return active
+
+    def check_stop(self, token, active, stop_fn):
+        """stop_fn on the new ids of every active row not ended by EOS (on the host); the
+        last token a length allows is checked too."""
+        for r, (tok, act, ended) in enumerate(zip(token.tolist(), active.tolist(),
+                                                  self.ended.tolist())):
+            if act and not ended:
+                self.host_ids[r].append(tok)
+                if stop_fn(self.host_ids[r]):
+                    self.done[r] = self.ended[r] = True
+
+    def harvest(self, samples: list) -> list[int]:
+        """Move the finished rows' sequences into ``samples``; return every free row."""
+        finished = [r for r, (j, done) in enumerate(zip(self.pair, self.done.tolist()))
+                    if j is not None and done]
+        if finished:
+            index = torch.tensor(finished, device=self.count.device)
+            for r, k, ids, logps, ended in zip(finished, self.count[index].tolist(),
+                                               self.ids[index].tolist(),
+                                               self.logps[index].tolist(),
+                                               self.ended[index].tolist()):
+                samples[self.pair[r]] = Sample(ids[:k], logps[:k], ended)
+                self.pair[r] = None
+        return [r for r, j in enumerate(self.pair) if j is None]
+
+    def keep(self, rows: list[int]):
+        index = torch.tensor(rows, device=self.count.device)
+        for name in ("count", "done", "ended", "ids", "logps", "uniforms"):
+            setattr(self, name, getattr(self, name)[index])
+        self.pair = [self.pair[r] for r in rows]
+        self.host_ids = [self.host_ids[r] for r in rows]
 
 
 @torch.no_grad()
 def generate(model: Transformer, prompts: list[list[int]], max_new_tokens: int,
              temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
              n: int = 1, eos_id: int | None = None, stop_fn=None,
-             generator: torch.Generator | None = None) -> list[Sample]:
+             generator: torch.Generator | None = None, max_rows: int = MAX_ROWS) -> list[Sample]:
     """n samples for each prompt (token-id lists), prompt-major: result[b * n + i].
 
-    A sequence stops at ``eos_id`` (kept as its last token) or when ``stop_fn(new_ids)`` returns
-    True for its new ids so far (e.g. a stop string in their text); the loop ends when every
-    sequence has stopped or after ``max_new_tokens``. temperature 0 is greedy. ``generator``
-    (on the model's device) makes the draws reproducible for the same call.
+    A sequence stops at ``eos_id`` (kept as its last token), when ``stop_fn(new_ids)`` returns
+    True for its new ids so far (e.g. a stop string in their text), or after
+    ``max_new_tokens``. temperature 0 is greedy. ``generator`` seeds every sample's own stream
+    (module docstring); without it the seeds come from torch's global generator. At most
+    ``max_rows`` sequences decode at once.
     """
     if not prompts or any(len(p) == 0 for p in prompts):
         raise ValueError("generate: every prompt needs at least one token")
-    if temperature < 0 or n < 1 or max_new_tokens < 1:
-        raise ValueError(f"generate: need temperature >= 0, n >= 1, max_new_tokens >= 1 "
-                         f"(got {temperature}, {n}, {max_new_tokens})")
-    weight = model.embed_tokens.weight
-    tokens, start, positions = _left_pad(prompts, 0, weight.device)
-    P = tokens.shape[1]
+    if temperature < 0 or n < 1 or max_new_tokens < 1 or max_rows < 1:
+        raise ValueError(f"generate: need temperature >= 0 and n, max_new_tokens, max_rows >= 1 "
+                         f"(got {temperature}, {n}, {max_new_tokens}, {max_rows})")
+    P = max(len(p) for p in prompts)
     if P + max_new_tokens > model.args.max_seq_len:
         raise ValueError(f"generate: longest prompt {P} + {max_new_tokens} new tokens exceeds "
                          f"max_seq_len {model.args.max_seq_len}")
+    pairs = [b for b in range(len(prompts)) for _ in range(n)]    # pair j -> its prompt
+    seeds = None
+    if temperature > 0:
+        device = generator.device if generator is not None else "cpu"
+        seeds = torch.randint(2**62, (len(pairs),), generator=generator, device=device).tolist()
     was_training = model.training
     model.eval()
     try:
-        cache = KVCache(model.args, len(prompts), P + max_new_tokens, weight.dtype, weight.device)
-        cache.start = start
-        logits = prefill(model, tokens, positions, cache)          # (B, V)
-        if n > 1:
-            cache.repeat_interleave(n)
-            logits = logits.repeat_interleave(n, dim=0)            # (N, V)
-        new, logps, done = _decode(model, cache, logits, max_new_tokens, temperature, top_k,
-                                   top_p, eos_id, stop_fn, generator)
+        return _stream(model, prompts, pairs, seeds, min(max_rows, len(pairs)), max_new_tokens,
+                       temperature, top_k, top_p, eos_id, stop_fn)
     finally:
         model.train(was_training)
-    return [Sample(ids, lp, fin) for ids, lp, fin in zip(new, logps, done)]
 
 
-def _decode(model, cache, logits, max_new_tokens, temperature, top_k, top_p, eos_id, stop_fn,
-            generator):
-    """The token loop of ``generate``; returns per-row new ids, logps and finished flags."""
-    N, device = logits.shape[0], logits.device
-    new = torch.zeros(N, max_new_tokens, dtype=torch.long, device=device)
-    logps = torch.zeros(N, max_new_tokens, dtype=torch.float32, device=device)
-    lengths = torch.zeros(N, dtype=torch.long, device=device)
-    done = torch.zeros(N, dtype=torch.bool, device=device)
-    host_ids = [[] for _ in range(N)] if stop_fn is not None else None
-    for t in range(max_new_tokens):
-        token, logp = sample_token(logits, temperature, top_k, top_p, generator)
-        # a stopped row keeps decoding (it shares the batch) but its tokens are discarded
-        new[:, t] = token.masked_fill(done, 0)
-        logps[:, t] = logp.masked_fill(done, 0.0)
-        lengths += (~done).long()
-        if eos_id is not None:
-            done |= token == eos_id
+def _check_every(device, stop_fn) -> int:
+    """Steps between looks at the done flags: every step where that costs nothing (CPU) or
+    where stop_fn reads every token on the host anyway."""
+    return 1 if device.type == "cpu" or stop_fn is not None else CHECK_DONE_EVERY
+
+
+def _stream(model, prompts, pairs, seeds, R, M, temperature, top_k, top_p, eos_id, stop_fn):
+    """The decode loop of ``generate``: one Sample per pair, in pair order."""
+    weight = model.embed_tokens.weight
+    device = weight.device
+    # under autocast the keys and values are computed in the autocast dtype (bf16 on CUDA),
+    # not in the float32 of the master weights: the cache must hold what attention is given
+    dtype = (torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type)
+             else weight.dtype)
+    check_every = _check_every(device, stop_fn)
+    # a finished row decodes up to check_every - 1 more steps before it is seen: spare slots
+    cache = KVCache(model.args, R, max(map(len, prompts)) + M + check_every - 1, dtype, device)
+    rows = _Rows(R, M, device)
+    logits = torch.zeros(R, model.args.vocab_size, device=device)
+    samples, admitted = [None] * len(pairs), 0
+
+    def admit(free: list[int]) -> int:
+        """The next pairs into rows ``free``; their prompts prefilled once each."""
+        free = free[:len(pairs) - admitted]
+        js = list(range(admitted, admitted + len(free)))
+        prompt_ids = sorted({pairs[j] for j in js})
+        source, lengths, first = prefill(model, [prompts[b] for b in prompt_ids], dtype, device)
+        src = torch.tensor([prompt_ids.index(pairs[j]) for j in js], device=device)
+        index = torch.tensor(free, device=device)
+        cache.insert(index, source, src, lengths[src])
+        logits[index] = first[src]
+        rows.start(free, js, seeds)
+        return admitted + len(free)
+
+    admitted = admit(list(range(R)))
+    for step in itertools.count(1):
+        u = None if seeds is None else rows.uniforms.gather(
+            1, rows.count.clamp(max=M - 1)[:, None])[:, 0]                   # (R,)
+        token, logp = sample_token(logits, temperature, top_k, top_p, u)
+        active = rows.record(token, logp, eos_id, M)
         if stop_fn is not None:
-            for i, (tok, fin) in enumerate(zip(token.tolist(), done.tolist())):
-                host_ids[i].append(tok)
-                if not fin and stop_fn(host_ids[i]):
-                    done[i] = True
-        if t == max_new_tokens - 1:
-            break
-        if (stop_fn is not None or (t + 1) % CHECK_DONE_EVERY == 0) and bool(done.all()):
-            break
-        positions = cache.length - cache.start                     # (N,) slot minus first real slot
-        logits = decode_one_token(model, token, positions, cache)
-    lengths, done = lengths.tolist(), done.tolist()
-    new = [row[:k] for row, k in zip(new.tolist(), lengths)]
-    logps = [row[:k] for row, k in zip(logps.tolist(), lengths)]
-    return new, logps, done
+            rows.check_stop(token, active, stop_fn)
+        free = []
+        if step % check_every == 0:
+            free = rows.harvest(samples)
+            if len(free) == len(rows.pair) and admitted == len(pairs):
+                return samples
+            if admitted == len(pairs) and 2 * len(free) >= len(rows.pair):
+                keep = [r for r, j in enumerate(rows.pair) if j is not None]
+                index = torch.tensor(keep, device=device)
+                rows.keep(keep)
+                cache.keep(index)
+                token, free = token[index], []
+            elif free:
+                cache.clear(torch.tensor(free, device=device))   # idle rows stay short
+        if len(free) < len(rows.pair):                   # some row is still decoding
+            logits = decode_one_token(model, token, cache)
+        if free and admitted < len(pairs) and (len(free) >= max(1, R // REFILL_EVERY_ROWS)
+                                               or len(free) == len(rows.pair)):
+            admitted = admit(free)
 
 # ----------------------------------------------------------------------------- sample records
 
@@ -174,26 +292,28 @@ def sample_solutions(policy, tok, problems: list[dict], *, n: int, temperature: 
                      stop_fn=None) -> list[dict]:
     """n sample records per problem (problem-major), graded against ``answer`` when present.
 
-    ``batch_size`` problems go to ``generate`` at once, i.e. batch_size * n rows decoding
-    together after batch_size prefills. Sampling stops at EOS, which is not part of the text.
+    All problems stream through one ``generate`` call on batch_size * n rows (continuous
+    batching: a finished row takes the next sample). Sampling stops at EOS, which is not part
+    of the text.
     ``prompt_fn`` / ``answer_fn`` / ``stop_fn`` (see ``generate``) switch the format: the
     few-shot baseline uses its own.
     """
+    if not problems:
+        return []
+    prompts = [tok.encode(prompt_fn(p["question"]), bos=True) for p in problems]
+    outs = generate(policy, prompts, max_new_tokens, temperature=temperature, top_k=top_k, n=n,
+                    eos_id=tok.eos_id, stop_fn=stop_fn, generator=generator,
+                    max_rows=batch_size * n)
     samples = []
-    for start in range(0, len(problems), batch_size):
-        chunk = problems[start:start + batch_size]
-        prompts = [tok.encode(prompt_fn(p["question"]), bos=True) for p in chunk]
-        outs = generate(policy, prompts, max_new_tokens, temperature=temperature, top_k=top_k,
-                        n=n, eos_id=tok.eos_id, stop_fn=stop_fn, generator=generator)
-        for j, out in enumerate(outs):
-            p = chunk[j // n]
-            ids = list(out.tokens)
-            if tok.eos_id in ids:
-                ids = ids[:ids.index(tok.eos_id)]
-            completion = tok.decode(ids)
-            answer = answer_fn(completion)
-            correct = None if p.get("answer") is None else grade_answer(answer, p["answer"])
-            samples.append({"id": p["id"], "question": p["question"], "completion": completion,
-                            "answer": answer, "correct": correct, "level": p.get("level"),
-                            "step_scores": [], "outcome_score": None})
+    for j, out in enumerate(outs):
+        p = problems[j // n]
+        ids = list(out.tokens)
+        if tok.eos_id in ids:
+            ids = ids[:ids.index(tok.eos_id)]
+        completion = tok.decode(ids)
+        answer = answer_fn(completion)
+        correct = None if p.get("answer") is None else grade_answer(answer, p["answer"])
+        samples.append({"id": p["id"], "question": p["question"], "completion": completion,
+                        "answer": answer, "correct": correct, "level": p.get("level"),
+                        "step_scores": [], "outcome_score": None})
     return samples

@@ -1,15 +1,21 @@
-"""Attention for every layer of the model: a fused Triton kernel and its PyTorch reference.
+"""Attention for every layer of the model: a fused Triton kernel, a decode path and a reference.
 
 - attention(q, k, v, causal=True, kv_start=None): the Triton kernels of kernels/flash.py
   (CUDA tensors, or any tensors with TRITON_INTERPRET=1 set before the first call).
-- attention_reference(q, k, v, causal=True, kv_start=None): plain PyTorch (kernels/reference.py).
-- attend(q, k, v, causal=True, kv_start=None): what the model calls. Triton on CUDA tensors whose
-  dtype and head dim the kernel supports, the reference otherwise. The environment variable
-  E2H_ATTENTION=triton or E2H_ATTENTION=reference forces one path (read at every call).
+- attention_decode(q, k, v, causal=True, kv_start=None, kv_len=None): a few queries over a
+  filled cache as matmul, masked softmax, matmul (kernels/decode.py).
+- attention_reference(q, k, v, causal=True, kv_start=None, kv_len=None): PyTorch's fused
+  attention with a boolean mask (kernels/reference.py).
+- attend(q, k, v, causal=True, kv_start=None, kv_len=None): what the model calls. Triton on
+  CUDA tensors whose dtype and head dim the kernel supports (kv_len is None); on CPU the decode
+  path for one query per row when batch x heads >= DECODE_MIN_ROWS; the reference otherwise.
+  The environment variable E2H_ATTENTION=triton, decode or reference forces one path (read at
+  every call).
 
 Shapes: q (B, H, Tq, D), k and v (B, Hkv, Tk, D) with H % Hkv == 0; key j is visible to query
-i iff (not causal or j <= i + Tk - Tq) and (kv_start is None or j >= kv_start[b]); a query with no
-visible key outputs 0.
+i iff (not causal or j <= i + E_b - Tq) and (kv_start is None or j >= kv_start[b]) and (kv_len is
+None or j < kv_len[b]), with E_b = kv_len[b] if given, else Tk; a query with no visible key
+outputs 0.
 
 kernels/flash.py is imported on the first Triton call, not with the package: `import kernels`
 must work where triton is missing, and triton reads TRITON_INTERPRET when a kernel is defined.
@@ -21,10 +27,15 @@ import os
 
 import torch
 
+from kernels.decode import attention_decode
 from kernels.reference import attention_reference
 
 _TRITON_HEAD_DIMS = (16, 32, 64, 128)
 _TRITON_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+# From this many (row, head) pairs on, one query each, the decode path beats PyTorch's fused CPU
+# attention; below, both cost about their operator count and the fused one has fewer
+# (bench/README.md, "Decode attention").
+DECODE_MIN_ROWS = 256
 
 
 def attention(q, k, v, causal=True, kv_start=None):
@@ -36,14 +47,21 @@ def _triton_attention():
     return importlib.import_module("kernels.flash").attention
 
 
-def attend(q, k, v, causal=True, kv_start=None):
-    """Dispatch to the Triton kernel or the PyTorch reference (see the module docstring)."""
+def attend(q, k, v, causal=True, kv_start=None, kv_len=None):
+    """Dispatch to the Triton kernel, the decode path or the reference (module docstring)."""
     choice = os.environ.get("E2H_ATTENTION", "")
-    if choice not in ("", "triton", "reference"):
-        raise ValueError(f"E2H_ATTENTION={choice!r}: expected 'triton' or 'reference'")
-    use_triton = choice == "triton" or (
-        choice == "" and q.is_cuda and q.shape[-1] in _TRITON_HEAD_DIMS
-        and q.dtype in _TRITON_DTYPES and importlib.util.find_spec("triton") is not None)
-    if use_triton:
+    if choice not in ("", "triton", "decode", "reference"):
+        raise ValueError(f"E2H_ATTENTION={choice!r}: expected 'triton', 'decode' or 'reference'")
+    if choice == "":
+        if (q.is_cuda and kv_len is None and q.shape[-1] in _TRITON_HEAD_DIMS
+                and q.dtype in _TRITON_DTYPES and importlib.util.find_spec("triton") is not None):
+            choice = "triton"
+        elif not q.is_cuda and q.shape[2] == 1 and q.shape[0] * q.shape[1] >= DECODE_MIN_ROWS:
+            choice = "decode"
+    if choice == "triton":
+        if kv_len is not None:
+            raise ValueError("E2H_ATTENTION=triton: kernels/flash.py takes no kv_len")
         return _triton_attention()(q, k, v, causal, kv_start)
-    return attention_reference(q, k, v, causal, kv_start)
+    if choice == "decode":
+        return attention_decode(q, k, v, causal, kv_start, kv_len)
+    return attention_reference(q, k, v, causal, kv_start, kv_len)

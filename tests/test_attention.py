@@ -1,4 +1,4 @@
-"""Tests for kernels/: the Triton attention, its PyTorch reference and the dispatcher.
+"""Tests for kernels/: the Triton attention, the decode path, the PyTorch reference, the dispatcher.
 
 The Triton kernels run on CPU tensors through Triton's interpreter. Every check draws fresh
 random inputs in the tested dtype and compares against float64 attention on the same values,
@@ -44,6 +44,21 @@ CASES = {
     "more queries than keys, a row all padding": (2, 1, 1, 26, 9, 16, True, [3, 9]),
     "not causal, left-padded": (2, 2, 1, 24, 33, 16, False, [5, 20]),
 }
+# (B, H, Hkv, Tq, Tk, D, causal, kv_start, kv_len): rows of a cache filled to different lengths
+# kv_len (continuous batching), the shapes of the decode path. kv_len 0 leaves a row no key.
+RAGGED_CASES = {
+    "decoding step over rows of different lengths, 4 heads on 2": (3, 4, 2, 1, 23, 16, True,
+                                                                   None, [23, 5, 11]),
+    "decoding step, a row with nothing filled": (2, 2, 1, 1, 9, 32, True, None, [0, 9]),
+    "three queries over ragged rows": (2, 4, 1, 3, 19, 32, True, None, [19, 7]),
+    "a row of one key": (2, 2, 2, 1, 6, 16, True, None, [1, 4]),
+    "not causal, left-padded and ragged": (2, 2, 2, 1, 17, 16, False, [4, 0], [12, 17]),
+}
+ALL_CASES = {**{name: (*case, None) for name, case in CASES.items()}, **RAGGED_CASES}
+
+
+def as_tensor(ints):
+    return None if ints is None else torch.tensor(ints)
 
 
 def draw(seed, dtype, B, H, Hkv, Tq, Tk, D, transposed):
@@ -59,10 +74,10 @@ def draw(seed, dtype, B, H, Hkv, Tq, Tk, D, transposed):
     return one(H, Tq), one(Hkv, Tk), one(Hkv, Tk), one(H, Tq)
 
 
-def forward_backward(fn, q, k, v, do, causal, kv_start, dtype):
+def forward_backward(fn, q, k, v, do, causal, kv_start, dtype, **kv_len):
     """[o, dq, dk, dv] of fn on the inputs converted to dtype."""
     x = [t.to(dtype).detach().requires_grad_() for t in (q, k, v)]
-    o = fn(*x, causal=causal, kv_start=kv_start)
+    o = fn(*x, causal=causal, kv_start=kv_start, **kv_len)
     return [o, *torch.autograd.grad(o, x, do.to(dtype))]
 
 
@@ -132,16 +147,17 @@ def test_kernel_reads_transposed_views(poisoned):
     check_kernel(case, torch.bfloat16, seed=300, poisoned=poisoned, transposed=True)
 
 
-def explicit_attention(q, k, v, causal, kv_start):
+def explicit_attention(q, k, v, causal, kv_start, kv_len=None):
     """softmax(q k^T / sqrt(D)) v with the mask written out element by element."""
     B, H, Tq, D = q.shape
     Hkv, Tk = k.shape[1], k.shape[2]
     group = H // Hkv
     o = torch.zeros_like(q)
     for b in range(B):
+        end = Tk if kv_len is None else kv_len[b]  # row b's keys are slots [0, end)
         for h in range(H):
             for i in range(Tq):
-                keys = [j for j in range(Tk) if (not causal or j <= i + Tk - Tq)
+                keys = [j for j in range(end) if (not causal or j <= i + end - Tq)
                         and (kv_start is None or j >= kv_start[b])]
                 if not keys:
                     continue  # nothing visible: the row stays 0
@@ -151,15 +167,51 @@ def explicit_attention(q, k, v, causal, kv_start):
     return o
 
 
-@pytest.mark.parametrize("name", list(CASES))
+@pytest.mark.parametrize("name", list(ALL_CASES))
 def test_reference_matches_explicit_softmax(name):
-    B, H, Hkv, Tq, Tk, D, causal, kv_start = CASES[name]
-    q, k, v, do = draw(400 + list(CASES).index(name), torch.float64, B, H, Hkv, Tq, Tk, D, False)
-    ref = forward_backward(kernels.attention_reference, q, k, v, do, causal,
-                           None if kv_start is None else torch.tensor(kv_start), torch.float64)
-    exp = forward_backward(explicit_attention, q, k, v, do, causal, kv_start, torch.float64)
+    B, H, Hkv, Tq, Tk, D, causal, kv_start, kv_len = ALL_CASES[name]
+    q, k, v, do = draw(400 + list(ALL_CASES).index(name), torch.float64, B, H, Hkv, Tq, Tk, D,
+                       False)
+    ref = forward_backward(kernels.attention_reference, q, k, v, do, causal, as_tensor(kv_start),
+                           torch.float64, kv_len=as_tensor(kv_len))
+    exp = forward_backward(explicit_attention, q, k, v, do, causal, kv_start, torch.float64,
+                           kv_len=kv_len)
     for name, r, e in zip(["o", "dq", "dk", "dv"], ref, exp):
         torch.testing.assert_close(r, e, rtol=1e-12, atol=1e-12, msg=name)
+
+
+def check_decode(case, dtype, seed, transposed=False):
+    """The decode path against float64 attention, with the budget of `check_kernel`."""
+    B, H, Hkv, Tq, Tk, D, causal, kv_start, kv_len = case
+    q, k, v, do = draw(seed, dtype, B, H, Hkv, Tq, Tk, D, transposed)
+    kw = dict(kv_len=as_tensor(kv_len))
+    run = lambda fn, dt: forward_backward(fn, q, k, v, do, causal, as_tensor(kv_start), dt, **kw)  # noqa: E731
+    truth = run(kernels.attention_reference, torch.float64)
+    reference = run(kernels.attention_reference, dtype)
+    ours = run(kernels.attention_decode, dtype)
+    for name, x, r, t in zip(["o", "dq", "dk", "dv"], ours, reference, truth):
+        assert x.dtype == dtype and x.shape == t.shape, name
+        err = (x.double() - t).abs()
+        if dtype == torch.float32:
+            rel = err.norm() / t.norm()
+            assert rel <= 1e-6, f"{name}: relative error {rel:.2e}"
+        else:
+            budget = 2 * (r.double() - t).abs().max()
+            assert err.max() <= budget, f"{name}: {err.max():.2e} > 2 x {budget / 2:.2e}"
+    if kv_len is not None and 0 in kv_len:  # a row that sees nothing: exactly 0, no gradient
+        empty = kv_len.index(0)
+        assert not ours[0][empty].any() and not ours[1][empty].any()
+
+
+@pytest.mark.parametrize("name", list(ALL_CASES))
+def test_decode_float32(name):
+    check_decode(ALL_CASES[name], torch.float32, seed=600 + list(ALL_CASES).index(name))
+
+
+@pytest.mark.parametrize("name", list(RAGGED_CASES) + ["decoding step, 4 heads on 1 kv head"])
+def test_decode_bfloat16(name):
+    check_decode(ALL_CASES[name], torch.bfloat16, seed=700 + list(ALL_CASES).index(name),
+                 transposed=True)
 
 
 def test_reference_hand_computed():
@@ -179,21 +231,40 @@ def test_reference_hand_computed():
     # Two queries over two keys, causal: query 0 sees key 0 only, so o[0] = v0 = 1.
     o = kernels.attention_reference(q.expand(1, 1, 2, 4), k, v, causal=True)
     assert o[0, 0, 0].tolist() == pytest.approx([1.0] * 4, abs=1e-12)
+    # kv_len = 1: the row holds key 0 only, so o = v0 = 1; the decode path agrees.
+    for fn in (kernels.attention_reference, kernels.attention_decode):
+        o = fn(q, k, v, causal=True, kv_len=torch.tensor([1]))
+        assert o.flatten().tolist() == pytest.approx([1.0] * 4, abs=1e-12)
+    o = kernels.attention_decode(q, k, v, causal=True)
+    assert o.flatten().tolist() == pytest.approx([4.0] * 4, abs=1e-12)
 
 
 @needs_triton
 def test_attend_dispatch(monkeypatch):
     q, k, v, _ = draw(500, torch.float32, 1, 2, 1, 5, 7, 16, False)
-    kv_start = torch.tensor([2])
+    kv_start, kv_len = torch.tensor([2]), torch.tensor([6])
     monkeypatch.delenv("E2H_ATTENTION", raising=False)
     assert torch.equal(kernels.attend(q, k, v, True, kv_start),
                        kernels.attention_reference(q, k, v, True, kv_start))  # CPU: reference
+    one = q[:, :, -1:]  # CPU, one query: the decode path from DECODE_MIN_ROWS (row, head) pairs
+    many = one.expand(kernels.DECODE_MIN_ROWS // 2, 2, 1, 16)
+    big_k, big_v = k.expand(len(many), 1, 7, 16), v.expand(len(many), 1, 7, 16)
+    kv_len_many = kv_len.expand(len(many))
+    assert torch.equal(kernels.attend(many, big_k, big_v, True, None, kv_len_many),
+                       kernels.attention_decode(many, big_k, big_v, True, None, kv_len_many))
+    assert torch.equal(kernels.attend(one, k, v, True, kv_start, kv_len),
+                       kernels.attention_reference(one, k, v, True, kv_start, kv_len))
     monkeypatch.setenv("E2H_ATTENTION", "triton")
     assert torch.equal(kernels.attend(q, k, v, True, kv_start),
                        kernels.attention(q, k, v, True, kv_start))
+    with pytest.raises(ValueError, match="takes no kv_len"):
+        kernels.attend(q, k, v, True, kv_start, kv_len)
+    monkeypatch.setenv("E2H_ATTENTION", "decode")
+    assert torch.equal(kernels.attend(q, k, v, True, kv_start, kv_len),
+                       kernels.attention_decode(q, k, v, True, kv_start, kv_len))
     monkeypatch.setenv("E2H_ATTENTION", "reference")
-    assert torch.equal(kernels.attend(q, k, v, True, kv_start),
-                       kernels.attention_reference(q, k, v, True, kv_start))
+    assert torch.equal(kernels.attend(one, k, v, True, kv_start, kv_len),
+                       kernels.attention_reference(one, k, v, True, kv_start, kv_len))
     monkeypatch.setenv("E2H_ATTENTION", "fast")
     with pytest.raises(ValueError, match="E2H_ATTENTION"):
         kernels.attend(q, k, v)

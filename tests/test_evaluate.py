@@ -93,9 +93,10 @@ PROBLEMS = [{"id": "a", "question": "Start at 7.", "answer": "12", "level": 1},
 def test_sample_solutions_records(tok, monkeypatch):
     calls = []
 
-    def fake_generate(model, prompts, max_new_tokens, temperature, top_k, n, eos_id, stop_fn, generator):
-        calls.append((len(prompts), n, temperature, top_k, eos_id))
-        assert prompts[0] == tok.encode(format_prompt(PROBLEMS[len(calls) * 2 - 2]["question"]), bos=True)
+    def fake_generate(model, prompts, max_new_tokens, temperature, top_k, n, eos_id, stop_fn, generator,
+                      max_rows):
+        calls.append((len(prompts), n, temperature, top_k, eos_id, max_rows))
+        assert prompts == [tok.encode(format_prompt(p["question"]), bos=True) for p in PROBLEMS]
         # sample 0 answers 12 and ends with EOS; sample 1 is cut by the length limit
         return [Sample(tok.encode("7 + 5 = 12\n\n# Answer\n\n12", eos=True)) if i % 2 == 0
                 else Sample(tok.encode("7 + 5 = 1")) for i in range(len(prompts) * n)]
@@ -103,7 +104,8 @@ def test_sample_solutions_records(tok, monkeypatch):
     monkeypatch.setattr(e2h.sample, "generate", fake_generate)
     samples = sample_solutions(None, tok, PROBLEMS, n=2, temperature=0.7, top_k=20,
                                max_new_tokens=512, batch_size=2)
-    assert calls == [(2, 2, 0.7, 20, tok.eos_id), (1, 2, 0.7, 20, tok.eos_id)]
+    # every problem streams through one call, on batch_size x n rows
+    assert calls == [(3, 2, 0.7, 20, tok.eos_id, 4)]
     assert [x["id"] for x in samples] == ["a", "a", "b", "b", "c", "c"]        # problem-major
     assert samples[0]["completion"] == "7 + 5 = 12\n\n# Answer\n\n12"          # no EOS text
     assert [x["answer"] for x in samples[:2]] == ["12", None]

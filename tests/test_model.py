@@ -1,4 +1,4 @@
-"""The hand-written Llama: norms, RoPE, GQA, causality, caches with left padding, presets."""
+"""The hand-written Llama: norms, RoPE, GQA, causality, caches with rows of different lengths, presets."""
 import ast
 import math
 from pathlib import Path
@@ -85,30 +85,38 @@ def test_tied_embeddings_use_the_embedding_as_output():
                                rtol=0, atol=1e-6)
 
 
-def test_left_padded_row_with_cache_start_equals_the_row_alone(model):
-    prompt = torch.tensor([[5, 6, 7]])
-    alone = model(prompt)                                            # (1, 3, V)
-    padded = torch.tensor([[0, 0, 5, 6, 7], [1, 2, 3, 4, 8]])         # row 0 left-padded by 2
-    cache = KVCache(model.args, 2, 6, torch.float32, "cpu")
-    cache.start = torch.tensor([2, 0])
-    positions = (torch.arange(5) - cache.start[:, None]).clamp(min=0)   # (2, 5)
-    out = model(padded, positions, cache)
-    torch.testing.assert_close(out[0, 2:], alone[0], rtol=0, atol=1e-5)
-    step = model(torch.tensor([[9], [9]]), torch.tensor([[3], [5]]), cache)   # one decode step
+def test_rows_of_a_cache_filled_to_different_lengths_equal_each_row_alone(model):
+    # Row 0 holds a 3-token prompt right-padded to 5: causal attention keeps the padding out of
+    # its real tokens, and lengths = 3 masks the padding slots out of every later step.
+    padded = torch.tensor([[5, 6, 7, 0, 0], [1, 2, 3, 4, 8]])
+    cache = KVCache(model.args, 2, 7, torch.float32, "cpu")
+    out = model(padded, cache=cache)                                  # (2, 5, V)
+    torch.testing.assert_close(out[0, :3], model(torch.tensor([[5, 6, 7]]))[0], rtol=0, atol=1e-5)
+    cache.lengths = torch.tensor([3, 5])
+    step = model(torch.tensor([[9], [9]]), cache=cache)               # slots 3 and 5, positions too
     torch.testing.assert_close(step[0, 0], model(torch.tensor([[5, 6, 7, 9]]))[0, -1],
                                rtol=0, atol=1e-5)
+    torch.testing.assert_close(step[1, 0], model(torch.tensor([[1, 2, 3, 4, 8, 9]]))[0, -1],
+                               rtol=0, atol=1e-5)
+    assert cache.lengths.tolist() == [4, 6] and cache.length == 6
 
 
-def test_cache_repeat_interleave_and_overflow(model):
-    cache = KVCache(model.args, 2, 4, torch.float32, "cpu")
-    cache.start = torch.tensor([1, 0])
-    model(torch.tensor([[1, 2, 3], [4, 5, 6]]), cache=cache)
-    k0 = cache.k[0].clone()
-    cache.repeat_interleave(3)
-    assert cache.k[0].shape == (6, 2, 4, 8) and torch.equal(cache.k[0][2], k0[0])
-    assert torch.equal(cache.k[0][3], k0[1]) and cache.start.tolist() == [1, 1, 1, 0, 0, 0]
+def test_cache_insert_keep_clear_and_overflow(model):
+    source = KVCache(model.args, 2, 3, torch.float32, "cpu")
+    model(torch.tensor([[1, 2, 3], [4, 5, 6]]), cache=source)
+    cache = KVCache(model.args, 3, 4, torch.float32, "cpu")
+    # rows 2 and 0 take source row 1, row 1 takes source row 0 (filled to 2 of its 3 slots)
+    cache.insert(torch.tensor([2, 0, 1]), source, torch.tensor([1, 1, 0]), torch.tensor([3, 3, 2]))
+    assert cache.k[0].shape == (3, 2, 4, 8) and cache.lengths.tolist() == [3, 2, 3]
+    assert torch.equal(cache.k[1][0, :, :3], source.k[1][1]) and torch.equal(cache.k[1][2], cache.k[1][0])
+    assert torch.equal(cache.v[0][1, :, :3], source.v[0][0]) and cache.length == 3
+    cache.keep(torch.tensor([2, 1]))
+    assert cache.lengths.tolist() == [3, 2] and torch.equal(cache.v[1][0, :, :3], source.v[1][1])
+    cache.clear(torch.tensor([0]))
+    assert cache.lengths.tolist() == [0, 2] and cache.length == 2
+    model(torch.zeros(2, 2, dtype=torch.long), cache=cache)
     with pytest.raises(ValueError, match="5 slots needed, only 4 allocated"):
-        model(torch.zeros(6, 2, dtype=torch.long), cache=cache)
+        model(torch.zeros(2, 1, dtype=torch.long), cache=cache)
 
 
 def test_parameter_names_mirror_hf_llama(model):

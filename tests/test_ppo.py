@@ -199,10 +199,10 @@ def test_sampled_logps_equal_training_forward_at_same_temperature(tok, models):
     policy, _ = models
     prompts = [tok.encode(format_prompt(p["question"]), bos=True) for p in PROBLEMS]
     samples = generate(policy, prompts, 40, temperature=0.7, top_k=10, eos_id=tok.eos_id,
-                       generator=torch.Generator().manual_seed(0))
+                       generator=torch.Generator().manual_seed(1))
     tokens, mask, logps, *_ = _trajectories(tok, prompts, samples)
     ended = [s.tokens[-1] == tok.eos_id for s in samples]
-    assert any(ended) and not all(ended)            # seed 0: both kinds of rollout
+    assert any(ended) and not all(ended)            # seed 1: both kinds of rollout
     # EOS is input but not trained: one mask entry per completion token before it
     assert mask.sum(-1).tolist() == [len(s.tokens) - e for s, e in zip(samples, ended)]
     with torch.no_grad():

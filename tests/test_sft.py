@@ -145,7 +145,8 @@ def test_evaluate_icl_greedy_with_the_few_shot_prompt(monkeypatch):
                "What is 2+2?": "5\nFinal Answer: The final answer is $5$. I hope it is correct."}
     seen = []
 
-    def fake_generate(model, prompts, max_new_tokens, temperature, top_k, n, eos_id, stop_fn, generator):
+    def fake_generate(model, prompts, max_new_tokens, temperature, top_k, n, eos_id, stop_fn, generator,
+                      max_rows):
         seen.append((temperature, n))
         out = []
         for p in prompts:
