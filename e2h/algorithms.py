@@ -29,6 +29,7 @@ from e2h import distributed as dist
 from e2h import dpo, ppo, rest, rm, sft, stages, trainstate
 from e2h.evaluate import accuracy_by_split, sample_solutions
 from e2h.loop import NonFiniteLoss, batch_indices, lr_at, make_optimizer, prepare, train_phase
+from e2h.sharded import load_into
 
 
 def cached_records(run, name: str, build) -> list:
@@ -269,8 +270,7 @@ def train_rest(run) -> dict:
         examples = stages.encode_all(lambda r: stages.encode_sft(tok, r, max_len(run, policy)),
                                      records, f"ReST-EM iteration {it} (no sample was kept)")
         if start == 0 and it > 0 and rest.RESTART_FROM_BASE:   # M-step from the SFT model
-            base = stages.load_or_init(args.policy, args, tok) if dist.is_main() else None
-            dist.load_full_state_dict(policy, base.state_dict() if base is not None else {})
+            load_into(policy, stages.load_or_init(args.policy, args, tok))
         opt = opt if start > 0 else make_optimizer(policy, args)
         train_phase(run, policy, opt, examples, partial(sft.sft_batch, pad_id=tok.pad_id),
                     sft.loss_fn, iteration=it)

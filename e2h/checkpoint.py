@@ -7,7 +7,8 @@ saved as HF's ``LlamaForTokenClassification`` with one label: the trunk as above
 plus ``score.weight`` (1, C) and ``score.bias`` (1,).
 
 Loading holds one copy of the weights: the model is built on the meta device, allocated once in
-the target dtype (``to_empty``), then filled tensor by tensor from each shard. Everything that
+the target dtype (``to_empty``), then filled tensor by tensor from each shard; a sharded model
+reads only the rows of its own shards (e2h/sharded.py). Saving writes one tensor at a time. Everything that
 can be checked without reading tensor data is checked first (config, shard files, headers, file
 sizes, the key set, every shape and dtype), so a bad checkpoint raises one error naming the file
 and tensor before any weight is read, and no model is returned.
@@ -26,7 +27,6 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
 
 from e2h.model import ModelArgs, Transformer
 
@@ -175,11 +175,11 @@ def check_weights(found: dict, params: dict, path: Path):
             raise ValueError(f"{file}: tensor {key} has dtype {dtype}, expected one of {list(DTYPES)}")
 
 
-def load_model(path, dtype: torch.dtype | None = None, device=None):
-    """A Transformer (or a RewardModel for LlamaForTokenClassification) from an HF directory.
-
-    dtype None keeps the dtype on disk (that of the embedding); device defaults to the CPU.
-    """
+def open_model(path) -> tuple[torch.nn.Module, dict[str, tuple[Path, str, list[int]]]]:
+    """The model ``path``'s config.json describes, on the meta device, and {HF key: (file,
+    dtype, shape)} of its tensors, after every check that reads no tensor data. Whoever fills
+    the model reads the tensors (``read_rows``): all of them (``load_model``) or only the rows
+    of one rank's shards (e2h/sharded.py)."""
     path = Path(path)
     args, is_rm = read_config(path)
     found = weight_files(path)
@@ -188,20 +188,34 @@ def load_model(path, dtype: torch.dtype | None = None, device=None):
         if is_rm:
             from e2h.rm import RewardModel
             model = RewardModel(model)
-    params = hf_params(model)
-    check_weights(found, params, path)
-    dtype = dtype or DTYPES[found["model.embed_tokens.weight"][1]]
-    model = model.to(dtype=dtype).to_empty(device=device or "cpu")
-    params = hf_params(model)
+    check_weights(found, hf_params(model), path)
+    return model, found
+
+
+def read_rows(targets: dict[str, tuple[torch.Tensor, int, int]], found: dict):
+    """Fill ``targets[key] = (tensor, start, stop)`` with rows [start, stop) (dim 0) of each
+    tensor, reading only those bytes from each file, one file open at a time."""
     with torch.no_grad():
-        for file in sorted({f for f, _, _ in found.values()}):
+        for file in sorted({found[k][0] for k in targets}):
             try:
                 with safe_open(file, framework="pt") as f:
                     for key in f.keys():
-                        if key in params:
-                            params[key].copy_(f.get_tensor(key))   # casts to dtype, one at a time
+                        if key in targets and targets[key][2] > targets[key][1]:
+                            t, start, stop = targets[key]
+                            t.copy_(f.get_slice(key)[start:stop])   # casts to t's dtype
             except (SafetensorError, OSError) as e:   # safetensors' own errors name no file
                 raise ValueError(f"{file}: unreadable safetensors file ({e})") from None
+
+
+def load_model(path, dtype: torch.dtype | None = None, device=None):
+    """A Transformer (or a RewardModel for LlamaForTokenClassification) from an HF directory.
+
+    dtype None keeps the dtype on disk (that of the embedding); device defaults to the CPU.
+    """
+    model, found = open_model(path)
+    dtype = dtype or DTYPES[found["model.embed_tokens.weight"][1]]
+    model = model.to(dtype=dtype).to_empty(device=device or "cpu")
+    read_rows({k: (p, 0, p.shape[0]) for k, p in hf_params(model).items()}, found)
     return model
 
 
@@ -234,37 +248,47 @@ def _is_checkpoint_file(name: str) -> bool:
         re.fullmatch(r"model-\d+-of-\d+\.safetensors", name))
 
 
-def save_model(model, path, max_shard_bytes: int = 5 * 2**30):
-    """Write ``model`` (Transformer or RewardModel) to directory ``path`` in the HF layout.
-
-    One ``model.safetensors`` up to ``max_shard_bytes``, shards plus an index above it. The files
-    are written to a temporary sibling directory that then replaces ``path``, so a crash never
-    leaves half a checkpoint; other files already in ``path`` (a tokenizer.json) are kept.
-    """
-    path = Path(path)
-    tensors = {k: p.detach() for k, p in hf_params(model).items()}
+def shard_plan(params: dict[str, torch.Tensor], max_shard_bytes: int) -> list[list[str]]:
+    """Keys per file, in order, each file up to ``max_shard_bytes`` (a larger tensor alone)."""
     shards, size = [[]], 0
-    for key, t in tensors.items():
+    for key, t in params.items():
         nbytes = t.numel() * t.element_size()
         if shards[-1] and size + nbytes > max_shard_bytes:
             shards.append([])
             size = 0
         shards[-1].append(key)
         size += nbytes
+    return shards
+
+
+def save_model(model, path, max_shard_bytes: int = 5 * 2**30, tensors=None):
+    """Write ``model`` (Transformer or RewardModel) to directory ``path`` in the HF layout.
+
+    One ``model.safetensors`` up to ``max_shard_bytes``, shards plus an index above it. The files
+    are written to a temporary sibling directory that then replaces ``path``, so a crash never
+    leaves half a checkpoint; other files already in ``path`` (a tokenizer.json) are kept.
+    ``tensors`` yields (HF key, CPU tensor) in ``hf_params`` order, each written as it comes:
+    a sharded model passes one that gathers a tensor only when it is written, so the writer
+    never holds more than one (sharded.export). Default: the model's own tensors.
+    """
+    path = Path(path)
+    params = hf_params(model)
+    shards = shard_plan(params, max_shard_bytes)
+    if tensors is None:
+        tensors = ((k, p.detach().cpu()) for k, p in params.items())
     tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
-        dtype = tensors["model.embed_tokens.weight"].dtype
+        dtype = params["model.embed_tokens.weight"].dtype
         (tmp / "config.json").write_text(json.dumps(hf_config(model, dtype), indent=2) + "\n")
         names = [SINGLE] if len(shards) == 1 else [
             f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
         for name, keys in zip(names, shards):
-            save_file({k: tensors[k].to("cpu").contiguous() for k in keys}, str(tmp / name),
-                      metadata={"format": "pt"})
+            write_safetensors(tmp / name, {k: params[k] for k in keys}, tensors)
         if len(shards) > 1:
             index = {"metadata": {"total_size": sum(t.numel() * t.element_size()
-                                                    for t in tensors.values())},
+                                                    for t in params.values())},
                      "weight_map": {k: name for name, keys in zip(names, shards) for k in keys}}
             (tmp / INDEX).write_text(json.dumps(index, indent=2) + "\n")
         for file in tmp.iterdir():   # on disk before the rename makes them visible
@@ -274,6 +298,31 @@ def save_model(model, path, max_shard_bytes: int = 5 * 2**30):
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def write_safetensors(file: Path, specs: dict[str, torch.Tensor], tensors):
+    """One safetensors file: the header from ``specs`` (dtype and shape of each key), then each
+    tensor's bytes as ``tensors`` yields it (key, CPU tensor), in the order of ``specs``.
+
+    The format: an 8-byte little-endian header length, the JSON header (padded with spaces to
+    a multiple of 8 bytes, as safetensors writes it), then the data back to back."""
+    names = {v: k for k, v in DTYPES.items()}
+    header, offset = {}, 0
+    for key, t in specs.items():
+        end = offset + t.numel() * t.element_size()
+        header[key] = {"dtype": names[t.dtype], "shape": list(t.shape), "data_offsets": [offset, end]}
+        offset = end
+    header["__metadata__"] = {"format": "pt"}
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)
+    with open(file, "wb") as f:
+        f.write(len(raw).to_bytes(8, "little") + raw)
+        for key, spec in specs.items():
+            got, t = next(tensors)
+            if got != key or t.shape != spec.shape or t.dtype != spec.dtype:
+                raise RuntimeError(f"{file}: expected tensor {key} {spec.dtype} "
+                                   f"{tuple(spec.shape)}, got {got} {t.dtype} {tuple(t.shape)}")
+            f.write(t.contiguous().reshape(-1).view(torch.uint8).numpy().data)
 
 
 def _replace_dir(tmp: Path, path: Path):

@@ -99,15 +99,17 @@ class Run:
 
 def prepare(run: Run, model, trainable: bool = True, pretrained: bool = True):
     """Freeze as the paper does (embeddings, norms, LM head; not in a model trained from
-    scratch), move to the device and shard (FSDP2 under torchrun). Frozen models are sharded
+    scratch), move to the device and shard (FSDP2 under torchrun); a checkpoint is read there,
+    each rank reading its shards. Frozen models are sharded
     too: PPO holds four models."""
     from e2h.sft import freeze_embeddings
+    from e2h.sharded import place
     if not trainable:
         model.requires_grad_(False).eval()
     elif pretrained and not run.args.unfreeze_embeddings:
         freeze_embeddings(model)
     param_dtype = run.compute_dtype() if run.compute_dtype() != torch.float32 else None
-    return dist.shard(model.to(run.device), param_dtype, run.args.activation_checkpointing)
+    return place(model, run.device, param_dtype, run.args.activation_checkpointing)
 
 
 def make_optimizer(model, args):

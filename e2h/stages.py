@@ -127,11 +127,13 @@ def setup_tokenizer(args, out: Path) -> Path:
 
 
 def load_or_init(path, args, tok: Tokenizer) -> torch.nn.Module:
-    """An HF checkpoint (checkpoint.load_model, fp32 master weights), else a seeded random
-    ``--preset`` model sized to the tokenizer."""
-    from e2h.checkpoint import check_tokenizer, load_model
+    """An HF checkpoint (fp32 master weights, on the meta device until loop.prepare reads each
+    rank's shards: sharded.lazy_model), else a seeded random ``--preset`` model sized to the
+    tokenizer."""
+    from e2h.checkpoint import check_tokenizer
+    from e2h.sharded import lazy_model
     if path:
-        model = load_model(path, dtype=torch.float32)
+        model = lazy_model(path)
     else:
         torch.manual_seed(args.seed)
         model = Transformer(ModelArgs.from_name(args.preset, vocab_size=tok.vocab_size))
