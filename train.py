@@ -28,7 +28,7 @@ import sys
 import time
 from pathlib import Path
 
-from e2h import algorithms, stages, trainstate
+from e2h import algorithms, memory, stages, trainstate
 from e2h import distributed as dist
 from e2h.loop import NonFiniteLoss, Run, Stopped
 from e2h.tokenizer import Tokenizer
@@ -220,6 +220,10 @@ def main(argv=None) -> int:
             args, "prm", "reward-model", ["--policy", args.policy])
     elif args.algo in stages.RM_ALGOS and stages.rm_samples_policy(args):
         args.policy = args.policy or required_stage(args, "sft", "policy")
+    line, fits = memory.for_run(args, device)   # refuse a run that cannot fit, before it starts
+    if not fits:
+        raise ValueError(line)
+    say(line)
     out = Path(args.out)
     resume_from = trainstate.latest(out) if args.resume else None
     if dist.is_main():
