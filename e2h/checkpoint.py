@@ -8,10 +8,11 @@ plus ``score.weight`` (1, C) and ``score.bias`` (1,).
 
 Loading holds one copy of the weights: the model is built on the meta device, allocated once in
 the target dtype (``to_empty``), then filled tensor by tensor from each shard; a sharded model
-reads only the rows of its own shards (e2h/sharded.py). Saving writes one tensor at a time. Everything that
-can be checked without reading tensor data is checked first (config, shard files, headers, file
-sizes, the key set, every shape and dtype), so a bad checkpoint raises one error naming the file
-and tensor before any weight is read, and no model is returned.
+reads only the rows of its own shards (e2h/sharded.py). Everything that can be checked without
+reading tensor data is checked first (config, shard files, headers, file sizes, the key set,
+every shape and dtype), so a bad checkpoint raises one error naming the file and tensor before
+any weight is read, and no model is returned. Saving writes one tensor at a time
+(e2h/safetensors_file.py).
 
 Deliberate leniency: the ``rotary_emb.inv_freq`` buffers older transformers versions saved are
 ignored; RoPE is recomputed from ``rope_theta``.
@@ -19,7 +20,6 @@ ignored; RoPE is recomputed from ``rope_theta``.
 from __future__ import annotations
 
 import json
-import math
 import os
 import re
 import shutil
@@ -29,11 +29,11 @@ import torch
 from safetensors import SafetensorError, safe_open
 
 from e2h.model import ModelArgs, Transformer
+from e2h.safetensors_file import DTYPES, read_header, write_safetensors
 
 INDEX = "model.safetensors.index.json"
 SINGLE = "model.safetensors"
 RM_ARCH = "LlamaForTokenClassification"
-DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
 # HF LlamaConfig key -> (ModelArgs field, default when the key is absent: None = required)
 CONFIG = {"hidden_size": ("dim", None), "intermediate_size": ("ffn_dim", None),
           "num_hidden_layers": ("n_layers", None), "num_attention_heads": ("n_heads", None),
@@ -93,40 +93,6 @@ def read_config(path: Path) -> tuple[ModelArgs, bool]:
     if cfg.get("head_dim", args.head_dim) != args.head_dim:
         raise ValueError(f"{file}: head_dim {cfg['head_dim']} != hidden_size / num_attention_heads")
     return args, is_rm
-
-
-def read_header(file: Path) -> dict[str, tuple[str, list[int]]]:
-    """{key: (dtype, shape)} from a safetensors header; checks the file holds all the data."""
-    size = file.stat().st_size
-    if size < 8:
-        raise ValueError(f"{file}: truncated safetensors file ({size} bytes, no header)")
-    with open(file, "rb") as f:
-        n = int.from_bytes(f.read(8), "little")
-        if n > size - 8:
-            raise ValueError(f"{file}: truncated or corrupt safetensors file: header of {n} bytes, "
-                             f"file of {size}")
-        try:
-            header = json.loads(f.read(n))
-            header.pop("__metadata__", None)
-            entries = {k: _header_entry(v) for k, v in header.items()}
-        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError, KeyError, TypeError,
-                ValueError):
-            raise ValueError(f"{file}: corrupt safetensors header "
-                             f"(not a JSON table of tensors)") from None
-    for key, (dtype, shape, start, end) in sorted(entries.items(), key=lambda kv: kv[1][3]):
-        if 8 + n + end > size:
-            raise ValueError(f"{file}: truncated: tensor {key} ends at byte {8 + n + end}, "
-                             f"the file has {size}")
-        if dtype in DTYPES and end - start != math.prod(shape) * DTYPES[dtype].itemsize:
-            raise ValueError(f"{file}: corrupt safetensors header: tensor {key} spans "
-                             f"{end - start} bytes, not those of {dtype} {tuple(shape)}")
-    return {k: (dtype, shape) for k, (dtype, shape, _, _) in entries.items()}
-
-
-def _header_entry(v: dict):
-    """(dtype, shape, start, end) of one header entry; raises on any malformed field."""
-    start, end = (int(o) for o in v["data_offsets"])
-    return v["dtype"], [int(n) for n in v["shape"]], start, end
 
 
 def weight_files(path: Path) -> dict[str, tuple[Path, str, list[int]]]:
@@ -298,31 +264,6 @@ def save_model(model, path, max_shard_bytes: int = 5 * 2**30, tensors=None):
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-
-
-def write_safetensors(file: Path, specs: dict[str, torch.Tensor], tensors):
-    """One safetensors file: the header from ``specs`` (dtype and shape of each key), then each
-    tensor's bytes as ``tensors`` yields it (key, CPU tensor), in the order of ``specs``.
-
-    The format: an 8-byte little-endian header length, the JSON header (padded with spaces to
-    a multiple of 8 bytes, as safetensors writes it), then the data back to back."""
-    names = {v: k for k, v in DTYPES.items()}
-    header, offset = {}, 0
-    for key, t in specs.items():
-        end = offset + t.numel() * t.element_size()
-        header[key] = {"dtype": names[t.dtype], "shape": list(t.shape), "data_offsets": [offset, end]}
-        offset = end
-    header["__metadata__"] = {"format": "pt"}
-    raw = json.dumps(header, separators=(",", ":")).encode()
-    raw += b" " * (-len(raw) % 8)
-    with open(file, "wb") as f:
-        f.write(len(raw).to_bytes(8, "little") + raw)
-        for key, spec in specs.items():
-            got, t = next(tensors)
-            if got != key or t.shape != spec.shape or t.dtype != spec.dtype:
-                raise RuntimeError(f"{file}: expected tensor {key} {spec.dtype} "
-                                   f"{tuple(spec.shape)}, got {got} {t.dtype} {tuple(t.shape)}")
-            f.write(t.contiguous().reshape(-1).view(torch.uint8).numpy().data)
 
 
 def _replace_dir(tmp: Path, path: Path):

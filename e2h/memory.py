@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import os
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 from e2h.footprint import Model, activation_peak, kv_cache
 from e2h.model import ModelArgs
@@ -204,15 +205,29 @@ def model_of(path, preset: str, **fields) -> Model:
     if path is None:
         return Model(ModelArgs.from_name(preset), **fields)
     from e2h.checkpoint import read_config
-    args, is_rm = read_config(path)
+    args, is_rm = read_config(Path(path))
     return Model(args, lm_head=not is_rm, **fields)
 
 
 def for_run(args, device) -> tuple[str, bool]:
     """train.py's start-up check, (line, fits): this run's plan against the device's memory.
     A GPU has its own memory; on CPU the ranks of a node share its RAM, so each may use
-    MemTotal / LOCAL_WORLD_SIZE (physical RAM, not what is free now: other processes come
-    and go, and the check should not refuse a run that fits)."""
+    MemTotal / LOCAL_WORLD_SIZE (physical RAM, not what is free now: other processes come and
+    go, and the check should not refuse a run that fits)."""
+    import torch
+    result = plan(setup_for(args, device))
+    if device.type == "cuda":
+        capacity = torch.cuda.get_device_properties(device).total_memory
+        where = f"{device} ({torch.cuda.get_device_name(device)})"
+    else:
+        local = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
+        capacity = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // local
+        where = "the host's RAM" + (f" / {local} ranks" if local > 1 else "")
+    return summary(result, capacity, where)
+
+
+def setup_for(args, device) -> Setup:
+    """The Setup of a train.py run from its parsed flags (defaults filled) on ``device``."""
     import torch
     from e2h import distributed as dist
     frozen = not args.unfreeze_embeddings
@@ -227,23 +242,15 @@ def for_run(args, device) -> tuple[str, bool]:
     micro = args.micro_batch_size
     if args.algo == "ppo":
         micro = min(micro, args.batch_size // dist.world_size())
-    st = Setup(args.algo, policy, evaluator, world=dist.world_size(), fsdp=dist.is_distributed(),
-               compute_bytes=getattr(torch, compute).itemsize, micro_batch=micro,
-               seq_len=min(args.max_len, policy.args.max_seq_len),
-               sample_rows=args.sample_batch_size, n_samples=args.n_samples or 1,
-               activation_checkpointing=args.activation_checkpointing, cpu=device.type == "cpu",
-               runtime=CUDA_RUNTIME if device.type == "cuda" else resident_bytes(),
-               samples_policy=args.policy is not None and not args.samples,
-               process_reward=not args.no_process_reward,
-               evaluates=bool(args.eval_problems) and args.hparams == "embedded")
-    if device.type == "cuda":
-        capacity = torch.cuda.get_device_properties(device).total_memory
-        where = f"{device} ({torch.cuda.get_device_name(device)})"
-    else:
-        local = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
-        capacity = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // local
-        where = "the host's RAM" + (f" / {local} ranks" if local > 1 else "")
-    return summary(plan(st), capacity, where)
+    return Setup(args.algo, policy, evaluator, world=dist.world_size(), fsdp=dist.is_distributed(),
+                 compute_bytes=getattr(torch, compute).itemsize, micro_batch=micro,
+                 seq_len=min(args.max_len, policy.args.max_seq_len),
+                 sample_rows=args.sample_batch_size, n_samples=args.n_samples or 1,
+                 activation_checkpointing=args.activation_checkpointing, cpu=device.type == "cpu",
+                 runtime=CUDA_RUNTIME if device.type == "cuda" else resident_bytes(),
+                 samples_policy=args.policy is not None and not args.samples,
+                 process_reward=not args.no_process_reward,
+                 evaluates=bool(args.eval_problems) and args.hparams == "embedded")
 
 
 def main(argv=None):

@@ -155,7 +155,7 @@ def test_summary_line_and_refusal():
     assert not fits and "does not fit; try --activation-checkpointing" in line
 
 
-def test_for_run_on_cpu_and_the_cli(capsys):
+def test_for_run_on_cpu_and_the_cli(tmp_path, capsys):
     args = argparse.Namespace(algo="sft", model=None, policy=None, reward_model=None,
                               preset="tiny", unfreeze_embeddings=False, hard_threshold=None,
                               dtype="auto", micro_batch_size=2, batch_size=4, max_len=64,
@@ -164,6 +164,12 @@ def test_for_run_on_cpu_and_the_cli(capsys):
                               hparams="embedded")
     line, fits = memory.for_run(args, torch.device("cpu"))
     assert fits and line.startswith("memory plan: ") and "the host's RAM has" in line
+    # from a checkpoint: its config.json's shape, the paper's freezing
+    from e2h.checkpoint import save_model
+    save_model(Transformer(TINY), tmp_path / "ckpt")
+    args.model = str(tmp_path / "ckpt")
+    st = memory.setup_for(args, torch.device("cpu"))
+    assert st.policy == Model(TINY) and not st.fsdp and st.compute_bytes == 4 and st.cpu
     memory.main(["--algo", "ppo", "--preset", "llemma-7b", "--world", "8"])
     table = capsys.readouterr().out
     assert "value: AdamW state (fp32, 1/8)" in table and "80 GB" in table and "141 GB" in table

@@ -3,7 +3,6 @@ bit; a bad checkpoint gives load_model's error; the export gathers one tensor at
 writes what save_model writes. One process here, two gloo ranks in a subprocess."""
 import json
 import subprocess
-import sys
 
 import pytest
 import torch
