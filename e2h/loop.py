@@ -99,9 +99,8 @@ class Run:
 
 def prepare(run: Run, model, trainable: bool = True, pretrained: bool = True):
     """Freeze as the paper does (embeddings, norms, LM head; not in a model trained from
-    scratch), move to the device and shard (FSDP2 under torchrun); a checkpoint is read there,
-    each rank reading its shards. Frozen models are sharded
-    too: PPO holds four models."""
+    scratch), move to the device and shard (FSDP2 under torchrun); a checkpoint is read only
+    now, each rank reading its shards. Frozen models are sharded too: PPO holds four models."""
     from e2h.sft import freeze_embeddings
     from e2h.sharded import place
     if not trainable:
