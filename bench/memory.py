@@ -11,6 +11,7 @@ plan train.py made for it at start-up (whose runtime term is the rank's resident
 Every run twice: glibc malloc as it comes, and with a fixed mmap threshold (``MALLOC``).
 
     python bench/memory.py --worlds 1 2 4 --out /tmp/memory.md
+    python bench/memory.py --load --worlds 1 2 4     # loading alone: before (eager) and now
 
 Printed: per shape, malloc, world and rank, the plan's peak and the measured VmHWM (GiB), their
 ratio, both relative to one rank's, the loaded shard measured and planned, seconds.
@@ -84,6 +85,45 @@ def child(out: Path, argv: list[str]):
     sys.exit(code)
 
 
+def load_child(out: Path, how: str, ckpt: Path):
+    """One rank loading ``ckpt`` and sharding it, nothing else: ``eager`` as e2h did before
+    (checkpoint.load_model in fp32 on every rank, then FSDP2), ``sharded`` as it does now."""
+    from e2h import distributed as dist
+    from e2h import sharded
+    from e2h.checkpoint import load_model
+    dist.init()
+    before = status("VmRSS")
+    if how == "eager":
+        model = dist.shard(load_model(ckpt, dtype=torch.float32))
+    else:
+        model = sharded.place(sharded.lazy_model(ckpt), "cpu")
+    record = {"rank": dist.rank(), "peak": status("VmHWM") - before,
+              "after": status("VmRSS") - before,
+              "local": sum(4 * p.to_local().numel() for p in model.parameters())}
+    (out / f"{how}{dist.rank()}.json").write_text(json.dumps(record))
+    dist.shutdown()
+
+
+def loading(work: Path, ckpt: Path, world: int, name: str, n: int) -> list[str]:
+    """Table rows: resident memory a rank gains while loading, the eager way and the sharded."""
+    out = work / "load"
+    out.mkdir(exist_ok=True)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore", **MALLOC["fixed"]}
+    for how in ("eager", "sharded"):
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
+               str(world), __file__, "--load-child", str(out), how, str(ckpt)]
+        result = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+        if result.returncode != 0:
+            sys.exit(f"loading, world {world}: failed\n{result.stderr[-3000:]}")
+    rows = []
+    for r in range(world):
+        e, s = (json.loads((out / f"{how}{r}.json").read_text()) for how in ("eager", "sharded"))
+        rows.append(f"| {name} | {n / 1e6:.0f}M | {world} | {r} | {e['peak'] / GiB:.3f} | "
+                    f"{s['peak'] / GiB:.3f} | {s['peak'] / e['peak']:.2f} | {s['after'] / GiB:.3f} | "
+                    f"{s['local'] / GiB:.3f} |")
+    return rows
+
+
 def make_inputs(work: Path, max_len: int) -> tuple[Path, Path]:
     """A tokenizer trained on synthetic text and SFT records longer than ``max_len`` tokens."""
     from data import synthetic
@@ -139,6 +179,9 @@ def run(world: int, ckpt: Path, tok: Path, data: Path, work: Path, max_len: int,
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--load-child", nargs=3, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--load", action="store_true", help="loading only: the resident memory a "
+                   "rank gains while the checkpoint is read, eager (before) against sharded")
     p.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
     p.add_argument("--worlds", type=int, nargs="+", default=[1, 2])
     p.add_argument("--malloc", nargs="+", default=list(MALLOC), choices=list(MALLOC),
@@ -148,6 +191,11 @@ def main():
     args, rest = p.parse_known_args()
     if args.child:
         return child(Path(args.child), rest[1:] if rest[:1] == ["--"] else rest)
+    if args.load_child:
+        out, how, ckpt = args.load_child
+        return load_child(Path(out), how, Path(ckpt))
+    if args.load:
+        return load_table(args)
     lines = ["| shape | params | malloc | world | rank | plan peak | VmHWM | VmHWM / plan | peak / "
              "1 rank's: measured, plan | loaded shard: measured, plan | s |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -172,6 +220,25 @@ def main():
             shutil.rmtree(ckpt)
     text = (f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}; GiB\n\n"
             + "\n".join(lines) + "\n")
+    print(text)
+    if args.out:
+        Path(args.out).write_text(text)
+
+
+def load_table(args):
+    lines = ["| shape | params | world | rank | peak gain, eager load | peak gain, sharded load | "
+             "sharded / eager | kept after sharded load | this rank's fp32 shards |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    with tempfile.TemporaryDirectory(prefix="e2h-bench-memory-") as tmp:
+        work = Path(tmp)
+        for name in args.shapes:
+            n = make_checkpoint(work / name, SHAPES[name])
+            for world in args.worlds:
+                lines += loading(work, work / name, world, name, n)
+                print(lines[-1], flush=True)
+            shutil.rmtree(work / name)
+    text = (f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+            f"MALLOC_MMAP_THRESHOLD_=65536; GiB\n\n" + "\n".join(lines) + "\n")
     print(text)
     if args.out:
         Path(args.out).write_text(text)
