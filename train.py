@@ -29,7 +29,7 @@ import sys
 import time
 from pathlib import Path
 
-from e2h import defaults, recipes, trainstate
+from e2h import defaults, memory, recipes, trainstate
 from e2h import distributed as dist
 from e2h.loop import NonFiniteLoss
 from e2h.run import Run, Stopped, setup_tokenizer
@@ -242,6 +242,10 @@ def main(argv=None) -> int:
             args, "prm", "reward-model", ["--policy", args.policy])
     elif args.algo in recipes.RM_ALGOS and recipes.samples_policy(args):
         args.policy = args.policy or required_stage(args, "sft", "policy")
+    line, fits = memory.for_run(args, device)   # refuse a run that cannot fit, before it starts
+    if not fits:
+        raise ValueError(line)
+    dist.say(line)
     out = Path(args.out)
     resume_from = trainstate.latest(out) if args.resume else None
     if dist.is_main():

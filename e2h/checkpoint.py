@@ -15,10 +15,12 @@ RoPE is read from ``rope_theta`` / ``rope_scaling`` (transformers 4.x) and ``rop
 let ``AutoTokenizer`` open the folder once a tokenizer.json is there (e2h/tokenizer.py).
 
 Loading holds one copy of the weights: the model is built on the meta device, allocated once in
-the target dtype (``to_empty``), then filled tensor by tensor from each shard. Everything that
-can be checked without reading tensor data is checked first (config, shard files, headers, file
-sizes, the key set, every shape and dtype), so a bad checkpoint raises one error naming the file
-and tensor before any weight is read, and no model is returned.
+the target dtype (``to_empty``), then filled tensor by tensor from each shard; a sharded model
+reads only the rows of its own shards (e2h/sharded.py). Everything that can be checked without
+reading tensor data is checked first (config, shard files, headers, file sizes, the key set,
+every shape and dtype), so a bad checkpoint raises one error naming the file and tensor before
+any weight is read, and no model is returned. Saving writes one tensor at a time
+(e2h/safetensors_file.py).
 
 Deliberate leniency: the ``rotary_emb.inv_freq`` buffers older transformers versions saved are
 ignored; RoPE is recomputed from the config.
@@ -26,7 +28,6 @@ ignored; RoPE is recomputed from the config.
 from __future__ import annotations
 
 import json
-import math
 import os
 import re
 import shutil
@@ -34,10 +35,10 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
 
 from e2h.model import ModelArgs, RewardModel, Transformer
 from e2h.rope import hf_rope_keys, read_hf_rope
+from e2h.safetensors_file import DTYPES, read_header, write_safetensors
 from e2h.tokenizer import HF_FILES as TOKENIZER_FILES
 from e2h.tokenizer import hf_tokenizer_files
 
@@ -46,7 +47,6 @@ SINGLE = "model.safetensors"
 LM_ARCH, RM_ARCH, SEQ_ARCH = ("LlamaForCausalLM", "LlamaForTokenClassification",
                               "LlamaForSequenceClassification")
 GENERATION = "generation_config.json"
-DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
 # HF LlamaConfig key -> (ModelArgs field, default when the key is absent: None = required)
 CONFIG = {"hidden_size": ("dim", None), "intermediate_size": ("ffn_dim", None),
           "num_hidden_layers": ("n_layers", None), "num_attention_heads": ("n_heads", None),
@@ -119,40 +119,6 @@ def read_architecture(cfg: dict, file: Path) -> str:
     return archs[0]
 
 
-def read_header(file: Path) -> dict[str, tuple[str, list[int]]]:
-    """{key: (dtype, shape)} from a safetensors header; checks the file holds all the data."""
-    size = file.stat().st_size
-    if size < 8:
-        raise ValueError(f"{file}: truncated safetensors file ({size} bytes, no header)")
-    with open(file, "rb") as f:
-        n = int.from_bytes(f.read(8), "little")
-        if n > size - 8:
-            raise ValueError(f"{file}: truncated or corrupt safetensors file: header of {n} bytes, "
-                             f"file of {size}")
-        try:
-            header = json.loads(f.read(n))
-            header.pop("__metadata__", None)
-            entries = {k: _header_entry(v) for k, v in header.items()}
-        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError, KeyError, TypeError,
-                ValueError):
-            raise ValueError(f"{file}: corrupt safetensors header "
-                             f"(not a JSON table of tensors)") from None
-    for key, (dtype, shape, start, end) in sorted(entries.items(), key=lambda kv: kv[1][3]):
-        if 8 + n + end > size:
-            raise ValueError(f"{file}: truncated: tensor {key} ends at byte {8 + n + end}, "
-                             f"the file has {size}")
-        if dtype in DTYPES and end - start != math.prod(shape) * DTYPES[dtype].itemsize:
-            raise ValueError(f"{file}: corrupt safetensors header: tensor {key} spans "
-                             f"{end - start} bytes, not those of {dtype} {tuple(shape)}")
-    return {k: (dtype, shape) for k, (dtype, shape, _, _) in entries.items()}
-
-
-def _header_entry(v: dict):
-    """(dtype, shape, start, end) of one header entry; raises on any malformed field."""
-    start, end = (int(o) for o in v["data_offsets"])
-    return v["dtype"], [int(n) for n in v["shape"]], start, end
-
-
 def weight_files(path: Path) -> dict[str, tuple[Path, str, list[int]]]:
     """{key: (file, dtype, shape)} over model.safetensors or every shard of the index."""
     index = path / INDEX
@@ -199,12 +165,12 @@ def check_weights(found: dict, params: dict, path: Path):
             raise ValueError(f"{file}: tensor {key} has dtype {dtype}, expected one of {list(DTYPES)}")
 
 
-def load_model(path, dtype: torch.dtype | None = None, device=None):
-    """A Transformer, or a RewardModel for LlamaForTokenClassification and
-    LlamaForSequenceClassification, from an HF directory.
-
-    dtype None keeps the dtype on disk (that of the embedding); device defaults to the CPU.
-    """
+def open_model(path) -> tuple[torch.nn.Module, dict[str, tuple[Path, str, list[int]]]]:
+    """The model ``path``'s config.json describes (a Transformer, or a RewardModel for
+    LlamaForTokenClassification and LlamaForSequenceClassification), on the meta device, and {HF key: (file,
+    dtype, shape)} of its tensors, after every check that reads no tensor data. Whoever fills
+    the model reads the tensors (``read_rows``): all of them (``load_model``) or only the rows
+    of one rank's shards (e2h/sharded.py)."""
     path = Path(path)
     args, arch = read_config(path)
     found = weight_files(path)
@@ -216,20 +182,37 @@ def load_model(path, dtype: torch.dtype | None = None, device=None):
     if arch == SEQ_ARCH:
         del params["score.bias"]                 # a sequence classifier's head has no bias
     check_weights(found, params, path)
-    dtype = dtype or DTYPES[found["model.embed_tokens.weight"][1]]
-    model = model.to(dtype=dtype).to_empty(device=device or "cpu")
-    params = hf_params(model)
+    return model, found
+
+
+def read_rows(targets: dict[str, tuple[torch.Tensor, int, int]], found: dict):
+    """Fill ``targets[key] = (tensor, start, stop)`` with rows [start, stop) (dim 0) of each
+    tensor, reading only those bytes from each file, one file open at a time; a tensor the
+    checkpoint does not hold (a sequence classifier's bias) is zero."""
     with torch.no_grad():
-        if arch == SEQ_ARCH:
-            model.score.bias.zero_()
-        for file in sorted({f for f, _, _ in found.values()}):
+        for key, (t, _, _) in targets.items():
+            if key not in found:
+                t.zero_()
+        for file in sorted({found[k][0] for k in targets if k in found}):
             try:
                 with safe_open(file, framework="pt") as f:
                     for key in f.keys():
-                        if key in params:
-                            params[key].copy_(f.get_tensor(key))   # casts to dtype, one at a time
+                        if key in targets and targets[key][2] > targets[key][1]:
+                            t, start, stop = targets[key]
+                            t.copy_(f.get_slice(key)[start:stop])   # casts to t's dtype
             except (SafetensorError, OSError) as e:   # safetensors' own errors name no file
                 raise ValueError(f"{file}: unreadable safetensors file ({e})") from None
+
+
+def load_model(path, dtype: torch.dtype | None = None, device=None):
+    """A Transformer (or a RewardModel for LlamaForTokenClassification) from an HF directory.
+
+    dtype None keeps the dtype on disk (that of the embedding); device defaults to the CPU.
+    """
+    model, found = open_model(path)
+    dtype = dtype or DTYPES[found["model.embed_tokens.weight"][1]]
+    model = model.to(dtype=dtype).to_empty(device=device or "cpu")
+    read_rows({k: (p, 0, p.shape[0]) for k, p in hf_params(model).items()}, found)
     return model
 
 
@@ -269,40 +252,48 @@ def _is_checkpoint_file(name: str) -> bool:
         re.fullmatch(r"model-\d+-of-\d+\.safetensors", name))
 
 
-def save_model(model, path, max_shard_bytes: int = 5 * 2**30):
-    """Write ``model`` (Transformer or RewardModel) to directory ``path`` in the HF layout.
-
-    One ``model.safetensors`` up to ``max_shard_bytes``, shards plus an index above it. The files
-    are written to a temporary sibling directory that then replaces ``path``, so a crash never
-    leaves half a checkpoint; other files already in ``path`` (a tokenizer.json) are kept.
-    Beside the weights go config.json, generation_config.json, tokenizer_config.json and
-    special_tokens_map.json (``hf_files``).
-    """
-    path = Path(path)
-    tensors = {k: p.detach() for k, p in hf_params(model).items()}
+def shard_plan(params: dict[str, torch.Tensor], max_shard_bytes: int) -> list[list[str]]:
+    """Keys per file, in order, each file up to ``max_shard_bytes`` (a larger tensor alone)."""
     shards, size = [[]], 0
-    for key, t in tensors.items():
+    for key, t in params.items():
         nbytes = t.numel() * t.element_size()
         if shards[-1] and size + nbytes > max_shard_bytes:
             shards.append([])
             size = 0
         shards[-1].append(key)
         size += nbytes
+    return shards
+
+
+def save_model(model, path, max_shard_bytes: int = 5 * 2**30, tensors=None):
+    """Write ``model`` (Transformer or RewardModel) to directory ``path`` in the HF layout.
+
+    One ``model.safetensors`` up to ``max_shard_bytes``, shards plus an index above it. The files
+    are written to a temporary sibling directory that then replaces ``path``, so a crash never
+    leaves half a checkpoint; other files already in ``path`` (a tokenizer.json) are kept.
+    ``tensors`` yields (HF key, CPU tensor) in ``hf_params`` order, each written as it comes:
+    a sharded model passes one that gathers a tensor only when it is written, so the writer
+    never holds more than one (sharded.export). Default: the model's own tensors.
+    """
+    path = Path(path)
+    params = hf_params(model)
+    shards = shard_plan(params, max_shard_bytes)
+    if tensors is None:
+        tensors = ((k, p.detach().cpu()) for k, p in params.items())
     tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
-        dtype = tensors["model.embed_tokens.weight"].dtype
+        dtype = params["model.embed_tokens.weight"].dtype
         for name, content in hf_files(model, dtype).items():
             (tmp / name).write_text(json.dumps(content, indent=2) + "\n")
         names = [SINGLE] if len(shards) == 1 else [
             f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
         for name, keys in zip(names, shards):
-            save_file({k: tensors[k].to("cpu").contiguous() for k in keys}, str(tmp / name),
-                      metadata={"format": "pt"})
+            write_safetensors(tmp / name, {k: params[k] for k in keys}, tensors)
         if len(shards) > 1:
             index = {"metadata": {"total_size": sum(t.numel() * t.element_size()
-                                                    for t in tensors.values())},
+                                                    for t in params.values())},
                      "weight_map": {k: name for name, keys in zip(names, shards) for k in keys}}
             (tmp / INDEX).write_text(json.dumps(index, indent=2) + "\n")
         for file in tmp.iterdir():   # on disk before the rename makes them visible

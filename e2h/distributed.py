@@ -1,5 +1,5 @@
 """Every use of torch.distributed in e2h: process group, FSDP2 sharding, reductions, sharded
-checkpoints.
+checkpoints, the rows of a parameter's shard.
 
 Without a ``RANK`` environment variable (plain ``python train.py``) there is no process group
 and every function here degrades to its one-process meaning, so the rest of the code never asks
@@ -21,10 +21,10 @@ import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
-                                                     get_state_dict, set_model_state_dict,
-                                                     set_state_dict)
+                                                     get_state_dict, set_state_dict)
 from torch.distributed.fsdp import (FSDPModule, MixedPrecisionPolicy, fully_shard,
                                     register_fsdp_forward_method)
+from torch.distributed.tensor import DTensor, Shard
 
 from e2h.model import TransformerBlock
 
@@ -186,20 +186,38 @@ def clip_grad_norm(params: list[torch.nn.Parameter], max_norm: float) -> float:
 
 
 def full_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """Unsharded CPU tensors of ``model`` on rank 0 (empty elsewhere), for the HF export."""
+    """Unsharded CPU tensors of ``model`` on rank 0 (empty elsewhere); all of them at once, so
+    for tests and small models (the HF export gathers one tensor at a time: ``full_on_main``)."""
     if not is_distributed():
         return {k: v.detach().cpu() for k, v in model.state_dict().items()}
     opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
     return get_model_state_dict(model, options=opts)
 
 
-def load_full_state_dict(model: torch.nn.Module, state: dict[str, torch.Tensor]):
-    """Load an unsharded state dict held by rank 0 (other ranks pass {}) into ``model``."""
-    if not is_distributed():
-        model.load_state_dict(state)
-        return
-    opts = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True)
-    set_model_state_dict(model, state, options=opts)
+def local_rows(t: torch.Tensor) -> tuple[int, int, torch.Tensor]:
+    """(start, stop, local): rows [start, stop) of dim 0 of the full ``t`` are this rank's,
+    held by the plain tensor ``local``. FSDP2 cuts dim 0 as torch.chunk does: ceil(n / W) rows
+    per rank, the last ranks fewer or none. An unsharded tensor is all rows."""
+    if not isinstance(t, DTensor):
+        return 0, t.shape[0], t
+    if tuple(t.placements) != (Shard(0),):
+        raise ValueError(f"local_rows: expected FSDP2's Shard(0) placement, got {t.placements}")
+    n, W, r = t.shape[0], t.device_mesh.size(), t.device_mesh.get_local_rank()
+    chunk = -(-n // W)
+    start, local = min(r * chunk, n), t.to_local()
+    stop = min(start + chunk, n)
+    if local.shape[0] != stop - start:
+        raise ValueError(f"local_rows: rank {r} holds {local.shape[0]} rows, expected rows "
+                         f"[{start}, {stop}) of {n}")
+    return start, stop, local
+
+
+@torch.no_grad()
+def full_on_main(t: torch.Tensor) -> torch.Tensor | None:
+    """The whole of ``t`` as a CPU tensor on rank 0, None elsewhere. Every rank must call it
+    (an all-gather of this one tensor: each rank holds it only until the call returns)."""
+    full = t.full_tensor() if isinstance(t, DTensor) else t
+    return full.detach().cpu() if is_main() else None
 
 
 def save_state(path, model: torch.nn.Module, optimizers: list[torch.optim.Optimizer]):

@@ -28,6 +28,7 @@ from e2h import dpo, ppo, rest, rm, sft
 from e2h.loop import NonFiniteLoss, batch_indices, run_steps, train_phase
 from e2h.model import RewardModel
 from e2h.rollout import rollout
+from e2h.sharded import load_into
 from e2h.run import (cached_records, encode_all, finish, generator_for, load, load_or_init,
                      make_optimizer, max_len, prepare, rng_for, sample)
 from e2h.validate import Best, accuracy, closing, starting_accuracy, validation_split
@@ -171,7 +172,8 @@ def sampling(args, key: str, it: int, device) -> dict:
 def validate(run, policy, best: Best, it: int):
     """Greedy validation after iteration ``it``; the best policy so far is kept in <out>/best."""
     acc = accuracy(run, policy, "validation")
-    run.log({"step": run.step, "iteration": it, **{f"eval/{k}": v for k, v in acc.items()}})
+    if acc:
+        run.log({"step": run.step, "iteration": it, **{f"eval/{k}": v for k, v in acc.items()}})
     best.offer(policy, acc, {"iteration": it + 1, "step": run.step})
 
 
@@ -228,8 +230,7 @@ def train_rest(run) -> dict:
         examples = encode_all(lambda r: sft.encode_sft(tok, r, max_len(run, policy)), records,
                               f"ReST-EM iteration {it} (no sample was kept)")
         if start == 0 and it > 0 and rest.RESTART_FROM_BASE:   # M-step from the SFT model
-            base = load_or_init(args.policy, args, tok) if dist.is_main() else None
-            dist.load_full_state_dict(policy, base.state_dict() if base is not None else {})
+            load_into(policy, load_or_init(args.policy, args, tok))   # this rank's rows only
         opt = opt if start > 0 else make_optimizer(policy, args)
         train_phase(run, policy, opt, examples, partial(sft.sft_batch, pad_id=tok.pad_id),
                     sft.loss_fn, iteration=it)

@@ -23,10 +23,11 @@ from data.format import format_prompt
 from data.readers import write_jsonl
 from e2h import distributed as dist
 from e2h import trainstate
-from e2h.checkpoint import check_tokenizer, load_model
+from e2h.checkpoint import check_tokenizer
 from e2h.model import ModelArgs, RewardModel, Transformer
 from e2h.sample import sample_solutions
 from e2h.sft import freeze_embeddings
+from e2h.sharded import lazy_model, place
 from e2h.tokenizer import Tokenizer, train_tokenizer
 
 
@@ -66,7 +67,8 @@ class Run:
         return getattr(torch, self.args.dtype)
 
     def log(self, record: dict):
-        self.last = record
+        if "loss" in record:   # a step's line, not a validation or data line
+            self.last = record
         if dist.is_main():
             with open(self.out / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(record) + "\n")
@@ -95,14 +97,14 @@ class Run:
 
 def prepare(run: Run, model, trainable: bool = True, pretrained: bool = True):
     """Freeze as the paper does (embeddings, norms, LM head; not in a model trained from
-    scratch), move to the device and shard (FSDP2 under torchrun). Frozen models are sharded
-    too: PPO holds four models."""
+    scratch), move to the device and shard (FSDP2 under torchrun); a checkpoint is read only
+    now, each rank reading its shards. Frozen models are sharded too: PPO holds four models."""
     if not trainable:
         model.requires_grad_(False).eval()
     elif pretrained and not run.args.unfreeze_embeddings:
         freeze_embeddings(model)
     param_dtype = run.compute_dtype() if run.compute_dtype() != torch.float32 else None
-    return dist.shard(model.to(run.device), param_dtype, run.args.activation_checkpointing)
+    return place(model, run.device, param_dtype, run.args.activation_checkpointing)
 
 
 def make_optimizer(model, args):
@@ -134,10 +136,11 @@ def setup_tokenizer(args, out: Path) -> Path:
 
 
 def load_or_init(path, args, tok: Tokenizer) -> torch.nn.Module:
-    """An HF checkpoint (checkpoint.load_model, fp32 master weights), else a seeded random
-    ``--preset`` model sized to the tokenizer."""
+    """An HF checkpoint (fp32 master weights, on the meta device until ``prepare`` reads each
+    rank's shards: sharded.lazy_model), else a seeded random ``--preset`` model sized to the
+    tokenizer."""
     if path:
-        model = load_model(path, dtype=torch.float32)
+        model = lazy_model(path)
     else:
         torch.manual_seed(args.seed)
         model = Transformer(ModelArgs.from_name(args.preset, vocab_size=tok.vocab_size))

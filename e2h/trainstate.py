@@ -23,8 +23,7 @@ import numpy as np
 import torch
 
 from e2h import distributed as dist
-from e2h.checkpoint import save_model
-from e2h.model import RewardModel, Transformer
+from e2h import sharded
 
 PREFIX = "step_"
 
@@ -60,29 +59,16 @@ def _set_rng_state(state: dict, generators: dict[str, torch.Generator]):
             g.set_state(state["generators"][k])
 
 
-def _skeleton(model):
-    """An unsharded copy of ``model``'s architecture on the meta device."""
-    with torch.device("meta"):
-        if isinstance(model, RewardModel):
-            return RewardModel(Transformer(model.trunk.args))
-        return Transformer(model.args)
-
-
 def export_model(model, path, tokenizer_path=None):
     """The HF-layout weights of ``model`` (a policy or a reward model) in ``path``, written
-    atomically by rank 0. Under FSDP the shards are gathered to rank 0 first."""
+    atomically by rank 0; under FSDP each tensor is gathered to rank 0 as it is written."""
     path = Path(path)
-    plain = model
-    if dist.is_distributed():
-        state = dist.full_state_dict(model)   # collective: every rank calls it
-        if dist.is_main():
-            plain = _skeleton(model)
-            plain.load_state_dict(state, assign=True)
+    tmp = path.with_name(path.name + ".tmp")
     if dist.is_main():
-        tmp = path.with_name(path.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
-        save_model(plain, tmp)
+    sharded.export(model, tmp)   # collective: every rank calls it
+    if dist.is_main():
         if tokenizer_path is not None:
             shutil.copyfile(tokenizer_path, tmp / "tokenizer.json")
         _replace(tmp, path)

@@ -22,6 +22,7 @@ from e2h import distributed as dist
 from e2h import trainstate
 from e2h.rerank import accuracy_by_split
 from e2h.run import finish, load_or_init, sample
+from e2h.sharded import load_into
 
 
 def validation_split(args) -> tuple[set, list[dict]]:
@@ -84,9 +85,7 @@ class Best:
         """Load the best policy's weights into ``policy``; a line saying which one was kept."""
         if self.info is None:
             return "no validation: kept the last policy"
-        state = load_or_init(self.dir, self.run.args, self.run.tok).state_dict() \
-            if dist.is_main() else {}
-        dist.load_full_state_dict(policy, state)
+        load_into(policy, load_or_init(self.dir, self.run.args, self.run.tok))
         where = ", ".join(f"{k} {v}" for k, v in self.info.items() if not k.endswith("_acc"))
         return (f"kept the policy of {where} (validation Easy / Hard / All "
                 f"{self.info['validation_easy_acc']:.1f} / {self.info['validation_hard_acc']:.1f}"
