@@ -135,8 +135,11 @@ def seed_jobs(seed: int, cfg: dict, root: Path, quick: bool) -> list[Job]:
 
 # ----------------------------------------------------------------------------- real weights and data
 
+# 7B on 80 GB GPUs: the memory plan (python -m e2h.memory) needs activation checkpointing for
+# SFT and one prompt per generate call for the 32-sample ORM / ReST-EM data (docs/scale.md)
 REAL = dict(n=64, t1_n=16, test_limit=0, max_new_tokens=768, rl_problems=0, auc_records=0,
-            seeds=3, train_flags=[], rl_flags=[])
+            seeds=3, train_flags=["--activation-checkpointing", "--sample-batch-size", 1],
+            rl_flags=[])
 REAL_QUICK = dict(n=4, t1_n=4, test_limit=8, max_new_tokens=24, rl_problems=2, auc_records=4,
                   seeds=1, train_flags=["--max-steps", 2, "--batch-size", 2, "--max-len", 160,
                                "--n-samples", 4, "--n-problems", 2, "--max-new-tokens", 24,
