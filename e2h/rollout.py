@@ -55,10 +55,9 @@ def rollout(policy, ref_model, value_model, reward_model, tok, problems: list[di
     """
     prompts = [tok.encode(format_prompt(p["question"]), bos=True) for p in problems]
     with gathered(policy):                # sampling runs one forward per token and per rank
-        samples = [s for i in range(0, len(prompts), batch_size)
-                   for s in generate(policy, prompts[i:i + batch_size], max_new_tokens,
-                                     temperature=temperature, top_k=top_k, eos_id=tok.eos_id,
-                                     generator=generator)]
+        # every rollout streams through batch_size rows (continuous batching)
+        samples = generate(policy, prompts, max_new_tokens, temperature=temperature, top_k=top_k,
+                           eos_id=tok.eos_id, generator=generator, max_rows=batch_size)
     return score_rollouts(policy, ref_model, value_model, reward_model, tok, problems, prompts,
                           samples, temperature=temperature, batch_size=batch_size, **scoring)
 
