@@ -29,8 +29,18 @@ from torch.distributed.fsdp import (FSDPModule, MixedPrecisionPolicy, fully_shar
 from e2h.model import TransformerBlock
 
 
-def init() -> torch.device:
-    """Join the torchrun process group when there is one; return this process's device."""
+DEFAULT_TIMEOUT_S = 600.0
+_timeout_s = DEFAULT_TIMEOUT_S
+
+
+def init(timeout_s: float = DEFAULT_TIMEOUT_S) -> torch.device:
+    """Join the torchrun process group when there is one; return this process's device.
+
+    ``timeout_s`` bounds every collective: a rank that stalls (stopped, swapped out, stuck in
+    I/O) makes the others fail after that long instead of torch's default 30 minutes (gloo)
+    or forever. It must exceed the longest stretch one rank works alone: rank 0 writing a
+    model, the longest rollout of one rank."""
+    global _timeout_s
     cuda = torch.cuda.is_available()
     if "RANK" not in os.environ:
         return torch.device("cuda" if cuda else "cpu")
@@ -38,9 +48,21 @@ def init() -> torch.device:
         local_rank = int(os.environ.get("LOCAL_RANK", 0))
         torch.cuda.set_device(local_rank)
     if not dist.is_initialized():
+        _timeout_s = timeout_s
         dist.init_process_group("nccl" if cuda else "gloo",
-                                timeout=datetime.timedelta(minutes=30))
+                                timeout=datetime.timedelta(seconds=timeout_s))
     return torch.device("cuda", torch.cuda.current_device()) if cuda else torch.device("cpu")
+
+
+def timeout_s() -> float:
+    return _timeout_s
+
+
+def is_timeout(e: BaseException) -> bool:
+    """Whether ``e`` is a collective that gave up waiting for another rank."""
+    if isinstance(e, getattr(dist, "DistBackendError", ())) or isinstance(e, TimeoutError):
+        return True
+    return isinstance(e, RuntimeError) and "timed out" in str(e).lower()
 
 
 def is_distributed() -> bool:
@@ -48,11 +70,13 @@ def is_distributed() -> bool:
 
 
 def rank() -> int:
-    return dist.get_rank() if is_distributed() else 0
+    """This process's rank; before ``init``, the one torchrun gave it."""
+    return dist.get_rank() if is_distributed() else int(os.environ.get("RANK", 0))
 
 
 def world_size() -> int:
-    return dist.get_world_size() if is_distributed() else 1
+    """The number of ranks; before ``init`` (flags are checked first), the one torchrun set."""
+    return dist.get_world_size() if is_distributed() else int(os.environ.get("WORLD_SIZE", 1))
 
 
 def is_main() -> bool:
@@ -64,11 +88,14 @@ def barrier():
         dist.barrier()
 
 
-def shutdown():
+def shutdown(clean: bool = True):
+    """Leave the process group. After a clean run every rank leaves its last collective first
+    (a gloo rank whose peer destroys the group mid-exchange aborts the process); after a
+    failure the other ranks may be inside a collective this rank will never join, so it leaves
+    at once and torchrun ends them."""
     if is_distributed():
-        # every rank leaves its last collective before the group is torn down: a gloo rank whose
-        # peer destroys the group mid-exchange aborts the process
-        dist.barrier()
+        if clean:
+            dist.barrier()
         dist.destroy_process_group()
 
 
@@ -183,6 +210,13 @@ def clip_grad_norm(params: list[torch.nn.Parameter], max_norm: float) -> float:
     if hasattr(norm, "full_tensor"):   # a DTensor under FSDP2
         norm = norm.full_tensor()
     return norm.item()
+
+
+def all_finite(tensors) -> bool:
+    """Whether every element of every tensor is finite, over all shards of all ranks."""
+    local = [t.to_local() if hasattr(t, "to_local") else t for t in tensors]   # DTensor shards
+    bad = sum(int(not torch.isfinite(t.detach()).all()) for t in local if t.numel())
+    return all_reduce_sum({"bad": float(bad)})["bad"] == 0
 
 
 def full_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:

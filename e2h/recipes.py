@@ -263,7 +263,7 @@ def train_ppo(run) -> dict:
         metrics = dist.all_reduce_mean(metrics)
         loss = metrics["loss/policy"] + args.vf_coef * metrics["loss/value"]
         if not math.isfinite(metrics["objective/reward"]):
-            raise NonFiniteLoss(f"PPO reward {metrics['objective/reward']} at step {run.step + 1}")
+            raise NonFiniteLoss(f"PPO reward is {metrics['objective/reward']}")
         tokens = dist.all_reduce_sum({"tokens": batch["tokens"].numel()})["tokens"]
         return {"loss": loss, "grad_norm": metrics["policy/grad_norm"], "tokens": int(tokens),
                 **metrics}
