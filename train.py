@@ -11,8 +11,10 @@ metrics.jsonl (one line per optimizer step), checkpoints/step_N/ (HF weights and
 training state with their checksums; --resume continues from the newest intact one), data/ (the
 examples it trained on; a reward model's sampled solutions in data/samples.jsonl, which --samples
 lets another reward model label), model/, the final weights in the HF layout with their
-tokenizer.json (the --policy or --reward-model of the next stage), and done.json, written last. A stage that an algorithm needs and was not given is trained first into
-<out>/../cache/<stage>-<hash of its settings>, and reused by later runs.
+tokenizer.json (the --policy or --reward-model of the next stage), and done.json, written last.
+A stage that an algorithm needs and was not given is trained first into
+<out>/../cache/<stage>-<hash of its settings>, and reused by later runs. An expected failure
+(a bad flag, file or record, a full disk, a NaN loss) ends with one line naming it (e2h/errors.py).
 
 Every supervised algorithm (sft, the reward models, each DPO and ReST-EM iteration) runs the same
 loop (e2h/loop.py): a seeded permutation of the data per epoch, gradient accumulation up to the

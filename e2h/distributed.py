@@ -20,6 +20,7 @@ import warnings
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
                                                      get_state_dict, set_model_state_dict,
                                                      set_state_dict)
@@ -236,11 +237,24 @@ def load_full_state_dict(model: torch.nn.Module, state: dict[str, torch.Tensor])
     set_model_state_dict(model, state, options=opts)
 
 
+@contextlib.contextmanager
+def _unwrapped():
+    """DCP reports a failure on any rank as a CheckpointException (a BaseException, which no
+    ``except Exception`` sees) holding each rank's exception; raise the first of those."""
+    try:
+        yield
+    except CheckpointException as e:
+        failures = [f[0] if isinstance(f, tuple) else f for f in (e.failures or {}).values()]
+        if not failures:
+            raise
+        raise failures[0] from None
+
+
 def save_state(path, model: torch.nn.Module, optimizers: list[torch.optim.Optimizer]):
     """Model and optimizer states, each rank writing its own shards (torch.distributed.checkpoint).
     The layout is independent of the world size, so a run may resume on more or fewer ranks."""
     msd, osd = get_state_dict(model, optimizers)
-    with warnings.catch_warnings():   # "assuming the intent is to save in a single process": it is
+    with warnings.catch_warnings(), _unwrapped():   # "assuming the intent is to save in a single process"
         warnings.simplefilter("ignore", UserWarning)
         dcp.save({"model": msd, "optim": osd}, checkpoint_id=str(path),
                  no_dist=not is_distributed())
@@ -250,7 +264,7 @@ def load_state(path, model: torch.nn.Module, optimizers: list[torch.optim.Optimi
     """Inverse of ``save_state``: reshard the saved tensors onto this run's ranks, in place."""
     msd, osd = get_state_dict(model, optimizers)
     state = {"model": msd, "optim": osd}
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), _unwrapped():
         warnings.simplefilter("ignore", UserWarning)
         dcp.load(state, checkpoint_id=str(path), no_dist=not is_distributed())
     set_state_dict(model, optimizers, model_state_dict=state["model"],

@@ -24,7 +24,7 @@ from data.readers import write_jsonl
 from e2h import distributed as dist
 from e2h import trainstate
 from e2h.checkpoint import check_tokenizer, load_model, read_config
-from e2h.files import write_text
+from e2h.files import disk_errors, write_text
 from e2h.runfolder import LOG, read_log
 from e2h.model import ModelArgs, RewardModel, Transformer
 from e2h.rerank import accuracy_by_split
@@ -79,7 +79,7 @@ class Run:
         if "loss" in record:
             self.last = record
         if dist.is_main():
-            with open(self.out / LOG, "a") as f:
+            with disk_errors(self.out / LOG), open(self.out / LOG, "a") as f:
                 f.write(json.dumps(record) + "\n")
 
     def phase_start(self, iteration: int) -> int | None:

@@ -16,6 +16,8 @@ from tokenizers import Regex
 from tokenizers import Tokenizer as _HFTokenizer
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
+from e2h.files import disk_errors
+
 SPECIALS = ["<unk>", "<s>", "</s>"]
 
 
@@ -89,6 +91,7 @@ def train_tokenizer(texts, path: str | os.PathLike, vocab_size: int = 128) -> To
     tok.train_from_iterator(texts, trainer)
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     tmp = f"{path}.tmp"
-    tok.save(tmp)
+    with disk_errors(Path(path).parent):
+        tok.save(tmp)
     os.replace(tmp, path)   # a killed run never leaves half a tokenizer behind
     return Tokenizer(path)

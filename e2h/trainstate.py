@@ -30,6 +30,7 @@ import torch
 
 from e2h import distributed as dist
 from e2h.checkpoint import save_model
+from e2h.files import disk_errors
 from e2h.model import RewardModel, Transformer
 
 PREFIX = "step_"
@@ -163,7 +164,8 @@ def export_model(model, path, tokenizer_path=None):
         tmp = path.with_name(path.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
-        save_model(plain, tmp)
+        with disk_errors(tmp):
+            save_model(plain, tmp)
         if tokenizer_path is not None:
             shutil.copyfile(tokenizer_path, tmp / "tokenizer.json")
         _replace(tmp, path)
@@ -194,14 +196,16 @@ def save(run_dir, step: int, model, optimizers, meta: dict, generators=None, *,
         (tmp / "rng").mkdir(parents=True)
     dist.barrier()
     export_model(export if export is not None else model, tmp / "model", tokenizer_path)
-    dist.save_state(tmp / "state", model, optimizers)
-    torch.save(_rng_state(generators), tmp / "rng" / f"rank{dist.rank()}.pt")
+    with disk_errors(tmp):
+        dist.save_state(tmp / "state", model, optimizers)
+        torch.save(_rng_state(generators), tmp / "rng" / f"rank{dist.rank()}.pt")
+        if dist.is_main():
+            (tmp / "trainer.json").write_text(json.dumps({"step": step, **meta}, indent=1))
+        dist.barrier()
+        manifest = _hash_all(tmp, _files(tmp))   # every file is complete: hash what a resume reads
+        if dist.is_main():
+            (tmp / MANIFEST).write_text(json.dumps({"files": manifest}, indent=1))
     if dist.is_main():
-        (tmp / "trainer.json").write_text(json.dumps({"step": step, **meta}, indent=1))
-    dist.barrier()
-    manifest = _hash_all(tmp, _files(tmp))   # every file is complete: hash what a resume will read
-    if dist.is_main():
-        (tmp / MANIFEST).write_text(json.dumps({"files": manifest}, indent=1))
         _replace(tmp, final)
         older = complete(run_dir)
         for p in older[:-keep] if keep > 0 else []:

@@ -319,6 +319,31 @@ def test_train_bad_inputs_are_one_line_errors(models, tmp_path, capsys, monkeypa
     assert "\nerror:" in err   # on a line of its own, not after the progress bar
 
 
+def test_a_failed_write_is_told_as_the_disk_error_it_is(tmp_path):
+    import errno
+    from e2h import distributed
+    from e2h.files import disk_errors
+    from e2h.model import ModelArgs, Transformer
+
+    class Wrapped(BaseException):   # like DCP's CheckpointException, which keeps only text
+        pass
+    for raised in (RuntimeError("Error while serializing: I/O error: No space left on device "
+                                "(os error 28)"),                       # safetensors
+                   Wrapped("Traceback ...\nOSError: [Errno 28] No space left on device")):
+        with pytest.raises(OSError) as e, disk_errors(tmp_path):
+            raise raised
+        assert e.value.errno == errno.ENOSPC and e.value.filename == str(tmp_path)
+    with pytest.raises(RuntimeError, match="a bug"), disk_errors(tmp_path):
+        raise RuntimeError("a bug")   # not a disk error: left alone
+    # DCP's own wrapper is opened: the OSError of the failed write comes out
+    a_file = tmp_path / "a_file"
+    a_file.write_text("")
+    model = Transformer(ModelArgs.from_name("tiny"))
+    with pytest.raises(OSError) as e:
+        distributed.save_state(a_file / "state", model, [torch.optim.AdamW(model.parameters())])
+    assert e.value.errno in (errno.ENOTDIR, errno.EEXIST)
+
+
 def test_ctrl_c_says_where_the_run_stopped(tmp_path, capsys, monkeypatch):
     from e2h.run import Run
     logged = Run.log
