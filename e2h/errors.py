@@ -31,18 +31,19 @@ class NonFiniteLoss(Failed, RuntimeError):
 # what to do about the system errors a run meets while writing its folder
 OS_HINTS = {errno.ENOSPC: "the disk is full: free space and run the command again",
             errno.EDQUOT: "the disk quota is exhausted: free space and run the command again",
-            errno.EACCES: "no permission: choose a writable --out",
-            errno.EPERM: "not permitted: choose a writable --out",
-            errno.EROFS: "a read-only file system: choose a writable --out",
+            errno.EACCES: "choose a path this user may write (--out)",
+            errno.EPERM: "choose a path this user may write (--out)",
+            errno.EROFS: "choose a path on a writable file system (--out)",
             errno.ENOTDIR: "a part of the path is a file, not a folder",
             errno.EISDIR: "a folder where a file was expected"}
 
 
 def one_line(e: BaseException) -> str | None:
     """The message of an expected failure, or None for a bug."""
-    if isinstance(e, OSError) and not isinstance(e, FileNotFoundError) and e.errno in OS_HINTS:
+    if isinstance(e, OSError) and e.strerror is not None:   # raised by the system, not by e2h
         where = f"{e.filename}: " if e.filename is not None else ""
-        return f"{where}{e.strerror}; {OS_HINTS[e.errno]}"
+        hint = f"; {OS_HINTS[e.errno]}" if e.errno in OS_HINTS else ""
+        return f"{where}{e.strerror}{hint}"
     if isinstance(e, (ValueError, OSError)):
         return str(e)
     dist = _dist()

@@ -55,7 +55,7 @@ class Run:
         run ends again and writes them once more), and flag changes accepted at this step (this
         resume decides them again)."""
         if ckpt is not None:
-            self.resume = {**json.loads((ckpt / "trainer.json").read_text()), "path": ckpt}
+            self.resume = {**trainstate.read_trainer(ckpt), "path": ckpt}
             self.step = self.resume["step"]
         kept = [x for x in read_log(self.out / LOG) if x["step"] < self.step or x["step"] == self.step
                 and "changed_flags" not in x and not any(k.startswith("final/") for k in x)]

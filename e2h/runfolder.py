@@ -61,13 +61,12 @@ def _show(value) -> str:
     return " ".join(map(str, value)) if isinstance(value, list) else str(value)
 
 
-def differences(before: dict, now: dict, neutral, pending=()) -> dict:
-    """{flag: [before, now]} of the flags that differ, less ``neutral`` ones and the ``pending``
-    ones not resolved yet (None now: train.py fills them from the same settings later)."""
+def differences(before: dict, now: dict, neutral) -> dict:
+    """{flag: [before, now]} of the flags that differ, less the ``neutral`` ones."""
     now = json.loads(json.dumps(now))   # tuples as lists, as args.json holds them
     out = {}
     for key in sorted(set(before) | set(now)):
-        if key in neutral or (key in pending and now.get(key) is None):
+        if key in neutral:
             continue
         if before.get(key) != now.get(key):
             out[key] = [before.get(key), now.get(key)]
@@ -100,7 +99,9 @@ def clear(out: Path):
 
 def claim(out: Path, args, neutral, pending=(), say=dist.say):
     """Check that this run may use ``out``; return (checkpoint to resume from or None, the
-    accepted flag changes). Every rank calls it; only rank 0 changes the folder."""
+    accepted flag changes). On ``--resume``, the ``pending`` flags not given (the models train.py
+    would otherwise train first) take the run's own values. Every rank calls it; only rank 0
+    changes the folder."""
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out}: exists and is not a folder")
     work = [name for name in WORK if _holds(out / name)]
@@ -125,8 +126,12 @@ def claim(out: Path, args, neutral, pending=(), say=dist.say):
         say(f"--resume: no run in {out} yet; starting one from step 0")
         return None, {}
     ckpt = trainstate.newest_intact(out, say)
-    step = json.loads((ckpt / "trainer.json").read_text())["step"] if ckpt else 0
-    changes = differences(in_force(old, read_log(out / LOG), step), vars(args), neutral, pending)
+    step = trainstate.read_trainer(ckpt)["step"] if ckpt else 0
+    before = in_force(old, read_log(out / LOG), step)
+    for key in pending:
+        if getattr(args, key) is None:
+            setattr(args, key, before.get(key))
+    changes = differences(before, vars(args), neutral)
     if changes and not args.allow_changed_flags:
         raise ValueError(f"--resume: these flags differ from the run in {out} ({ARGS}): "
                          f"{describe(changes)}; resume with its flags, or accept the change from "

@@ -122,6 +122,15 @@ def newest_intact(run_dir, say=print) -> Path | None:
     return None
 
 
+def read_trainer(ckpt: Path) -> dict:
+    """trainer.json of ``ckpt``."""
+    try:
+        return json.loads((ckpt / "trainer.json").read_text())
+    except (OSError, ValueError) as e:   # only an unverified (manifest-less) checkpoint gets here
+        raise ValueError(f"{ckpt / 'trainer.json'}: unreadable ({e}); remove {ckpt.name} to "
+                         "resume from the one before") from None
+
+
 def _rng_state(generators: dict[str, torch.Generator]) -> dict:
     state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
              "python": random.getstate(),
@@ -231,4 +240,4 @@ def load(ckpt, model, optimizers, generators=None) -> dict:
     rng = ckpt / "rng" / f"rank{dist.rank()}.pt"
     if rng.exists():
         _set_rng_state(torch.load(rng, weights_only=False), generators or {})
-    return json.loads((ckpt / "trainer.json").read_text())
+    return read_trainer(ckpt)

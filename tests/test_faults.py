@@ -104,6 +104,24 @@ def test_resume_refuses_other_flags_and_keeps_args_json(tmp_path, capsys):
     sft(capsys, out, "--max-steps", "6", "--resume", "--lr", "0.5")
 
 
+def test_resume_takes_the_models_the_run_trained_with(tmp_path):
+    """A resumed DPO run given no --policy uses the one in its args.json, not a new SFT stage."""
+    from argparse import Namespace
+    from e2h import runfolder
+    (tmp_path / "args.json").write_text(json.dumps({"algo": "dpo", "lr": 1e-6, "policy": "sft/model",
+                                                   "reward_model": "prm/model", "resume": False}))
+    args = Namespace(algo="dpo", lr=1e-6, policy=None, reward_model="prm/model", resume=True,
+                     overwrite=False, allow_changed_flags=False)
+    said = []
+    assert runfolder.claim(tmp_path, args, train.NEUTRAL, ("policy", "reward_model"), said.append) \
+        == (None, {})
+    assert args.policy == "sft/model" and said == [f"--resume: no checkpoint in {tmp_path}; "
+                                                   "starting from step 0 with its settings"]
+    args.reward_model = "other/model"
+    with pytest.raises(ValueError, match=r"--reward-model other/model \(was prm/model\)"):
+        runfolder.claim(tmp_path, args, train.NEUTRAL, ("policy", "reward_model"), said.append)
+
+
 def test_resume_without_a_checkpoint_says_what_it_does(tmp_path, capsys):
     stdout, _ = sft(capsys, tmp_path / "new", "--max-steps", "1", "--resume")
     assert f"--resume: no run in {tmp_path / 'new'} yet; starting one from step 0" in stdout
