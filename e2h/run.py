@@ -25,9 +25,9 @@ from e2h import distributed as dist
 from e2h import trainstate
 from e2h.checkpoint import check_tokenizer, load_model, read_config
 from e2h.files import disk_errors, write_text
-from e2h.runfolder import LOG, read_log
 from e2h.model import ModelArgs, RewardModel, Transformer
 from e2h.rerank import accuracy_by_split
+from e2h.runfolder import LOG, read_log
 from e2h.sample import sample_solutions
 from e2h.sft import freeze_embeddings
 from e2h.tokenizer import Tokenizer, train_tokenizer
@@ -57,8 +57,9 @@ class Run:
         if ckpt is not None:
             self.resume = {**trainstate.read_trainer(ckpt), "path": ckpt}
             self.step = self.resume["step"]
-        kept = [x for x in read_log(self.out / LOG) if x["step"] < self.step or x["step"] == self.step
-                and "changed_flags" not in x and not any(k.startswith("final/") for k in x)]
+        decided_here = lambda x: "changed_flags" in x or any(k.startswith("final/") for k in x)
+        kept = [x for x in read_log(self.out / LOG)
+                if x["step"] < self.step or (x["step"] == self.step and not decided_here(x))]
         self.last = next((x for x in reversed(kept) if "loss" in x), None)
         if dist.is_main():
             write_text(self.out / LOG, "".join(json.dumps(x) + "\n" for x in kept))

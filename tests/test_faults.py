@@ -53,7 +53,7 @@ def sft(capsys, out, *extra):
     assert code == 0, err[-2000:]
     return stdout, err
 
-# ----------------------------------------------------------------------------- D1, D2: one run per folder
+# ----------------------------------------------------------------------------- one run per folder
 
 
 def test_a_new_run_never_replaces_the_run_in_its_folder(tmp_path, capsys):
@@ -131,7 +131,7 @@ def test_resume_without_a_checkpoint_says_what_it_does(tmp_path, capsys):
     stdout, _ = sft(capsys, out, "--max-steps", "1", "--resume")
     assert f"--resume: no checkpoint in {out}; starting from step 0 with its settings" in stdout
 
-# ----------------------------------------------------------------------------- D3: the metrics log
+# ----------------------------------------------------------------------------- the metrics log
 
 
 def test_the_log_survives_a_kill_while_cut_back_torn_lines_and_repeated_resumes(tmp_path, capsys,
@@ -158,7 +158,7 @@ def test_the_log_survives_a_kill_while_cut_back_torn_lines_and_repeated_resumes(
     assert code == 130 and (out / "metrics.jsonl").read_bytes() == before
     assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
 
-# ----------------------------------------------------------------------------- D4: the NaN guard
+# ----------------------------------------------------------------------------- the NaN guard
 
 
 def test_a_blow_up_never_leaves_a_bad_checkpoint_named_good(tmp_path, capsys):
@@ -198,7 +198,7 @@ def test_weights_that_are_not_finite_are_never_saved(tmp_path):
         run_steps(run, 3, 0, [opt], step, saved.append)
     assert saved == [0]
 
-# ----------------------------------------------------------------------------- D5: verified checkpoints
+# ----------------------------------------------------------------------------- verified checkpoints
 
 
 def test_a_damaged_newest_checkpoint_is_reported_and_the_intact_one_resumed(tmp_path, capsys):
@@ -239,7 +239,7 @@ def test_every_kind_of_damage_falls_back_to_the_previous_checkpoint(tmp_path, da
     assert (tmp_path / "checkpoints" / "step_000002.damaged").is_dir()
     assert trainstate.latest(tmp_path) == first
 
-# ----------------------------------------------------------------------------- D9, D10: one line
+# ----------------------------------------------------------------------------- one line per failure
 
 
 @pytest.fixture(scope="module")
@@ -401,7 +401,7 @@ def test_the_table_goes_up_to_n_itself():
                 "level": 1, "step_scores": [], "outcome_score": None}] * 3
     assert rerank_table(samples, n_subsets=1)["ns"] == [1, 2, 3]
 
-# ----------------------------------------------------------------------------- D6, D7: the study's stages
+# ----------------------------------------------------------------------------- the study's stages
 
 
 def test_a_stage_is_done_only_by_a_readable_marker(tmp_path):
@@ -492,7 +492,7 @@ def test_ending_the_runner_ends_its_stages(tmp_path, how):
     assert not alive(stage)
     os.close(lock(tmp_path / "runs"))   # the lock went with them
 
-# ----------------------------------------------------------------------------- D8: a stalled rank
+# ----------------------------------------------------------------------------- a stalled rank
 
 
 STALL = """
