@@ -1,4 +1,4 @@
-"""How the commands (train.py, e2h.evaluate, study.py) fail: one line, then an exit code.
+"""How the commands (train.py, e2h.evaluate, e2h.icl, study.py) fail: one line and an exit code.
 
 An expected failure (a bad flag, file, record or key; a folder that cannot be written; a full
 disk; a non-finite loss; a rank that stopped answering) is an exception whose message names
