@@ -45,9 +45,12 @@ from pathlib import Path
 
 import numpy as np
 
+from e2h.errors import guard
 from study_inputs import real_files, write_inputs, write_real_inputs
 from study_report import EVALUATORS, write_report
-from study_runner import Job, run_jobs
+from study_runner import Job, lock, run_jobs
+
+DONE = "done.json"   # what train.py writes last in its run folder (e2h/runfolder.py)
 
 FULL = dict(preset="small", sft_steps=500, sft_batch=32, sft_lr=2e-3, eval_problems=100,
             rm_lr=3e-4, rm_steps=900, orm_steps=300, rm_problems=600, rm_samples=8,
@@ -59,7 +62,8 @@ QUICK = dict(preset="tiny", sft_steps=20, sft_batch=8, sft_lr=3e-3, eval_problem
 
 
 def train(algo, out, seed, cfg, *flags) -> list[str]:
-    return [sys.executable, "train.py", "--algo", algo, "--out", str(out), "--seed", str(seed),
+    """train.py with --resume: a re-run continues an interrupted stage, and refuses changed flags."""
+    return [sys.executable, "train.py", "--algo", algo, "--out", str(out), "--resume", "--seed", str(seed),
             "--preset", cfg["preset"], "--hparams", "embedded",
             "--eval-problems", str(cfg["eval_problems"]), *map(str, flags)]
 
@@ -91,10 +95,10 @@ def seed_jobs(seed: int, cfg: dict, root: Path, quick: bool) -> list[Job]:
     weak = int(cfg["sft_steps"] * 0.8)
     sft = ["--batch-size", cfg["sft_batch"], "--lr", cfg["sft_lr"], "--max-steps", cfg["sft_steps"]]
     jobs = [Job("sft_easy", train("sft", r / "sft_easy", seed, cfg, "--levels", "1,2,3", *sft,
-                                  "--save-every", weak, "--keep", 2), r / "sft_easy/model/config.json")]
+                                  "--save-every", weak, "--keep", 2), r / "sft_easy" / DONE)]
     for name, levels in (("sft_all", "1,2,3,4,5"), ("sft_hard", "4,5")):
         jobs.append(Job(name, train("sft", r / name, seed, cfg, "--levels", levels, *sft,
-                                    "--tokenizer", tok), r / name / "model/config.json", ["sft_easy"]))
+                                    "--tokenizer", tok), r / name / DONE, ["sft_easy"]))
     weak_dir = r / "sft_easy" / "checkpoints" / f"step_{weak:06d}" / "model"
     # the PRM samples the weak policy once; ORM and OPRM label those same solutions. Their AUCs
     # are measured by the rerank stage, on the test samples.
@@ -108,7 +112,7 @@ def seed_jobs(seed: int, cfg: dict, root: Path, quick: bool) -> list[Job]:
             flags += ["--data", r / "orm_quick.jsonl"]
         elif algo != "prm":
             flags += ["--samples", samples]
-        jobs.append(Job(algo, train(algo, r / algo, seed, cfg, *flags), r / algo / "model/config.json",
+        jobs.append(Job(algo, train(algo, r / algo, seed, cfg, *flags), r / algo / DONE,
                         ["sft_easy"] if algo == "prm" else ["sft_easy", "prm"]))
     for name in ("sft_easy", "sft_all", "sft_hard"):
         n = cfg["n"] if name == "sft_easy" else cfg["t1_n"]
@@ -127,7 +131,7 @@ def seed_jobs(seed: int, cfg: dict, root: Path, quick: bool) -> list[Job]:
     for name, flags in rl_flags.items():
         algo = name.split("_")[0]
         jobs.append(Job(name, train(algo, r / name, seed, cfg, *rl, *flags),
-                        r / name / "model/config.json", ["sft_easy", "prm"]))
+                        r / name / DONE, ["sft_easy", "prm"]))
     for j in jobs:
         j.name, j.deps = f"seed{seed}/{j.name}", {f"seed{seed}/{d}" for d in j.deps}
     return jobs
@@ -160,7 +164,7 @@ def real_seed_jobs(seed: int, cfg: dict, root: Path, model: str, files: dict, qu
     def train_real(algo, name, *flags, math=True):
         common = ["--model", model, "--tokenizer", files["tokenizer"], *cfg["train_flags"]]
         common += ["--math-problems", files["math"]] if math else []
-        return [*launch, "train.py", "--algo", algo, "--out", str(r / name), "--seed", str(seed),
+        return [*launch, "train.py", "--algo", algo, "--out", str(r / name), "--resume", "--seed", str(seed),
                 *map(str, common), *map(str, flags)]
 
     def evaluate_real(policy, name, n):
@@ -171,7 +175,7 @@ def real_seed_jobs(seed: int, cfg: dict, root: Path, model: str, files: dict, qu
     # which the evaluators score and DPO pairs by (the other generators stay at 2 steps)
     learn = ["--max-steps", 60, "--lr", 3e-2] if quick else []
     jobs = [Job(name, train_real("sft", name, "--data", files["steptree"], "--levels", levels,
-                                 *(learn if name == "sft_easy" else [])), r / name / "model/config.json")
+                                 *(learn if name == "sft_easy" else [])), r / name / DONE)
             for name, levels in (("sft_easy", "1,2,3"), ("sft_all", "1,2,3,4,5"), ("sft_hard", "4,5"))]
     icl = ["--model", model, "--math", files["math"], "--test", files["test"], "--tokenizer",
            files["tokenizer"], "--out", r, "--limit", cfg["test_limit"], "--max-new-tokens",
@@ -183,7 +187,7 @@ def real_seed_jobs(seed: int, cfg: dict, root: Path, model: str, files: dict, qu
         rm_flags["orm"] = ["--data", r / "orm_quick.jsonl"]
     for algo in EVALUATORS:   # (quick ORM: the given records only, no sampling from MATH)
         jobs.append(Job(algo, train_real(algo, algo, *policy, *rm_flags[algo], math=not (quick and algo == "orm")),
-                        r / algo / "model/config.json", ["sft_easy"]))
+                        r / algo / DONE, ["sft_easy"]))
     for name in ("sft_easy", "sft_all", "sft_hard"):
         n = cfg["n"] if name == "sft_easy" else cfg["t1_n"]
         jobs.append(Job(f"eval_{name}", evaluate_real(r / name / "model", f"eval_{name}", n),
@@ -196,7 +200,7 @@ def real_seed_jobs(seed: int, cfg: dict, root: Path, model: str, files: dict, qu
                 "rest": ["--hard-threshold", 0, "--answer-levels", "4,5"] if quick else []}
     for name, flags in rl_flags.items():
         jobs.append(Job(name, train_real(name.split("_")[0], name, *rl, *flags),
-                        r / name / "model/config.json", ["sft_easy", "prm"]))
+                        r / name / DONE, ["sft_easy", "prm"]))
         jobs.append(Job(f"eval_{name}", evaluate_real(r / name / "model", f"eval_{name}", 1),
                         r / f"eval_{name}/table.json", [name]))
     for j in jobs:
@@ -227,6 +231,7 @@ def main(argv=None):
     cfg.pop("seeds", None)
     out, runs = Path(args.out), Path(args.runs or Path(args.out) / "runs")
     out.mkdir(parents=True, exist_ok=True)
+    lock_fd = lock(runs)   # held until this process and its stages end
     t0 = time.time()
     jobs = []
     for s in seeds:
@@ -257,7 +262,7 @@ def main(argv=None):
             write_report(out, runs, finished, cfg, {**meta, "wall_s": time.time() - t0,
                                                     "stage_s": stage_means(times), "partial": True})
 
-    times = run_jobs(jobs, args.jobs, runs / "logs", partial_report)
+    times = run_jobs(jobs, args.jobs, runs / "logs", lock_fd, partial_report)
     meta.update(wall_s=time.time() - t0, stage_s=stage_means(times))
     found = write_report(out, runs, seeds, cfg, meta)
     print((out / "report.md").read_text())
@@ -267,4 +272,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(guard(main, interrupted="interrupted; its stages are ended, and running the same "
+                                     "study.py command again continues"))

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
+from e2h.files import write_json, write_text
+
 SPLITS = ("easy", "hard", "all")
 EVALUATORS = ("orm", "prm", "oprm")
 RL = ("ppo", "ppo_outcome", "dpo", "rest")
@@ -163,12 +165,14 @@ def write_report(out: Path, runs: Path, seeds: list[int], cfg: dict, meta: dict)
     per_seed = [collect(runs / f"seed{s}", cfg) for s in seeds]
     summary, found = stats(per_seed), findings(per_seed, cfg)
     meta = {**meta, "seeds": seeds}
-    (out / "results.json").write_text(json.dumps({"meta": meta, "settings": cfg, "summary": summary,
-                                                  "findings": found, "per_seed": per_seed}, indent=1) + "\n")
-    (out / "report.md").write_text(markdown(summary, found, meta, cfg))
+    write_json(out / "results.json", {"meta": meta, "settings": cfg, "summary": summary,
+                                      "findings": found, "per_seed": per_seed})
+    write_text(out / "report.md", markdown(summary, found, meta, cfg))
     for s in seeds:   # the re-ranked samples with every score, for a reader to re-analyse
         scored = runs / f"seed{s}" / "eval_sft_easy" / "scored_samples.jsonl.gz"
         if scored.is_file():
             (out / "samples").mkdir(exist_ok=True)
-            shutil.copyfile(scored, out / "samples" / f"seed{s}_sft_easy.jsonl.gz")
+            target = out / "samples" / f"seed{s}_sft_easy.jsonl.gz"
+            shutil.copyfile(scored, target.with_name(f".{target.name}.tmp"))
+            target.with_name(f".{target.name}.tmp").replace(target)
     return found

@@ -1,55 +1,146 @@
 """The study's job runner: stages as subprocesses, a few at a time, in dependency order.
 
-A stage is a command line and the file it leaves when done; a stage whose file exists is
-skipped, so a re-run continues where the last one stopped.
+A stage is a command line and its done-marker, a file the stage writes last and atomically
+(train.py's done.json, e2h.evaluate's table.json or rerank.json, e2h.icl's icl.json). A stage
+whose marker is there and readable is skipped, so a re-run continues where the last one
+stopped; an interrupted training stage resumes from its newest checkpoint (the study gives
+train.py --resume).
+
+One runner at a time uses a runs folder: it holds a lock on ``<runs>/.lock`` for its life, and
+its stages inherit it, so a second study.py on the same folder is refused even while stages of
+a killed one are still ending. Each stage runs in a process group of its own (torchrun and its
+ranks included), which the runner ends, SIGTERM then SIGKILL, whenever it stops: a failed
+stage, an exception, Ctrl-C or SIGTERM. If the runner is killed outright (SIGKILL), the kernel
+sends each stage SIGTERM (Linux's parent-death signal).
 """
 from __future__ import annotations
 
+import ctypes
+import fcntl
+import json
 import os
+import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
+
+from e2h.errors import Failed
+
+PR_SET_PDEATHSIG = 1
 
 
 class Job:
     def __init__(self, name, argv, done_file, deps=()):
         self.name, self.argv, self.done_file, self.deps = name, argv, Path(done_file), set(deps)
 
+    def done(self) -> bool:
+        """Whether the stage's marker is there and, for JSON, readable."""
+        if not self.done_file.is_file():
+            return False
+        if self.done_file.suffix != ".json":
+            return True
+        try:
+            json.loads(self.done_file.read_text())
+            return True
+        except (OSError, ValueError):
+            print(f"[redo] {self.name}: {self.done_file} is unreadable", flush=True)
+            return False
 
-def run_jobs(jobs: list[Job], workers: int, log_dir: Path, on_done=None) -> dict:
+
+def lock(folder: Path) -> int:
+    """Hold ``<folder>/.lock`` (released when this process and its stages have all ended)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    fd = os.open(folder / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        raise Failed(f"{folder} is in use by another study.py (pid {holder}) or stages it "
+                     "started; wait for them to end, or choose another --runs") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
+def _die_with_parent():   # runs in the child, between fork and exec
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):   # not Linux: the lock still stops a second runner
+        pass
+
+
+def start(argv, log, env, lock_fd) -> subprocess.Popen:
+    return subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env,
+                            start_new_session=True, pass_fds=(lock_fd,),
+                            preexec_fn=_die_with_parent)
+
+
+def end(proc: subprocess.Popen, grace: float = 10.0):
+    """End a stage's whole process group: SIGTERM, then SIGKILL after ``grace`` seconds."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(grace)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def _terminated(signum, frame):
+    raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
+
+
+def last_line(path: Path) -> str:
+    lines = [x for x in path.read_text(errors="replace").splitlines() if x.strip()] if path.is_file() else []
+    return lines[-1].split("\r")[-1].strip()[:300] if lines else ""
+
+
+def run_jobs(jobs: list[Job], workers: int, log_dir: Path, lock_fd: int, on_done=None) -> dict:
     """Run jobs whose dependencies are met, ``workers`` at a time, earliest in the list first;
-    a job whose output exists is skipped. Returns {name: wall seconds}."""
+    a job whose marker exists is skipped. ``lock_fd``: the runs folder's ``lock``, which the
+    stages inherit. Returns {name: wall seconds}."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     log_dir.mkdir(parents=True, exist_ok=True)
     pending, running, done, times = list(jobs), {}, set(), {}
-    while pending or running:
-        for job in list(pending):          # in list order, so a chain of cached stages clears
-            if job.done_file.is_file() and job.deps <= done:
+    previous = {s: signal.signal(s, _terminated) for s in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        while pending or running:
+            for job in list(pending):      # in list order, so a chain of cached stages clears
+                if job.deps <= done and job.done():
+                    pending.remove(job)
+                    done.add(job.name)
+                    print(f"[cached] {job.name}", flush=True)
+            ready = [j for j in pending if j.deps <= done]
+            while ready and len(running) < workers:
+                job = ready.pop(0)
                 pending.remove(job)
-                done.add(job.name)
-                print(f"[cached] {job.name}", flush=True)
-        ready = [j for j in pending if j.deps <= done]
-        while ready and len(running) < workers:
-            job = ready.pop(0)
-            pending.remove(job)
-            log = open(log_dir / (job.name.replace("/", "_") + ".log"), "w")
-            running[job.name] = (job, subprocess.Popen(job.argv, stdout=log, stderr=subprocess.STDOUT,
-                                                       env=env), time.time(), log)
-            print(f"[start] {job.name}", flush=True)
-        time.sleep(1)
-        for name, (job, proc, t0, log) in list(running.items()):
-            if proc.poll() is None:
-                continue
+                log_path = log_dir / (job.name.replace("/", "_") + ".log")
+                log = open(log_path, "w")
+                running[job.name] = (job, start(job.argv, log, env, lock_fd), time.time(), log)
+                print(f"[start] {job.name}", flush=True)
+            time.sleep(1)
+            for name, (job, proc, t0, log) in list(running.items()):
+                if proc.poll() is None:
+                    continue
+                log.close()
+                del running[name]
+                times[name] = time.time() - t0
+                if proc.returncode != 0 or not job.done():
+                    why = f"exit {proc.returncode}" if proc.returncode else f"no {job.done_file}"
+                    raise Failed(f"stage {name} failed ({why}): {last_line(Path(log.name))} "
+                                 f"(log: {log.name}); running study.py again continues")
+                done.add(name)
+                print(f"[done] {name} in {times[name]:.0f}s", flush=True)
+                if on_done:
+                    on_done(done, times)
+    finally:
+        for job, proc, _, log in running.values():
+            end(proc)
             log.close()
-            del running[name]
-            times[name] = time.time() - t0
-            if proc.returncode != 0:
-                for _, other, *_ in running.values():
-                    other.kill()
-                sys.exit(f"study.py: stage {name} failed (exit {proc.returncode}); see {log.name}")
-            done.add(name)
-            print(f"[done] {name} in {times[name]:.0f}s", flush=True)
-            if on_done:
-                on_done(done, times)
+        for s, handler in previous.items():
+            signal.signal(s, handler)
     return times

@@ -5,13 +5,16 @@
     torchrun --nproc_per_node=8 train.py --algo sft --model llemma_7b \\
         --data prm800k/phase1_train_steptree.jsonl --math-problems math/math_train_12k.jsonl
 
-A run folder (--out, default runs/<algo>) holds args.json, metrics.jsonl (one line per optimizer
-step), checkpoints/step_N/ (HF weights and the sharded training state; --resume continues from the
-newest), data/ (the examples it trained on; a reward model's sampled solutions in
-data/samples.jsonl, which --samples lets another reward model label) and model/, the final
-weights in the HF layout with their tokenizer.json: the --policy or --reward-model of the next
-stage. A stage that an algorithm needs and was not given is trained first into
-<out>/../cache/<stage>-<hash of its settings>, and reused by later runs.
+A run folder (--out, default runs/<algo>) belongs to one run (e2h/runfolder.py). It holds
+args.json (the settings, written once; --resume refuses other flags unless --allow-changed-flags),
+metrics.jsonl (one line per optimizer step), checkpoints/step_N/ (HF weights and the sharded
+training state with their checksums; --resume continues from the newest intact one), data/ (the
+examples it trained on; a reward model's sampled solutions in data/samples.jsonl, which --samples
+lets another reward model label), model/, the final weights in the HF layout with their
+tokenizer.json (the --policy or --reward-model of the next stage), and done.json, written last.
+A stage that an algorithm needs and was not given is trained first into
+<out>/../cache/<stage>-<hash of its settings>, and reused by later runs. An expected failure
+(a bad flag, file or record, a full disk, a NaN loss) ends with one line naming it (e2h/errors.py).
 
 Every supervised algorithm (sft, the reward models, each DPO and ReST-EM iteration) runs the same
 loop (e2h/loop.py): a seeded permutation of the data per epoch, gradient accumulation up to the
@@ -29,10 +32,11 @@ import sys
 import time
 from pathlib import Path
 
-from e2h import defaults, memory, recipes, trainstate
+from e2h import defaults, memory, recipes, runfolder, trainstate
 from e2h import distributed as dist
-from e2h.loop import NonFiniteLoss
-from e2h.run import Run, Stopped, setup_tokenizer
+from e2h.errors import Interrupted, guard
+from e2h.files import write_json
+from e2h.run import Run, Stopped, check_model_dir, setup_tokenizer
 from e2h.tokenizer import Tokenizer
 
 ALGOS = ("sft", "orm", "prm", "oprm", "ppo", "dpo", "rest")
@@ -63,7 +67,12 @@ def build_parser() -> argparse.ArgumentParser:
     add("--algo", required=True, choices=ALGOS, help="what to train")
     add("--out", default=None, help="run folder (default: runs/<algo>)")
     add("--seed", type=int, default=0, help="seed of initialization, data order and sampling")
-    add("--resume", action="store_true", help="continue from the newest checkpoint in --out")
+    add("--resume", action="store_true", help="continue the run in --out from its newest intact "
+        "checkpoint, with the flags it was started with")
+    add("--overwrite", action="store_true", help="replace the run in --out (its checkpoints, "
+        "model and log are deleted)")
+    add("--allow-changed-flags", action="store_true", help="with --resume: accept flags that "
+        "differ from the run's args.json; the change is logged in metrics.jsonl")
     add("--stop-after", type=non_negative(int), default=0,
         help="checkpoint and stop after this many steps, as if interrupted (0: off)")
     add("--max-steps", type=non_negative(int), default=0,
@@ -112,6 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("--dtype", default="auto", choices=("auto", "float32", "bfloat16"), help="compute dtype "
         "(auto: bfloat16 on CUDA, float32 on CPU); master weights stay float32")
     add("--activation-checkpointing", action="store_true", help="recompute block activations in backward")
+    add("--dist-timeout", type=positive(float), default=dist.DEFAULT_TIMEOUT_S, help="under "
+        "torchrun: seconds a rank waits for the others before failing the run")
     # sampling (reward-model data, RL)
     add("--n-samples", type=positive(int), default=None, help="samples per problem; " + d("n_samples"))
     add("--temperature", type=non_negative(float), default=None,
@@ -169,7 +180,7 @@ def get_args(argv=None) -> argparse.Namespace:
         parser.error(f"--samples is for orm / prm / oprm, not --algo {args.algo}")
     for flag in ("levels", "answer_levels"):
         value = getattr(args, flag)
-        if value != "all" and not all(x.strip() in "12345" and x.strip() for x in value.split(",")):
+        if value != "all" and not all(x.strip() in list("12345") for x in value.split(",")):
             parser.error(f"--{flag.replace('_', '-')} {value!r}: expected levels 1-5 like 1,2,3, or all")
     return args
 
@@ -179,7 +190,12 @@ def get_args(argv=None) -> argparse.Namespace:
 SHARED = ("preset", "seed", "max_steps", "dtype", "n_problems", "max_len", "max_new_tokens",
           "activation_checkpointing", "model", "tokenizer", "data", "math_problems",
           "eval_problems", "sample_batch_size")
-NOT_HASHED = ("out", "resume", "stop_after", "save_every", "keep", "explicit", "eval_problems")
+# flags that cannot change what a stage computes: its cache key leaves them out
+NOT_HASHED = ("out", "resume", "overwrite", "allow_changed_flags", "stop_after", "save_every",
+              "keep", "explicit", "dist_timeout", "eval_problems")
+# what a resume may change freely: those (but the closing evaluation's size) and how a batch is
+# split into micro-batches, which follows the number of ranks and changes only float rounding
+NEUTRAL = (*NOT_HASHED[:-1], "micro_batch_size")
 RL = ("dpo", "ppo", "rest")
 # flags only some algorithms read: a stage's cache key leaves out the flags it never uses, so
 # changing DPO's beta (or its default) reuses the cached SFT and PRM stages
@@ -222,20 +238,33 @@ def required_stage(args, stage: str, flag: str, extra=()) -> str:
     """The final model folder of ``stage`` (``stage_dir``); a later run with the same settings
     finds it there and trains nothing."""
     out, argv = stage_dir(args, stage, extra)
-    if (out / "model" / "config.json").is_file():
+    if (out / runfolder.DONE).is_file():
         dist.say(f"no --{flag} given: using the {stage.upper()} stage cached at {out}")
     else:
+        # the folder name pins every flag that matters; only the closing evaluation may differ
         dist.say(f"no --{flag} given: training the {stage.upper()} stage first (cached at {out})")
-        main(argv + ["--out", str(out), "--resume"])
+        main(argv + ["--out", str(out), "--resume", "--allow-changed-flags"])
     return str(out / "model")
 
 
 # ----------------------------------------------------------------------------- entry point
 
 
+def check_models(args):
+    """Each model flag names a model directory of the kind it takes."""
+    check = {"model": None, "policy": False, "reward_model": True}
+    for flag, reward in check.items():
+        if getattr(args, flag):
+            check_model_dir(flag.replace("_", "-"), getattr(args, flag), reward)
+
+
 def main(argv=None) -> int:
-    device = dist.init()
     args = get_args(argv)
+    device = dist.init(args.dist_timeout)
+    check_models(args)
+    out = Path(args.out)
+    # before any stage is trained for it: may this run use --out, and from which checkpoint
+    resume_from, changes = runfolder.claim(out, args, NEUTRAL, pending=("policy", "reward_model"))
     if args.algo in ("dpo", "ppo") or (args.algo == "rest" and args.hard_threshold is not None):
         args.policy = args.policy or required_stage(args, "sft", "policy")
         args.reward_model = args.reward_model or required_stage(
@@ -246,36 +275,35 @@ def main(argv=None) -> int:
     if not fits:
         raise ValueError(line)
     dist.say(line)
-    out = Path(args.out)
-    resume_from = trainstate.latest(out) if args.resume else None
-    if dist.is_main():
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "args.json").write_text(json.dumps(vars(args), indent=1) + "\n")
-        if resume_from is None:
-            (out / "metrics.jsonl").unlink(missing_ok=True)
+    runfolder.begin(out, args)
     tok_path = setup_tokenizer(args, out)
     run = Run(args, out, device, Tokenizer(tok_path), tok_path)
-    if resume_from is not None:
+    if args.resume:
         run.resume_from(resume_from)
-        dist.say(f"resuming from {resume_from} (step {run.step})")
+        if changes:
+            run.log({"step": run.step, "changed_flags": changes})
+        if resume_from is not None:
+            dist.say(f"resuming from {resume_from} (step {run.step})")
     t0 = time.time()
-    summary = recipes.TRAIN[args.algo](run)
-    dist.say(f"done: {args.algo} in {time.time() - t0:.0f}s, {run.step} steps; "
+    try:
+        summary = recipes.TRAIN[args.algo](run)
+    except Stopped as e:
+        dist.say(str(e))
+        return 0
+    except KeyboardInterrupt:
+        raise Interrupted(f"interrupted at step {run.step}; --resume continues from "
+                          f"{trainstate.latest(out) or 'step 0'}") from None
+    seconds = time.time() - t0
+    if dist.is_main():   # the marker of a complete run, written last
+        write_json(out / runfolder.DONE, {"algo": args.algo, "steps": run.step,
+                                          "seconds": round(seconds, 1), "summary": summary})
+    dist.say(f"done: {args.algo} in {seconds:.0f}s, {run.step} steps; "
         + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in summary.items())
         + f"; model in {out / 'model'}")
     return 0
 
 
 if __name__ == "__main__":
-    try:
-        code = main()
-    except Stopped as e:
-        dist.say(str(e))
-        code = 0
-    except (NonFiniteLoss, ValueError, FileNotFoundError) as e:
-        if dist.is_main():   # every rank meets the same bad input; one line is enough
-            print(f"error: {e}", file=sys.stderr, flush=True)
-        code = 1
-    finally:
-        dist.shutdown()
+    code = guard(main, interrupted="interrupted before the first step; nothing to resume yet")
+    dist.shutdown(clean=code == 0)
     sys.exit(code)

@@ -6,7 +6,8 @@ tag "ки", labelled "+"/"-") and GSM8K (answers after "#### "). PRM800K is in `
 Easy = MATH levels 1-3, hard = levels 4-5; any other level is an error, never a guess.
 
 Bad input gives one line naming the file and line: ``path:lineno: malformed JSON``,
-``path:lineno: missing field 'x'``, ``path:lineno: unknown level 'Level 7'``. A problem with no
+``path:lineno: not UTF-8 text``, ``path:lineno: missing field 'x'``,
+``path:lineno: unknown level 'Level 7'``. A problem with no
 level (MATH has two, "Level ?") or an empty reference answer (two more) is skipped with a
 warning that counts and names them, or raises with ``strict=True``.
 
@@ -39,8 +40,13 @@ def numbered_rows(path, required=()):
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: file not found")
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
+    with path.open("rb") as f:
+        for lineno, raw in enumerate(f, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise ValueError(f"{path}:{lineno}: not UTF-8 text (byte {raw[e.start]:#04x} at "
+                                 f"column {e.start + 1})") from None
             if not line.strip():
                 continue
             try:

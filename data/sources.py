@@ -8,7 +8,6 @@ MetaMathQA) is kept only with ``levels=None`` ("--levels all"), since it cannot 
 """
 from __future__ import annotations
 
-import json
 from collections import Counter
 from pathlib import Path
 
@@ -27,11 +26,29 @@ def keep_level(record: dict, levels) -> bool:
 def _first_record(path: Path) -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: data file not found")
-    with path.open(encoding="utf-8") as f:
-        for line in f:
-            if line.strip():
-                return json.loads(line)
+    for _, row in readers.numbered_rows(path):   # malformed lines are errors naming the line
+        return row
     raise ValueError(f"{path}: empty data file")
+
+
+def _canonical(path: Path, required) -> list[dict]:
+    """Canonical records of one file, each "level" read as 1-5, or None when it is absent or
+    "Level ?"; any other level is an error naming the line."""
+    rows = []
+    for lineno, row in readers.numbered_rows(path, required):
+        row["level"] = readers.parse_level(row.get("level"), f"{path}:{lineno}")
+        rows.append(row)
+    return rows
+
+
+def by_level(records: list[dict], levels, what: str) -> list[dict]:
+    """The records of ``levels`` (None: all); those without a level are skipped with a warning
+    that counts them (they can be neither easy nor hard)."""
+    if levels is None:
+        return records
+    unknown = [str(r.get("id", "?")) for r in records if r.get("level") is None]
+    readers.warn_skipped(what, "records with no level (kept only with --levels all)", unknown)
+    return [r for r in records if keep_level(r, levels)]
 
 
 def data_format(path: Path) -> str:
@@ -81,12 +98,12 @@ def read_data(paths, math_problems_path=None) -> dict[str, list[dict]]:
             readers.attach_levels(problems, math)   # MetaMathQA rows that quote MATH verbatim
             out["problems"] += problems
         elif kind == "sft":
-            out["sft"] += readers.read_jsonl(path, ("question", "completion"))
+            out["sft"] += _canonical(path, ("question", "completion"))
         elif kind == "rm":
-            out["rm"] += readers.read_jsonl(path, ("question", "steps", "answer", "step_labels",
-                                                   "outcome_label"))
+            out["rm"] += _canonical(path, ("question", "steps", "answer", "step_labels",
+                                           "outcome_label"))
         else:
-            out["problems"] += readers.read_jsonl(path, ("id", "question", "answer", "level"))
+            out["problems"] += _canonical(path, ("id", "question", "answer", "level"))
     return out
 
 
@@ -106,7 +123,7 @@ def sft_records(data, math_problems, levels, n_problems: int, seed: int) -> list
                 for p in synthetic_problems(n_problems, levels, seed)]
     found = read_data(data, math_problems)
     records = found["sft"] + [readers.sft_example(p) for p in found["problems"] if p.get("steps")]
-    return [r for r in records if keep_level(r, levels)]
+    return by_level(records, levels, "SFT data")
 
 
 def problems(data, math_problems, levels, n_problems: int, seed: int,
@@ -117,8 +134,8 @@ def problems(data, math_problems, levels, n_problems: int, seed: int,
     if data is None and math_problems is None:
         return synthetic_problems(n_problems, levels, seed, split)
     found = read_data(data, math_problems)
-    kept = [p for p in found["problems"] + found["math"]
-            if keep_level(p, levels) and p.get("answer")]
+    kept = [p for p in by_level(found["problems"] + found["math"], levels, "problems")
+            if p.get("answer")]
     if n_problems:
         count, capped = Counter(), []
         for p in kept:
@@ -131,7 +148,7 @@ def problems(data, math_problems, levels, n_problems: int, seed: int,
 
 def rm_records(data, math_problems, levels) -> list[dict]:
     """The RM records (step or outcome labels) of the --data files, of ``levels``."""
-    return [r for r in read_data(data, math_problems)["rm"] if keep_level(r, levels)]
+    return by_level(read_data(data, math_problems)["rm"], levels, "RM data")
 
 
 def read_samples(path, problems: list[dict]) -> list[dict]:

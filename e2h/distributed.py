@@ -20,6 +20,7 @@ import warnings
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
                                                      get_state_dict, set_state_dict)
 from torch.distributed.fsdp import (FSDPModule, MixedPrecisionPolicy, fully_shard,
@@ -29,8 +30,18 @@ from torch.distributed.tensor import DTensor, Shard
 from e2h.model import TransformerBlock
 
 
-def init() -> torch.device:
-    """Join the torchrun process group when there is one; return this process's device."""
+DEFAULT_TIMEOUT_S = 600.0
+_timeout_s = DEFAULT_TIMEOUT_S
+
+
+def init(timeout_s: float = DEFAULT_TIMEOUT_S) -> torch.device:
+    """Join the torchrun process group when there is one; return this process's device.
+
+    ``timeout_s`` bounds every collective: a rank that stalls (stopped, swapped out, stuck in
+    I/O) makes the others fail after that long instead of torch's default 30 minutes (gloo)
+    or forever. It must exceed the longest stretch one rank works alone: rank 0 writing a
+    model, the longest rollout of one rank."""
+    global _timeout_s
     cuda = torch.cuda.is_available()
     if "RANK" not in os.environ:
         return torch.device("cuda" if cuda else "cpu")
@@ -38,9 +49,21 @@ def init() -> torch.device:
         local_rank = int(os.environ.get("LOCAL_RANK", 0))
         torch.cuda.set_device(local_rank)
     if not dist.is_initialized():
+        _timeout_s = timeout_s
         dist.init_process_group("nccl" if cuda else "gloo",
-                                timeout=datetime.timedelta(minutes=30))
+                                timeout=datetime.timedelta(seconds=timeout_s))
     return torch.device("cuda", torch.cuda.current_device()) if cuda else torch.device("cpu")
+
+
+def timeout_s() -> float:
+    return _timeout_s
+
+
+def is_timeout(e: BaseException) -> bool:
+    """Whether ``e`` is a collective that gave up waiting for another rank."""
+    if isinstance(e, getattr(dist, "DistBackendError", ())) or isinstance(e, TimeoutError):
+        return True
+    return isinstance(e, RuntimeError) and "timed out" in str(e).lower()
 
 
 def is_distributed() -> bool:
@@ -48,11 +71,13 @@ def is_distributed() -> bool:
 
 
 def rank() -> int:
-    return dist.get_rank() if is_distributed() else 0
+    """This process's rank; before ``init``, the one torchrun gave it."""
+    return dist.get_rank() if is_distributed() else int(os.environ.get("RANK", 0))
 
 
 def world_size() -> int:
-    return dist.get_world_size() if is_distributed() else 1
+    """The number of ranks; before ``init`` (flags are checked first), the one torchrun set."""
+    return dist.get_world_size() if is_distributed() else int(os.environ.get("WORLD_SIZE", 1))
 
 
 def is_main() -> bool:
@@ -64,11 +89,14 @@ def barrier():
         dist.barrier()
 
 
-def shutdown():
+def shutdown(clean: bool = True):
+    """Leave the process group. After a clean run every rank leaves its last collective first
+    (a gloo rank whose peer destroys the group mid-exchange aborts the process); after a
+    failure the other ranks may be inside a collective this rank will never join, so it leaves
+    at once and torchrun ends them."""
     if is_distributed():
-        # every rank leaves its last collective before the group is torn down: a gloo rank whose
-        # peer destroys the group mid-exchange aborts the process
-        dist.barrier()
+        if clean:
+            dist.barrier()
         dist.destroy_process_group()
 
 
@@ -185,6 +213,13 @@ def clip_grad_norm(params: list[torch.nn.Parameter], max_norm: float) -> float:
     return norm.item()
 
 
+def all_finite(tensors) -> bool:
+    """Whether every element of every tensor is finite, over all shards of all ranks."""
+    local = [t.to_local() if hasattr(t, "to_local") else t for t in tensors]   # DTensor shards
+    bad = sum(int(not torch.isfinite(t.detach()).all()) for t in local if t.numel())
+    return all_reduce_sum({"bad": float(bad)})["bad"] == 0
+
+
 def full_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """Unsharded CPU tensors of ``model`` on rank 0 (empty elsewhere); all of them at once, so
     for tests and small models (the HF export gathers one tensor at a time: ``full_on_main``)."""
@@ -220,11 +255,24 @@ def full_on_main(t: torch.Tensor) -> torch.Tensor | None:
     return full.detach().cpu() if is_main() else None
 
 
+@contextlib.contextmanager
+def _unwrapped():
+    """DCP reports a failure on any rank as a CheckpointException (a BaseException, which no
+    ``except Exception`` sees) holding each rank's exception; raise the first of those."""
+    try:
+        yield
+    except CheckpointException as e:
+        failures = [f[0] if isinstance(f, tuple) else f for f in (e.failures or {}).values()]
+        if not failures:
+            raise
+        raise failures[0] from None
+
+
 def save_state(path, model: torch.nn.Module, optimizers: list[torch.optim.Optimizer]):
     """Model and optimizer states, each rank writing its own shards (torch.distributed.checkpoint).
     The layout is independent of the world size, so a run may resume on more or fewer ranks."""
     msd, osd = get_state_dict(model, optimizers)
-    with warnings.catch_warnings():   # "assuming the intent is to save in a single process": it is
+    with warnings.catch_warnings(), _unwrapped():   # "assuming the intent is to save in a single process"
         warnings.simplefilter("ignore", UserWarning)
         dcp.save({"model": msd, "optim": osd}, checkpoint_id=str(path),
                  no_dist=not is_distributed())
@@ -234,7 +282,7 @@ def load_state(path, model: torch.nn.Module, optimizers: list[torch.optim.Optimi
     """Inverse of ``save_state``: reshard the saved tensors onto this run's ranks, in place."""
     msd, osd = get_state_dict(model, optimizers)
     state = {"model": msd, "optim": osd}
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), _unwrapped():
         warnings.simplefilter("ignore", UserWarning)
         dcp.load(state, checkpoint_id=str(path), no_dist=not is_distributed())
     set_state_dict(model, optimizers, model_state_dict=state["model"],

@@ -29,15 +29,19 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
+import sys
 from pathlib import Path
 
 import torch
 
 from data import synthetic
-from data.readers import read_jsonl, write_jsonl
-from e2h.checkpoint import load_model
+from data.readers import numbered_rows, read_jsonl, write_jsonl
+from e2h.checkpoint import check_tokenizer, load_model
+from e2h.errors import guard
+from e2h.files import write_text
 from e2h.rerank import format_table, rerank_table
 from e2h.rm import prm_examples
+from e2h.run import check_model_dir
 from e2h.sample import sample_solutions
 from e2h.score import (auc_by_difficulty, min_token_probs, sample_score, score_samples,
                        within_problem_auc)
@@ -50,10 +54,7 @@ def read_problems(path) -> list[dict]:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: problem file not found")
     problems = []
-    for line_no, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        r = json.loads(line)
+    for line_no, r in numbered_rows(path):
         r.setdefault("id", r.get("unique_id"))
         r.setdefault("question", r.get("problem"))
         missing = [k for k in ("id", "question", "answer") if r.get(k) is None]
@@ -61,14 +62,16 @@ def read_problems(path) -> list[dict]:
         if missing:
             raise ValueError(f"{path}:{line_no}: missing key {missing[0]!r}")
         problems.append(r)
+    if not problems:
+        raise ValueError(f"{path}: no problems in the file")
     return problems
 
 
-def write_text(path: Path, text: str):
-    """Write a whole file atomically: a reader (or a re-run) never sees half of it."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+def positive(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
 
 
 def parse_args(argv=None):
@@ -92,17 +95,17 @@ def parse_args(argv=None):
                              "labelled by the program checker, are the held-out RM records")
     parser.add_argument("--tokenizer", required=True, help="tokenizer.json (or its directory)")
     parser.add_argument("--out", required=True, help="output directory")
-    parser.add_argument("--limit", type=int, default=None, help="only the first LIMIT problems")
+    parser.add_argument("--limit", type=positive, default=None, help="only the first LIMIT problems")
     # sampling
-    parser.add_argument("--n", type=int, default=16, help="samples per problem (N)")
+    parser.add_argument("--n", type=positive, default=16, help="samples per problem (N)")
     parser.add_argument("--temperature", type=float, default=0.7, help="sampling temperature")
     parser.add_argument("--top-k", type=int, default=20, help="top-k sampling (0: off)")
-    parser.add_argument("--max-new-tokens", type=int, default=512, help="longest completion")
-    parser.add_argument("--batch-size", type=int, default=8, help="problems per generate call")
-    parser.add_argument("--rm-batch-size", type=int, default=16, help="sequences per RM forward")
+    parser.add_argument("--max-new-tokens", type=positive, default=512, help="longest completion")
+    parser.add_argument("--batch-size", type=positive, default=8, help="problems per generate call")
+    parser.add_argument("--rm-batch-size", type=positive, default=16, help="sequences per RM forward")
     parser.add_argument("--no-greedy", action="store_true", help="skip the greedy pass")
     # re-ranking
-    parser.add_argument("--n-subsets", type=int, default=32, help="random subsets per n")
+    parser.add_argument("--n-subsets", type=positive, default=32, help="random subsets per n")
     parser.add_argument("--seed", type=int, default=0, help="seed for sampling and subsets")
     # run
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
@@ -125,19 +128,36 @@ def parse_args(argv=None):
     return args
 
 
+def check_models(args):
+    """Each model flag names a model directory of the kind it takes (before any is loaded)."""
+    rms = [x.split("=", 1)[-1] for x in args.rm] if isinstance(args.rm, list) else [args.rm]
+    for flag, path, reward in [("policy", args.policy, False), ("confidence", args.confidence, False),
+                               *[("rm", p, True) for p in rms]]:
+        if path:
+            check_model_dir(flag, path, reward)
+
+
+def load(path, tok, dtype, device):
+    model = load_model(path, dtype=dtype, device=device).eval()
+    check_tokenizer(tok, model)
+    return model
+
+
 def main(argv=None):
     args = parse_args(argv)
     print(json.dumps(vars(args)))
+    check_models(args)
+    Path(args.out).mkdir(parents=True, exist_ok=True)
     if args.samples:
         return rescore(args)
     tok = Tokenizer(args.tokenizer)
     dtype = getattr(torch, args.dtype) if args.dtype else None
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    (out / "table.json").unlink(missing_ok=True)   # the done-marker goes until this run writes it
     samples = greedy = None
     if args.policy:                                   # 1. sample (the policy, then the RM, in memory)
         problems = read_problems(args.data)[:args.limit]
-        policy = load_model(args.policy, dtype=dtype, device=args.device).eval()
+        policy = load(args.policy, tok, dtype, args.device)
         if not args.no_greedy:
             greedy = sample_solutions(policy, tok, problems, n=1, temperature=0.0, top_k=None,
                                       max_new_tokens=args.max_new_tokens,
@@ -149,7 +169,7 @@ def main(argv=None):
                                    batch_size=args.batch_size)
         del policy
     if args.rm:                                       # 2. score once; held-out ROC-AUC
-        rm = load_model(args.rm, dtype=dtype, device=args.device).eval()
+        rm = load(args.rm, tok, dtype, args.device)
         if samples is not None:
             score_samples(rm, tok, samples, args.rm_batch_size)
         if args.rm_records:
@@ -188,12 +208,15 @@ def rescore(args):
     tok = Tokenizer(args.tokenizer)
     dtype = getattr(torch, args.dtype) if args.dtype else None
     out = Path(args.out)
-    samples = read_jsonl(args.samples)
+    (out / "rerank.json").unlink(missing_ok=True)   # the done-marker goes until this run writes it
+    samples = read_jsonl(args.samples, ("id", "question", "level", "completion", "answer", "correct"))
+    if not samples:
+        raise ValueError(f"{args.samples}: no samples in the file")
     records = held_out_records(args, samples)
     tables, kept = {}, [{k: s[k] for k in ("id", "level", "completion", "answer", "correct")}
                         | {"scores": {}} for s in samples]
     for name, path in (x.split("=", 1) for x in args.rm):
-        rm = load_model(path, dtype=dtype, device=args.device).eval()
+        rm = load(path, tok, dtype, args.device)
         with torch.no_grad():
             scored = score_samples(rm, tok, [dict(s) for s in samples], args.rm_batch_size)
             auc = auc_by_difficulty(rm, tok, records, args.rm_batch_size)
@@ -205,7 +228,7 @@ def rescore(args):
             scored, [sample_score(s, "min") for s in scored])
         del rm
     if args.confidence:   # does the signal exist in the generator itself?
-        policy = load_model(args.confidence, dtype=dtype, device=args.device).eval()
+        policy = load(args.confidence, tok, dtype, args.device)
         confidence = min_token_probs(policy, tok, samples)
         tables["generator"] = {"within_auc": within_problem_auc(samples, confidence)}
         for k, c in zip(kept, confidence):
@@ -218,4 +241,4 @@ def rescore(args):
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(guard(main, interrupted="interrupted; nothing is marked done: run the command again"))

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import random
 import re
+import sys
 from pathlib import Path
 
 import torch
@@ -19,6 +20,7 @@ import torch
 from data.format import EASY_LEVELS, HARD_LEVELS, LEVELS
 from data.readers import load_math, write_jsonl
 from e2h.checkpoint import load_model
+from e2h.errors import guard
 from e2h.grader import extract_answer
 from e2h.rerank import accuracy_by_split
 from e2h.sample import sample_solutions
@@ -114,4 +116,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(guard(main, interrupted="interrupted; nothing is marked done: run the command again"))

@@ -9,8 +9,12 @@ steps once per global batch with a warmup + cosine learning rate (a function of 
 scheduler state) after clipping the global gradient norm.
 
 PPO's steps (a rollout batch and its updates) run through the same ``run_steps``: learning
-rate, the non-finite stop (checked before any checkpoint is written, so the last checkpoint is
-a good one), the metrics line, the progress bar and the save cadence live only here.
+rate, the non-finite stop, the metrics line, the progress bar and the save cadence live only
+here. The non-finite stop keeps the last checkpoint a good one: a step whose loss or gradient
+norm is not finite updates nothing and nothing is saved after it; the checkpoint holding the
+weights that produced it (saved right after the previous step, whose update blew them up to
+huge but finite values) is set aside as ``.nonfinite``; and weights that are not finite are
+never saved.
 
 A phase is identified by its iteration number; a checkpoint records (iteration, step within
 the phase, steps in the phase), which is all a resumed run needs to skip finished phases.
@@ -26,10 +30,7 @@ from tqdm import tqdm
 
 from e2h import distributed as dist
 from e2h import trainstate
-
-
-class NonFiniteLoss(RuntimeError):
-    pass
+from e2h.errors import NonFiniteLoss
 
 
 def lr_at(step: int, steps: int, args) -> float:
@@ -60,42 +61,63 @@ def phase_steps(n_examples: int, args) -> int:
     return min(steps, args.max_steps) if args.max_steps else steps
 
 
+def stop_non_finite(run, what: str):
+    """Raise NonFiniteLoss for step run.step + 1: ``what`` was not finite. The weights it ran
+    on are those after step run.step; a checkpoint of them is set aside (it is not good)."""
+    bad = trainstate.checkpoint_dir(run.out, run.step)
+    aside = f"; checkpoint {bad.name}, which holds the weights that gave it, is set aside as " \
+            f"{trainstate.set_aside(bad, 'nonfinite').name}" if bad.is_dir() else ""
+    good = trainstate.latest(run.out)
+    raise NonFiniteLoss(
+        f"{what} at step {run.step + 1}; stopped before updating or saving{aside}. Last good "
+        f"checkpoint: {good or 'none'}" + ("; resuming with the flags that gave this repeats "
+        "it: lower --lr (with --allow-changed-flags)" if good else ""))
+
+
 def run_steps(run, steps: int, start: int, optimizers, step, save, *, iteration: int = 0,
               desc: str = "", evaluate=None):
     """Steps ``start`` .. ``steps - 1`` of one phase.
 
-    ``step(k) -> record`` does the work of step k (its "loss" and "tokens" are read here);
+    ``step(k) -> record`` does the work of step k (its "loss" and "tokens" are read here; a
+    step whose "loss" or "grad_norm" is not finite must not have updated the weights);
     ``evaluate(k) -> dict`` (optional) adds validation numbers after it; ``save(k)`` writes a
     checkpoint at the end of the phase, every --save-every steps and at --stop-after.
     """
     args = run.args
-    bar = tqdm(total=steps, initial=start, disable=not dist.is_main(), dynamic_ncols=True,
-               desc=desc)
-    for k in range(start, steps):
-        t0, lr = time.time(), lr_at(k, steps, args)
-        for opt in optimizers:
-            for group in opt.param_groups:
-                group["lr"] = lr
-        record = step(k)
-        if not math.isfinite(record["loss"]):
-            raise NonFiniteLoss(f"loss is {record['loss']} at step {run.step + 1}; stopped "
-                                f"before saving. Last good checkpoint: "
-                                f"{trainstate.latest(run.out) or 'none'}")
-        run.step += 1
-        record = {"step": run.step, "iteration": iteration, **record, "learning_rate": lr,
-                  "tokens_per_s": record["tokens"] / (time.time() - t0)}
-        if evaluate is not None:
-            record.update(evaluate(k))
-        run.log(record)
-        shown = {"loss": f"{record['loss']:.4f}"}
-        if "objective/rlhf_reward" in record:
-            shown["reward"] = f"{record['objective/rlhf_reward']:.3f}"
-        bar.set_postfix(**shown, tok_s=f"{record['tokens_per_s']:.0f}")
-        bar.update()
-        if k + 1 == steps or (args.save_every and run.step % args.save_every == 0) or \
-                run.step == args.stop_after:
-            save(k)
-    bar.close()
+    params = [p for opt in optimizers for group in opt.param_groups for p in group["params"]]
+    with tqdm(total=steps, initial=start, disable=not dist.is_main(), dynamic_ncols=True,
+              desc=desc) as bar:   # closed (its line ended) however the loop ends
+        for k in range(start, steps):
+            t0, lr = time.time(), lr_at(k, steps, args)
+            for opt in optimizers:
+                for group in opt.param_groups:
+                    group["lr"] = lr
+            try:
+                record = step(k)
+            except NonFiniteLoss as e:
+                stop_non_finite(run, str(e))
+            bad = [f"{key} is {record[key]}" for key in ("loss", "grad_norm")
+                   if key in record and not math.isfinite(record[key])]
+            if bad:
+                stop_non_finite(run, " and ".join(bad))
+            run.step += 1
+            record = {"step": run.step, "iteration": iteration, **record, "learning_rate": lr,
+                      "tokens_per_s": record["tokens"] / (time.time() - t0)}
+            if evaluate is not None:
+                record.update(evaluate(k))
+            run.log(record)
+            shown = {"loss": f"{record['loss']:.4f}"}
+            if "objective/rlhf_reward" in record:
+                shown["reward"] = f"{record['objective/rlhf_reward']:.3f}"
+            bar.set_postfix(**shown, tok_s=f"{record['tokens_per_s']:.0f}")
+            bar.update()
+            if k + 1 == steps or (args.save_every and run.step % args.save_every == 0) or \
+                    run.step == args.stop_after:
+                if not dist.all_finite(params):
+                    raise NonFiniteLoss(f"the weights are not finite after step {run.step}; not "
+                                        f"saved. Last good checkpoint: "
+                                        f"{trainstate.latest(run.out) or 'none'}")
+                save(k)
 
 # ----------------------------------------------------------------------------- the supervised step
 
@@ -143,11 +165,8 @@ def train_phase(run, model, opt, examples: list, collate, loss_fn, iteration: in
                 p.grad.mul_(W / total)
         record = {key: v / total for key, v in sums.items()}
         grad_norm = dist.clip_grad_norm(params, args.grad_clip)
-        if not (math.isfinite(record["loss"]) and math.isfinite(grad_norm)):
-            raise NonFiniteLoss(f"loss is {record['loss']} (gradient norm {grad_norm}) at step "
-                                f"{run.step + 1}; stopped without updating. Last good checkpoint: "
-                                f"{trainstate.latest(run.out) or 'none'}")
-        opt.step()
+        if math.isfinite(record["loss"]) and math.isfinite(grad_norm):   # else run_steps stops
+            opt.step()
         opt.zero_grad(set_to_none=True)
         return {**record, "grad_norm": grad_norm, "tokens": int(tokens)}
 

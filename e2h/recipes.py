@@ -279,8 +279,7 @@ def train_ppo(run) -> dict:
         metrics = dist.all_reduce_mean(metrics)
         loss = metrics["loss/policy"] + args.vf_coef * metrics["loss/value"]
         if not math.isfinite(metrics["objective/rlhf_reward"]):
-            raise NonFiniteLoss(f"PPO reward {metrics['objective/rlhf_reward']} at step "
-                                f"{run.step + 1}")
+            raise NonFiniteLoss(f"PPO reward is {metrics['objective/rlhf_reward']}")
         tokens = dist.all_reduce_sum({"tokens": batch["tokens"].numel()})["tokens"]
         return {"loss": loss, "grad_norm": metrics["policy/grad_norm"], "tokens": int(tokens),
                 **metrics}

@@ -154,7 +154,8 @@ def _choose(method: str, groups, weights):
 
 def rerank_table(samples: list[dict], ns=None, n_subsets: int = 32, seed: int = 0,
                  greedy: list[dict] | None = None, with_rm: bool | None = None) -> dict:
-    """Accuracy (%) at each n in ``ns`` for each re-ranking method, mean and std over subsets.
+    """Accuracy (%) at each n in ``ns`` for each re-ranking method, mean and std over subsets
+    (default ``ns``: 1, 2, 4, ... and N, the fewest samples a problem has).
 
     For every n, ``n_subsets`` draws (one when n equals every problem's sample count) each
     pick, per problem, n of its samples uniformly without replacement (kept in sample order,
@@ -172,7 +173,9 @@ def rerank_table(samples: list[dict], ns=None, n_subsets: int = 32, seed: int = 
     if not problems:
         raise ValueError("rerank_table: no graded samples")
     sizes = {len(p["correct"]) for p in problems}
-    ns = list(ns) if ns is not None else [2 ** i for i in range(min(sizes).bit_length())]
+    if ns is None:   # 1, 2, 4, ... and N itself (N = 3 ends at 3, not 2)
+        ns = sorted({2 ** i for i in range(min(sizes).bit_length())} | {min(sizes)})
+    ns = list(ns)
     if max(ns) > min(sizes):
         raise ValueError(f"rerank_table: n={max(ns)} but a problem has only {min(sizes)} samples")
     rng = np.random.default_rng(seed)

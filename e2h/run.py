@@ -23,8 +23,10 @@ from data.format import format_prompt
 from data.readers import write_jsonl
 from e2h import distributed as dist
 from e2h import trainstate
-from e2h.checkpoint import check_tokenizer
+from e2h.checkpoint import LM_ARCH, check_tokenizer, read_config
+from e2h.files import disk_errors, write_text
 from e2h.model import ModelArgs, RewardModel, Transformer
+from e2h.runfolder import LOG, read_log
 from e2h.sample import sample_solutions
 from e2h.sft import freeze_embeddings
 from e2h.sharded import lazy_model, place
@@ -45,16 +47,22 @@ class Run:
     tok_path: Path
     resume: dict | None = None   # trainer.json of the checkpoint resumed from, and its "path"
     step: int = 0                # optimizer steps so far, over all phases
-    last: dict | None = None     # the latest metrics line
+    last: dict | None = None     # the latest metrics line of a step
 
-    def resume_from(self, ckpt: Path):
-        """Continue after checkpoint ``ckpt``: its step, and metrics.jsonl cut back to it."""
-        self.resume = {**json.loads((ckpt / "trainer.json").read_text()), "path": ckpt}
-        self.step = self.resume["step"]
+    def resume_from(self, ckpt: Path | None):
+        """Continue after checkpoint ``ckpt`` (None: from step 0, with the data the run cached):
+        its step, and metrics.jsonl cut back to it, atomically. The closing lines go too (the
+        run ends again and writes them once more), and flag changes accepted at this step (this
+        resume decides them again)."""
+        if ckpt is not None:
+            self.resume = {**trainstate.read_trainer(ckpt), "path": ckpt}
+            self.step = self.resume["step"]
+        decided_here = lambda x: "changed_flags" in x or any(k.startswith("final/") for k in x)
+        kept = [x for x in read_log(self.out / LOG)
+                if x["step"] < self.step or (x["step"] == self.step and not decided_here(x))]
+        self.last = next((x for x in reversed(kept) if "loss" in x), None)
         if dist.is_main():
-            log = self.out / "metrics.jsonl"
-            lines = log.read_text().splitlines() if log.exists() else []
-            log.write_text("".join(x + "\n" for x in lines if json.loads(x)["step"] <= self.step))
+            write_text(self.out / LOG, "".join(json.dumps(x) + "\n" for x in kept))
 
     def autocast(self):
         # under FSDP the mixed-precision policy casts; a single process autocasts
@@ -67,10 +75,12 @@ class Run:
         return getattr(torch, self.args.dtype)
 
     def log(self, record: dict):
-        if "loss" in record:   # a step's line, not a validation or data line
+        """Append one line to metrics.jsonl, in one write (a kill tears at most that line,
+        which ``read_log`` leaves out)."""
+        if "loss" in record:
             self.last = record
         if dist.is_main():
-            with open(self.out / "metrics.jsonl", "a") as f:
+            with disk_errors(self.out / LOG), open(self.out / LOG, "a") as f:
                 f.write(json.dumps(record) + "\n")
 
     def phase_start(self, iteration: int) -> int | None:
@@ -133,6 +143,20 @@ def setup_tokenizer(args, out: Path) -> Path:
         train_tokenizer(texts, path, vocab_size=vocab)
     dist.barrier()
     return path
+
+
+def check_model_dir(flag: str, path, reward: bool | None = None):
+    """``path``, given as ``--flag``, is an HF model directory of the kind the flag takes
+    (``reward``: a reward model; False: a policy; None: either), read from its config.json."""
+    path = Path(path)
+    if not path.is_dir():
+        raise ValueError(f"--{flag} {path}: not a folder (an HF Llama directory with config.json)")
+    _, arch = read_config(path)
+    is_rm = arch != LM_ARCH
+    if reward is not None and is_rm != reward:
+        found = f"a reward model ({arch})" if is_rm else f"a policy ({arch})"
+        raise ValueError(f"--{flag} {path}: {found}, but --{flag} takes "
+                         f"{'a reward model' if reward else 'a policy'}")
 
 
 def load_or_init(path, args, tok: Tokenizer) -> torch.nn.Module:

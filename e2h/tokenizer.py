@@ -20,6 +20,8 @@ from tokenizers import Regex
 from tokenizers import Tokenizer as _HFTokenizer
 from tokenizers import decoders, models, pre_tokenizers, processors, trainers
 
+from e2h.files import disk_errors
+
 SPECIALS = ["<unk>", "<s>", "</s>"]
 HF_FILES = ("tokenizer_config.json", "special_tokens_map.json")
 
@@ -111,6 +113,7 @@ def train_tokenizer(texts, path: str | os.PathLike, vocab_size: int = 128) -> To
         single="<s> $A", pair="<s> $A <s> $B:1", special_tokens=[("<s>", tok.token_to_id("<s>"))])
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     tmp = f"{path}.tmp"
-    tok.save(tmp)
+    with disk_errors(Path(path).parent):
+        tok.save(tmp)
     os.replace(tmp, path)   # a killed run never leaves half a tokenizer behind
     return Tokenizer(path)

@@ -98,8 +98,8 @@ def test_prm_trains_the_missing_sft_stage_then_a_reward_head(runs):
     assert after["score.weight"].abs().sum() > 0      # the head starts at exactly zero
     assert changed(before, after, "model.layers.1.mlp.down_proj.weight")
     check_metrics(runs / "prm", 2)
-    # a second run with the same settings reuses the cached stage
-    again = ok(train("--algo", "prm", "--out", runs / "prm", *TINY))
+    # a second run with the same settings (in another folder) reuses the cached stage
+    again = ok(train("--algo", "prm", "--out", runs / "prm_again", *TINY))
     assert "using the SFT stage cached at" in again.stdout
 
 
@@ -177,15 +177,17 @@ def test_stop_then_resume_ends_with_exactly_the_uninterrupted_weights(runs):
     assert [x["loss"] for x in steps(runs / "whole")] == [x["loss"] for x in steps(runs / "parts")]
 
 
-def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(runs):
-    # lr 1e30: the first update blows the weights up, the second step's loss is NaN
+def test_nan_loss_stops_and_sets_the_checkpoint_that_gave_it_aside(runs):
+    # lr 1e30: the first update blows the weights up (finite, ~1e30), the second step's loss is
+    # NaN, so the checkpoint saved after step 1 holds weights that give NaN: it is not good
     out = runs / "nan"
     result = train(*SFT, "--out", out, "--lr", "1e30", "--warmup-ratio", "0", "--save-every", "1")
     assert result.returncode == 1
-    assert "error: loss is nan (gradient norm nan) at step 2" in result.stderr
-    assert "Last good checkpoint:" in result.stderr and "step_000001" in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: loss is nan and grad_norm is nan at step 2; stopped before")
+    assert "step_000001.nonfinite. Last good checkpoint: none" in last
     assert [x["step"] for x in steps(out)] == [1]
-    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_000001"]
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_000001.nonfinite"]
 
 
 @pytest.mark.parametrize("argv, message", [
