@@ -134,7 +134,7 @@ def write_checkpoints(model, policy_dir: Path, rm_dir: Path, max_shard_bytes: in
     import torch
     from safetensors.torch import save_file
 
-    from e2h.checkpoint import RM_ARCH, hf_config
+    from e2h.hf_config import RM_ARCH, hf_config
     trunk = {"model." + n: p.detach() for n, p in model.named_parameters() if n != "lm_head.weight"}
     shards, size = [[]], 0
     for key, t in trunk.items():

@@ -9,10 +9,9 @@ plus ``score.weight`` (1, C) and ``score.bias`` (1,). A one-label
 no bias, read at the last token) loads as a reward model with a zero bias: its logit at a
 position is what the sequence classifier gives for the text ending there.
 
-RoPE is read from ``rope_theta`` / ``rope_scaling`` (transformers 4.x) and ``rope_parameters``
-(5.x); where both are present they must agree. ``save_model`` writes both, and beside the weights
-``generation_config.json`` and the ``tokenizer_config.json`` / ``special_tokens_map.json`` that
-let ``AutoTokenizer`` open the folder once a tokenizer.json is there (e2h/tokenizer.py).
+config.json and the JSON files beside the weights are e2h/hf_config.py: RoPE in both key sets
+(transformers 4.x ``rope_theta`` / ``rope_scaling``, 5.x ``rope_parameters``), generation and
+tokenizer settings that let ``AutoTokenizer`` open the folder.
 
 Loading holds one copy of the weights: the model is built on the meta device, allocated once in
 the target dtype (``to_empty``), then filled tensor by tensor from each shard; a sharded model
@@ -36,29 +35,13 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError, safe_open
 
-from e2h.model import ModelArgs, RewardModel, Transformer
-from e2h.rope import hf_rope_keys, read_hf_rope
+from e2h.hf_config import GENERATION, LM_ARCH, SEQ_ARCH, hf_files, read_config
+from e2h.model import RewardModel, Transformer
 from e2h.safetensors_file import DTYPES, read_header, write_safetensors
 from e2h.tokenizer import HF_FILES as TOKENIZER_FILES
-from e2h.tokenizer import hf_tokenizer_files
 
 INDEX = "model.safetensors.index.json"
 SINGLE = "model.safetensors"
-LM_ARCH, RM_ARCH, SEQ_ARCH = ("LlamaForCausalLM", "LlamaForTokenClassification",
-                              "LlamaForSequenceClassification")
-GENERATION = "generation_config.json"
-# HF LlamaConfig key -> (ModelArgs field, default when the key is absent: None = required)
-CONFIG = {"hidden_size": ("dim", None), "intermediate_size": ("ffn_dim", None),
-          "num_hidden_layers": ("n_layers", None), "num_attention_heads": ("n_heads", None),
-          "vocab_size": ("vocab_size", None), "num_key_value_heads": ("n_kv_heads", "n_heads"),
-          "rms_norm_eps": ("norm_eps", 1e-6), "max_position_embeddings": ("max_seq_len", 2048),
-          "tie_word_embeddings": ("tie_embeddings", False)}
-# config keys whose other values change the math e2h implements
-UNSUPPORTED = {"model_type": ("llama", None), "hidden_act": ("silu", None),
-               "attention_bias": (False, None), "mlp_bias": (False, None),
-               "partial_rotary_factor": (1.0, None)}
-
-
 def hf_params(model) -> dict[str, torch.nn.Parameter]:
     """Parameters of a Transformer or RewardModel under their HF keys."""
     is_rm = isinstance(model, RewardModel)
@@ -72,51 +55,6 @@ def hf_params(model) -> dict[str, torch.nn.Parameter]:
     if is_rm:
         out["score.weight"], out["score.bias"] = model.score.weight, model.score.bias
     return out
-
-
-def read_config(path: Path) -> tuple[ModelArgs, str]:
-    """(ModelArgs, architecture) from an HF Llama config.json."""
-    file = path / "config.json"
-    if not file.is_file():
-        raise FileNotFoundError(f"{file}: not found")
-    try:
-        cfg = json.loads(file.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{file}: not valid JSON ({e})") from None
-    for key, allowed in UNSUPPORTED.items():
-        if cfg.get(key) not in allowed:
-            raise ValueError(f"{file}: {key}={cfg[key]!r} is not supported (expected {allowed[0]!r})")
-    kwargs = {}
-    for key, (field, default) in CONFIG.items():
-        if key in cfg:
-            kwargs[field] = cfg[key]
-        elif default is None:
-            raise ValueError(f"{file}: missing key {key!r}")
-        else:
-            kwargs[field] = kwargs[default] if isinstance(default, str) else default
-    kwargs["rope_theta"], kwargs["rope_scaling"] = read_hf_rope(cfg, file, kwargs["max_seq_len"])
-    arch = read_architecture(cfg, file)
-    kwargs["tie_embeddings"] = kwargs["tie_embeddings"] or arch != LM_ARCH   # RMs: no LM head
-    try:
-        args = ModelArgs(**kwargs)
-    except (ValueError, TypeError) as e:
-        raise ValueError(f"{file}: {e}") from None
-    if cfg.get("head_dim", args.head_dim) != args.head_dim:
-        raise ValueError(f"{file}: head_dim {cfg['head_dim']} != hidden_size / num_attention_heads")
-    return args, arch
-
-
-def read_architecture(cfg: dict, file: Path) -> str:
-    """The model class of config.json; a reward model has one label (HF stores ``id2label``)."""
-    archs = cfg.get("architectures") or [LM_ARCH]
-    if len(archs) != 1 or archs[0] not in (LM_ARCH, RM_ARCH, SEQ_ARCH):
-        raise ValueError(f"{file}: architectures={archs!r} is not supported (e2h loads "
-                         f"{LM_ARCH}, {RM_ARCH} or {SEQ_ARCH})")
-    labels = len(cfg["id2label"]) if cfg.get("id2label") else cfg.get("num_labels") or 1
-    if archs[0] != LM_ARCH and labels != 1:
-        raise ValueError(f"{file}: {archs[0]} with {labels} labels is a classifier; e2h loads "
-                         f"reward models with one label (one score per position)")
-    return archs[0]
 
 
 def weight_files(path: Path) -> dict[str, tuple[Path, str, list[int]]]:
@@ -222,29 +160,6 @@ def check_tokenizer(tok, model):
     if tok.vocab_size > rows:
         raise ValueError(f"{tok.path}: tokenizer has {tok.vocab_size} tokens but the model's "
                          f"embedding has only {rows} rows")
-
-
-def hf_config(model, dtype: torch.dtype) -> dict:
-    """config.json in HF LlamaConfig keys, so ecosystem tools open the directory unchanged."""
-    is_rm = isinstance(model, RewardModel)
-    args = (model.trunk if is_rm else model).args
-    cfg = {"architectures": [RM_ARCH if is_rm else LM_ARCH], "model_type": "llama",
-           "hidden_act": "silu", "attention_bias": False, "mlp_bias": False,
-           "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0, "initializer_range": 0.02,
-           "torch_dtype": str(dtype).removeprefix("torch.")}
-    cfg.update({key: getattr(args, field) for key, (field, _) in CONFIG.items()})
-    cfg.update(hf_rope_keys(args.rope_theta, args.rope_scaling))
-    if is_rm:
-        cfg["num_labels"] = 1
-    return cfg
-
-
-def hf_files(model, dtype: torch.dtype) -> dict[str, dict]:
-    """Every JSON file save_model writes: config, generation defaults, tokenizer settings."""
-    args = (model.trunk if hasattr(model, "trunk") else model).args
-    generation = {"bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0}   # e2h/tokenizer.py
-    return {"config.json": hf_config(model, dtype), GENERATION: generation,
-            **hf_tokenizer_files(args.max_seq_len)}
 
 
 def _is_checkpoint_file(name: str) -> bool:

@@ -12,7 +12,6 @@ model once per new token; ``gathered`` unshards every parameter once for the who
 from __future__ import annotations
 
 import contextlib
-from contextlib import ExitStack
 import datetime
 import os
 import warnings
@@ -293,28 +292,3 @@ def say(text: str):
     """Print on rank 0 only: every rank runs the same program and would say it W times."""
     if is_main():
         print(text, flush=True)
-
-# ----------------------------------------------------------------------------- sampling on ranks
-
-
-def shard_of(items: list) -> list:
-    """This rank's share, rank r taking items r, r + W, r + 2W, ..."""
-    return items[rank()::world_size()]
-
-
-def on_every_rank(fn, problems_: list[dict], *models):
-    """Run ``fn(my_problems)`` on this rank's share of the problems with the models' parameters
-    gathered once (no collective per token); every rank gets all ranks' records, rank 0's
-    first. ``fn`` returns (records, metrics): int metrics are summed over ranks, the others
-    averaged."""
-    mine = shard_of(problems_)
-    with ExitStack() as stack:
-        for m in models:
-            stack.enter_context(gathered(m))
-        records, metrics = fn(mine)
-    groups = all_gather_objects(records)
-    totals = all_reduce_sum({k: float(v) for k, v in metrics.items()})
-    # counts (ints) add up over ranks, rates (floats) are averaged
-    metrics = {k: int(totals[k]) if isinstance(v, int) else totals[k] / world_size()
-               for k, v in metrics.items()}
-    return [r for g in groups for r in g], metrics

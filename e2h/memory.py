@@ -30,7 +30,7 @@ import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from e2h.checkpoint import LM_ARCH, read_config
+from e2h.hf_config import LM_ARCH, read_config
 from e2h.defaults import COMMON, PAPER
 from e2h.footprint import Model, activation_peak, kv_cache
 from e2h.model import ModelArgs

@@ -30,7 +30,8 @@ from e2h.model import RewardModel
 from e2h.rollout import rollout
 from e2h.sharded import load_into
 from e2h.run import (cached_records, encode_all, finish, generator_for, load, load_or_init,
-                     make_optimizer, max_len, prepare, rng_for, sample)
+                     make_optimizer, max_len, on_every_rank, prepare, rng_for, sample,
+                     shard_of)
 from e2h.validate import Best, accuracy, closing, starting_accuracy, validation_split
 from e2h.score import step_and_outcome_auc
 
@@ -153,7 +154,7 @@ def iteration_data(run, it: int, build, problems_, *models) -> list:
     sampling metrics are printed and logged."""
     def built():
         with run.autocast():
-            examples, metrics = dist.on_every_rank(build, problems_, *models)
+            examples, metrics = on_every_rank(build, problems_, *models)
         run.log({"step": run.step, "iteration": it, **{f"data/{k}": v for k, v in metrics.items()}})
         dist.say(f"{run.args.algo} iteration {it}: {len(examples)} examples; "
                  + ", ".join(f"{k} {v:.3g}" for k, v in metrics.items()))
@@ -263,7 +264,7 @@ def train_ppo(run) -> dict:
         mine = [problems_[i] for i in batch_indices(len(problems_), k, args.rollouts, args.seed)]
         with run.autocast():
             batch, metrics = rollout(
-                policy, reference, value, reward, run.tok, dist.shard_of(mine),
+                policy, reference, value, reward, run.tok, shard_of(mine),
                 temperature=args.temperature, top_k=args.top_k or None,
                 max_new_tokens=args.max_new_tokens, kl_coef=args.kl_coef,
                 process_reward=reward is not None,

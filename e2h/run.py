@@ -12,7 +12,7 @@ import argparse
 import hashlib
 import json
 import random
-from contextlib import nullcontext
+from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,7 +23,8 @@ from data.format import format_prompt
 from data.readers import write_jsonl
 from e2h import distributed as dist
 from e2h import trainstate
-from e2h.checkpoint import LM_ARCH, check_tokenizer, read_config
+from e2h.checkpoint import check_tokenizer
+from e2h.hf_config import LM_ARCH, read_config
 from e2h.files import disk_errors, write_text
 from e2h.model import ModelArgs, RewardModel, Transformer
 from e2h.runfolder import LOG, read_log
@@ -189,6 +190,29 @@ def load(run: Run, path, trainable: bool = True, pretrained: bool = True):
     return prepare(run, load_or_init(path, run.args, run.tok), trainable, pretrained)
 
 
+def shard_of(items: list) -> list:
+    """This rank's share, rank r taking items r, r + W, r + 2W, ..."""
+    return items[dist.rank()::dist.world_size()]
+
+
+def on_every_rank(fn, problems_: list[dict], *models):
+    """Run ``fn(my_problems)`` on this rank's share of the problems with the models' parameters
+    gathered once (no collective per token); every rank gets all ranks' records, rank 0's
+    first. ``fn`` returns (records, metrics): int metrics are summed over ranks, the others
+    averaged."""
+    mine = shard_of(problems_)
+    with ExitStack() as stack:
+        for m in models:
+            stack.enter_context(dist.gathered(m))
+        records, metrics = fn(mine)
+    groups = dist.all_gather_objects(records)
+    totals = dist.all_reduce_sum({k: float(v) for k, v in metrics.items()})
+    # counts (ints) add up over ranks, rates (floats) are averaged
+    metrics = {k: int(totals[k]) if isinstance(v, int) else totals[k] / dist.world_size()
+               for k, v in metrics.items()}
+    return [r for g in groups for r in g], metrics
+
+
 def sample(run, policy, problems_, n, key, temperature=None):
     """``n`` graded sample records per problem, each rank sampling its share (one gather)."""
     args = run.args
@@ -200,7 +224,7 @@ def sample(run, policy, problems_, n, key, temperature=None):
             return sample_solutions(policy, run.tok, mine, n=n, temperature=temperature,
                                     top_k=args.top_k or None, max_new_tokens=args.max_new_tokens,
                                     generator=gen, batch_size=args.sample_batch_size), {}
-    return dist.on_every_rank(draw, problems_, policy)[0]
+    return on_every_rank(draw, problems_, policy)[0]
 
 
 def finish(run, model, extra=None) -> dict:
