@@ -52,19 +52,19 @@ from study_runner import Job, lock, run_jobs
 
 DONE = "done.json"   # what train.py writes last in its run folder (e2h/runfolder.py)
 
-FULL = dict(preset="small", sft_steps=500, sft_batch=32, sft_lr=2e-3, eval_problems=100,
-            rm_lr=3e-4, rm_steps=900, orm_steps=300, rm_problems=600, rm_samples=8,
-            test_problems=30, n=64,
+FULL = dict(preset="small", half_preset="small-half", sft_steps=500, sft_batch=32, sft_lr=2e-3,
+            eval_problems=100, rm_lr=3e-4, rm_steps=900, orm_steps=300, rm_problems=600,
+            rm_samples=8, test_problems=100, n=64,
             t1_n=16, ppo_steps=30, rollouts=64, rl_problems=50, seeds=3)
-QUICK = dict(preset="tiny", sft_steps=20, sft_batch=8, sft_lr=3e-3, eval_problems=2,
+QUICK = dict(preset="tiny", half_preset="tiny", sft_steps=20, sft_batch=8, sft_lr=3e-3, eval_problems=2,
              rm_lr=1e-3, rm_steps=4, orm_steps=4, rm_problems=2, rm_samples=2, test_problems=2, n=4,
              t1_n=4, ppo_steps=2, rollouts=8, rl_problems=2, seeds=2)
 
 
-def train(algo, out, seed, cfg, *flags) -> list[str]:
+def train(algo, out, seed, cfg, *flags, preset=None) -> list[str]:
     """train.py with --resume: a re-run continues an interrupted stage, and refuses changed flags."""
     return [sys.executable, "train.py", "--algo", algo, "--out", str(out), "--resume", "--seed", str(seed),
-            "--preset", cfg["preset"], "--hparams", "embedded",
+            "--preset", preset or cfg["preset"], "--hparams", "embedded",
             "--eval-problems", str(cfg["eval_problems"]), *map(str, flags)]
 
 
@@ -76,13 +76,13 @@ def evaluate(policy, test, out, seed, n, tok, max_new_tokens=96, limit=0) -> lis
             *(["--limit", str(limit)] if limit else [])]
 
 
-def rescore(r: Path, seed: int, held_out: list) -> list[str]:
-    """e2h.evaluate re-scoring the easy SFT policy's test samples with every evaluator, and the
+def rescore(r: Path, seed: int, held_out: list, generator="sft_easy", evaluators=EVALUATORS) -> list[str]:
+    """e2h.evaluate re-scoring a generator's test samples with each evaluator, and the
     generator's own confidence, on the same samples and subsets."""
-    rms = [f"{name}={r / name / 'model'}" for name in EVALUATORS]
-    ev = r / "eval_sft_easy"
+    rms = [f"{name}={r / name / 'model'}" for name in evaluators]
+    ev = r / f"eval_{generator}"
     return [sys.executable, "-m", "e2h.evaluate", "--samples", str(ev / "samples.jsonl"),
-            "--rm", *rms, "--confidence", str(r / "sft_easy/model"), "--tokenizer",
+            "--rm", *rms, "--confidence", str(r / generator / "model"), "--tokenizer",
             str(r / "sft_easy/model/tokenizer.json"), "--out", str(ev), "--seed", str(seed),
             *map(str, held_out)]
 
@@ -99,6 +99,10 @@ def seed_jobs(seed: int, cfg: dict, root: Path, quick: bool) -> list[Job]:
     for name, levels in (("sft_all", "1,2,3,4,5"), ("sft_hard", "4,5")):
         jobs.append(Job(name, train("sft", r / name, seed, cfg, "--levels", levels, *sft,
                                     "--tokenizer", tok), r / name / DONE, ["sft_easy"]))
+    # F5: a generator and an evaluator of half the layers (half the parameters), easy only
+    jobs.append(Job("sft_easy_half", train("sft", r / "sft_easy_half", seed, cfg, "--levels", "1,2,3",
+                                           *sft, "--tokenizer", tok, preset=cfg["half_preset"]),
+                    r / "sft_easy_half" / DONE, ["sft_easy"]))
     weak_dir = r / "sft_easy" / "checkpoints" / f"step_{weak:06d}" / "model"
     # the PRM samples the weak policy once; ORM and OPRM label those same solutions. Their AUCs
     # are measured by the rerank stage, on the test samples.
@@ -114,12 +118,21 @@ def seed_jobs(seed: int, cfg: dict, root: Path, quick: bool) -> list[Job]:
             flags += ["--samples", samples]
         jobs.append(Job(algo, train(algo, r / algo, seed, cfg, *flags), r / algo / DONE,
                         ["sft_easy"] if algo == "prm" else ["sft_easy", "prm"]))
-    for name in ("sft_easy", "sft_all", "sft_hard"):
-        n = cfg["n"] if name == "sft_easy" else cfg["t1_n"]
+        if algo == "prm":   # the half-size PRM: the same labelled solutions, its own trunk
+            half = [*flags, "--samples", samples]
+            half[half.index("--model") + 1] = r / "sft_easy_half/model"
+            jobs.append(Job("prm_half", train("prm", r / "prm_half", seed, cfg, *half),
+                            r / "prm_half" / DONE, ["sft_easy_half", "prm"]))
+    for name in ("sft_easy", "sft_all", "sft_hard", "sft_easy_half"):
+        n = cfg["n"] if name.startswith("sft_easy") else cfg["t1_n"]
         jobs.append(Job(f"eval_{name}", evaluate(r / name / "model", test, r / f"eval_{name}",
                                                  seed, n, tok), r / f"eval_{name}/table.json", [name]))
-    jobs.append(Job("rerank", rescore(r, seed, ["--synthetic-problems", test]),
-                    r / "eval_sft_easy/rerank.json", ["eval_sft_easy", *EVALUATORS]))
+    jobs.append(Job("rerank", rescore(r, seed, ["--synthetic-problems", test],
+                                      evaluators=(*EVALUATORS, "prm_half")),
+                    r / "eval_sft_easy/rerank.json", ["eval_sft_easy", *EVALUATORS, "prm_half"]))
+    jobs.append(Job("rerank_half", rescore(r, seed, ["--synthetic-problems", test], "sft_easy_half",
+                                           ("prm", "prm_half")),
+                    r / "eval_sft_easy_half/rerank.json", ["eval_sft_easy_half", "prm", "prm_half"]))
     rl = ["--policy", r / "sft_easy/model", "--reward-model", r / "prm/model", "--tokenizer", tok,
           "--n-problems", cfg["rl_problems"]]
     ppo = ["--ppo-steps", cfg["ppo_steps"], "--rollouts", cfg["rollouts"], "--eval-every", 10]

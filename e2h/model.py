@@ -76,6 +76,9 @@ PRESETS = {
     # the embedded default: trains on the synthetic curriculum on 2 CPU cores in minutes
     "small": dict(dim=128, n_layers=4, n_heads=4, n_kv_heads=4, ffn_dim=352, vocab_size=128,
                   max_seq_len=512),
+    # half its layers, about half its parameters: the study's smaller generator and evaluator
+    "small-half": dict(dim=128, n_layers=2, n_heads=4, n_kv_heads=4, ffn_dim=352, vocab_size=128,
+                       max_seq_len=512),
     "llemma-7b": dict(dim=4096, n_layers=32, n_heads=32, n_kv_heads=32, ffn_dim=11008,
                       vocab_size=32016, rope_theta=1e4, max_seq_len=4096),
     "llemma-34b": dict(dim=8192, n_layers=48, n_heads=64, n_kv_heads=8, ffn_dim=22016,

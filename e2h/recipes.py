@@ -77,7 +77,8 @@ def train_sft(run) -> dict:
     opt = make_optimizer(model, args)
     run.restore(model, [opt])
     train_phase(run, model, opt, examples, partial(sft.sft_batch, pad_id=tok.pad_id), sft.loss_fn)
-    return finish(run, model, {"examples": len(examples), **accuracy(run, model)})
+    acc = accuracy(run, model, save="final_test.jsonl")
+    return finish(run, model, {"examples": len(examples), **acc})
 
 # ----------------------------------------------------------------------------- reward models
 

@@ -141,7 +141,7 @@ def _problem_arrays(samples: list[dict], methods) -> list[dict]:
             continue                                    # no reference answer: nothing to score
         weights = {m: np.array([1.0 if how is None else sample_score(s, how) for s in group])
                    for m, how in methods.items()}                                  # (N,) each
-        problems.append({"split": difficulty(group[0]["level"]),
+        problems.append({"id": group[0]["id"], "split": difficulty(group[0]["level"]),
                          "correct": np.array([bool(s["correct"]) for s in group]),   # (N,)
                          "groups": group_answers([s["answer"] for s in group]),      # (N,)
                          "weights": weights})
@@ -162,7 +162,9 @@ def rerank_table(samples: list[dict], ns=None, n_subsets: int = 32, seed: int = 
     so ties go to the earlier sample). A draw's accuracy per split is the mean over problems;
     the table reports the mean and (population) std of that over draws. A problem's answers
     are grouped once, over all its samples, and every subset votes with those groups; a chosen
-    group is right when its first member in the subset is. Methods needing scores
+    group is right when its first member in the subset is. ``per_problem`` holds each
+    problem's hit rate over the draws (its id and split in ``problems``), which paired
+    comparisons of two methods on the same problems need. Methods needing scores
     run when ``with_rm`` (default: some sample has scores). Problems without a reference answer
     are skipped.
     """
@@ -180,16 +182,19 @@ def rerank_table(samples: list[dict], ns=None, n_subsets: int = 32, seed: int = 
         raise ValueError(f"rerank_table: n={max(ns)} but a problem has only {min(sizes)} samples")
     rng = np.random.default_rng(seed)
     table = {m: {} for m in methods}
+    per_problem = {m: {} for m in methods}
     for n in ns:
         draws = 1 if sizes == {n} else n_subsets
         acc = {m: {k: [] for k in SPLITS} for m in methods}                   # per draw
+        rate = {m: np.zeros(len(problems)) for m in methods}                  # (P,) hits
         for _ in range(draws):
             hits = {m: {k: [] for k in SPLITS} for m in methods}
-            for p in problems:
+            for j, p in enumerate(problems):
                 idx = np.sort(rng.choice(len(p["correct"]), size=n, replace=False))   # (n,)
                 for m in methods:
                     i = _choose(m, p["groups"][idx], p["weights"][m][idx])
                     hit = float(i is not None and p["correct"][idx][i])
+                    rate[m][j] += hit / draws
                     for k in (p["split"], "all"):
                         if k is not None:
                             hits[m][k].append(hit)
@@ -198,10 +203,13 @@ def rerank_table(samples: list[dict], ns=None, n_subsets: int = 32, seed: int = 
                     acc[m][k].append(100 * np.mean(hits[m][k]) if hits[m][k] else float("nan"))
         for m in methods:
             table[m][str(n)] = {k: [float(np.mean(v)), float(np.std(v))] for k, v in acc[m].items()}
+            per_problem[m][str(n)] = [round(float(x), 4) for x in rate[m]]
     counts = {k: sum(p["split"] == k for p in problems) for k in ("easy", "hard")}
     return {"n_problems": {**counts, "all": len(problems)}, "ns": ns, "n_subsets": n_subsets,
             "seed": seed, "greedy": accuracy_by_split(greedy) if greedy else None,
-            "methods": table, "auc": outcome_aucs(samples) if with_rm else None}
+            "methods": table, "auc": outcome_aucs(samples) if with_rm else None,
+            "problems": [{"id": p["id"], "split": p["split"]} for p in problems],
+            "per_problem": per_problem}
 
 
 def format_table(table: dict) -> str:

@@ -20,6 +20,7 @@ from data import readers, sources
 from data.format import difficulty
 from e2h import distributed as dist
 from e2h import trainstate
+from e2h.files import write_json, write_text
 from e2h.rerank import accuracy_by_split
 from e2h.run import finish, load_or_init, sample
 from e2h.sharded import load_into
@@ -51,13 +52,17 @@ def problems_for(run, split: str) -> list[dict]:
     return []
 
 
-def accuracy(run, policy, split: str = "test") -> dict:
+def accuracy(run, policy, split: str = "test", save: str | None = None) -> dict:
     """Greedy accuracy (%) per difficulty, {"<split>_easy_acc", ..._hard_, ..._all_}; {} when the
-    run has no problems of that split."""
+    run has no problems of that split. ``save``: also write each problem's id, level and
+    correctness to <out>/data/<save> (jsonl), so two policies can be compared problem by problem."""
     problems = problems_for(run, split)
     if not problems:
         return {}
     samples = sample(run, policy, problems, 1, "eval", temperature=0.0)
+    if save and dist.is_main():
+        write_text(Path(run.out) / "data" / save, "".join(
+            json.dumps({k: s[k] for k in ("id", "level", "correct")}) + "\n" for s in samples))
     return {f"{split}_{k}_acc": v for k, v in accuracy_by_split(samples).items()}
 
 
@@ -110,12 +115,9 @@ def starting_accuracy(run, policy) -> dict:
     path = run.out / "data" / "start_accuracy.json"
     if run.args.resume and path.is_file():
         return json.loads(path.read_text())
-    acc = accuracy(run, policy, "test")
+    acc = accuracy(run, policy, "test", save="start_test.jsonl")
     if dist.is_main():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(acc) + "\n")
-        tmp.replace(path)
+        write_json(path, acc, indent=None)
     return acc
 
 
@@ -124,7 +126,7 @@ def closing(run, policy, best: Best | None, before: dict) -> dict:
     test accuracy next to the SFT policy's."""
     if best is not None:
         dist.say(f"{run.args.algo}: " + best.restore(policy))
-    after = accuracy(run, policy, "test")
+    after = accuracy(run, policy, "test", save="final_test.jsonl")
     table = before_after(run.args.algo, before, after)
     if table:
         dist.say(table)

@@ -54,6 +54,12 @@ def test_rerank_table_by_hand():
     close(m["weighted"]["3"], {"easy": [50.0, 0.0], "hard": [0.0, 0.0], "all": [100 / 3, 0.0]})
     close(m["best_of_n"]["3"], {"easy": [0.0, 0.0], "hard": [100.0, 0.0], "all": [100 / 3, 0.0]})
     close(table["greedy"], {"easy": 50.0, "hard": 100.0, "all": 200 / 3})
+    # per problem, in first-seen order (U has no reference answer): what paired comparisons use
+    assert table["problems"] == [{"id": "E1", "split": "easy"}, {"id": "E2", "split": "easy"},
+                                 {"id": "H", "split": "hard"}]
+    assert table["per_problem"]["majority"]["3"] == [1.0, 0.0, 0.0]
+    assert table["per_problem"]["weighted"]["3"] == [1.0, 0.0, 0.0]
+    assert table["per_problem"]["best_of_n"]["3"] == [0.0, 0.0, 1.0]
     md = format_table(table)
     assert "| majority voting | 50.0 ± 0.0 | 0.0 ± 0.0 | 33.3 ± 0.0 |" in md
     assert "| best-of-n (min) | 0.0 ± 0.0 | 100.0 ± 0.0 | 33.3 ± 0.0 |" in md
@@ -68,6 +74,8 @@ def test_rerank_table_subsets_are_shared_by_methods():
     mean, std = m["majority"]["1"]["easy"]
     assert 0 < mean < 50 and std > 0              # E1 right 2/3 of the time, E2 never
     assert m["majority"]["1"]["hard"][0] < 100
+    # E1's hit rate over the 50 draws averages to the table's number: (rate_E1 + 0) / 2 easy problems
+    assert 50 * table["per_problem"]["majority"]["1"][0] == pytest.approx(mean, abs=1e-3)
     again = rerank_table(HAND, ns=[1, 2, 3], n_subsets=50, seed=1)
     assert again == table
 

@@ -64,14 +64,30 @@ def test_quick_study_produces_every_number(tmp_path):
         check_split_values(by_split)
 
     # findings: F1 for PRM and OPRM at N = n, F2 per evaluator, F3 per RL run, F4
+    # F5: generator size x evaluator size, weighted and majority Hard accuracy per pairing
+    assert set(seed["f5"]) == {"sft_easy", "sft_easy_half"}
+    for by_ev in seed["f5"].values():
+        assert set(by_ev) == {"prm", "prm_half"}
+        for v in by_ev.values():
+            assert set(v) == {"majority", "weighted", "within_hard_auc"}
+            assert 0.0 <= v["majority"] <= 100.0 and 0.0 <= v["weighted"] <= 100.0
+
+    # findings: F1 for PRM and OPRM at N = n, F2 per evaluator, F3 per RL run, F4, F5; each a
+    # paired difference with its bootstrap interval over problems
     names = [f["name"] for f in results["findings"]]
     assert names == ["F1 PRM N=4", "F1 OPRM N=4", "F2 ORM N=4", "F2 PRM N=4", "F2 OPRM N=4",
-                     "F3 ppo", "F3 ppo_outcome", "F3 dpo", "F3 rest", "F4"]
-    comparisons = {"F3 ppo_outcome", "F3 rest"}   # rows that do not use the evaluator
+                     "F3 ppo", "F3 ppo_outcome", "F3 dpo", "F3 rest", "F4",
+                     "F5 evaluator 2x generator N=4", "F5 generator 2x evaluator N=4",
+                     "F5 both half N=4"]
+    comparisons = {"F3 ppo_outcome", "F3 rest", "F5 both half N=4"}   # not tests of a claim
     for f in results["findings"]:
         assert (f["reproduced"] is None) if f["name"] in comparisons else isinstance(f["reproduced"], bool)
+        lo, hi = f["interval"]
+        assert lo <= hi and "95% over problems" in f["value"]
     report = (out / "report.md").read_text()
-    assert "## Findings" in report and "## Table 2" in report
+    assert "## Findings" in report and "## Table 2" in report and "## F5 in miniature" in report
+    for name in ("hard_by_n", "all_by_n", "generators", "rl"):   # drawn and embedded
+        assert (out / "figures" / f"{name}.svg").is_file() and f"(figures/{name}.svg)" in report
     with gzip.open(out / "samples" / "seed0_sft_easy.jsonl.gz", "rt") as f:
         first = json.loads(f.readline())
     assert set(first["scores"]) == {"orm", "prm", "oprm", "generator_min_token_prob"}
