@@ -1,0 +1,78 @@
+"""The study's problem-level statistics (study_paired, study_report.verdict) on hand-made hits."""
+import json
+
+import numpy as np
+import pytest
+
+from study_paired import bootstrap, greedy_gap, greedy_hits, method_gap, points, rerank_hits, split_gap
+from study_report import consistent, verdict
+
+
+def test_method_gap_is_per_problem_on_one_split():
+    hits = {"split": np.array(["easy", "hard", "hard", "easy"]),
+            "weighted": {"4": np.array([1.0, 0.5, 1.0, 0.0])},
+            "majority": {"4": np.array([1.0, 0.0, 0.25, 1.0])}}
+    (d, sign), = method_gap(hits, "weighted", "majority", "4", "hard")
+    assert sign == 1 and d.tolist() == [0.5, 0.75]
+    assert points(method_gap(hits, "weighted", "majority", "4", "hard")) == pytest.approx(62.5)
+    # All: every problem, (0 + .5 + .75 - 1) / 4 = 6.25 points; reversed order flips the sign
+    assert points(method_gap(hits, "weighted", "majority", "4", "all")) == pytest.approx(6.25)
+    assert points(method_gap(hits, "majority", "weighted", "4", "all")) == pytest.approx(-6.25)
+
+
+def test_greedy_gap_pairs_problems_by_id(tmp_path):
+    before_file = tmp_path / "start_test.jsonl"
+    before_file.write_text("".join(json.dumps(r) + "\n" for r in [
+        {"id": "a", "level": 5, "correct": False}, {"id": "b", "level": 4, "correct": False},
+        {"id": "c", "level": 1, "correct": False}, {"id": "d", "level": 5, "correct": True},
+        {"id": "u", "level": 5, "correct": None}]))
+    before = greedy_hits(before_file)
+    assert before == {"a": ("hard", 0.0), "b": ("hard", 0.0), "c": ("easy", 0.0), "d": ("hard", 1.0)}
+    after = {"a": ("hard", 1.0), "b": ("hard", 0.0), "c": ("easy", 1.0)}   # d not graded after
+    assert points(greedy_gap(after, before, "hard")) == pytest.approx(50.0)     # a +1, b 0
+    assert points(greedy_gap(after, before, "all")) == pytest.approx(200 / 3)   # a, b, c
+    assert points(greedy_gap(before, after, "hard")) == pytest.approx(-50.0)
+    assert greedy_hits(tmp_path / "missing.jsonl") is None
+
+
+def test_split_gap_is_easy_minus_hard():
+    hits = {"1": ("easy", 1.0), "2": ("easy", 1.0), "3": ("easy", 0.0), "4": ("easy", 1.0),
+            "5": ("hard", 0.0), "6": ("hard", 1.0)}
+    assert points(split_gap(hits)) == pytest.approx(75.0 - 50.0)
+
+
+def test_bootstrap_interval_by_hand():
+    # constant differences: every resample gives the mean over seeds, (10 + 30) / 2 points
+    parts = [[(np.full(5, 0.1), +1)], [(np.full(5, 0.3), +1)]]
+    assert bootstrap(parts) == pytest.approx((20.0, 20.0))
+    assert bootstrap([[(np.full(5, 0.1), -1)]]) == pytest.approx((-10.0, -10.0))
+    # 200 right and 200 wrong: standard error sqrt(.25 / 400) = 2.5 points, 95% about +-4.9
+    x = np.array([1.0, 0.0] * 200)
+    lo, hi = bootstrap([[(x, +1)]])
+    assert (hi - lo) / 2 == pytest.approx(1.96 * 2.5, abs=0.4)
+    assert (lo + hi) / 2 == pytest.approx(50.0, abs=0.5)
+
+
+def test_a_consistent_mean_with_an_interval_across_zero_does_not_count():
+    # both seeds +5 points (std 0), but from 3 gains and 2 losses among 20 problems each
+    d = np.array([1.0] * 3 + [-1.0] * 2 + [0.0] * 15)
+    found = verdict("F", "claim", [0.0, 0.0], consistent, [[(d, +1)], [(d, +1)]])
+    assert "+5.0 ± 0.0 points (per seed: +5.0, +5.0; 95% over problems [" in found["value"]
+    assert found["interval"][0] < 0 < found["interval"][1] and found["reproduced"] is False
+    # the same gain on every one of 20 problems: the interval is [5, 5] and it counts
+    sure = verdict("F", "claim", [0.0, 0.0], consistent, [[(np.full(20, 0.05), +1)]] * 2)
+    assert sure["interval"] == pytest.approx((5.0, 5.0)) and sure["reproduced"] is True
+    # without problem-level numbers the rule falls back to the seeds alone
+    assert verdict("F", "claim", [1.0, 3.0], consistent)["reproduced"] is True    # 2 > 1
+    assert verdict("F", "claim", [-1.0, 3.0], consistent)["reproduced"] is False  # 1 < 2
+
+
+def test_rerank_hits_reads_per_problem_rates(tmp_path):
+    path = tmp_path / "rerank.json"
+    path.write_text(json.dumps({
+        "prm": {"problems": [{"id": "x", "split": "easy"}, {"id": "y", "split": "hard"}],
+                "per_problem": {"majority": {"1": [0.5, 0.0]}, "weighted": {"1": [0.5, 1.0]}}},
+        "generator": {"within_auc": {}}}))
+    hits = rerank_hits(path)
+    assert set(hits) == {"prm"} and hits["prm"]["split"].tolist() == ["easy", "hard"]
+    assert points(method_gap(hits["prm"], "weighted", "majority", "1", "hard")) == pytest.approx(100.0)
