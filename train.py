@@ -261,6 +261,8 @@ def check_models(args):
 def main(argv=None) -> int:
     args = get_args(argv)
     device = dist.init(args.dist_timeout)
+    if device.type == "cpu":   # freed tensors go back to the system: peaks as the plan says
+        memory.return_freed_memory()
     check_models(args)
     out = Path(args.out)
     # before any stage is trained for it: may this run use --out, and from which checkpoint

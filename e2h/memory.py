@@ -193,6 +193,22 @@ def format_plan(st: Setup) -> str:
     return "\n".join(lines)
 
 
+def return_freed_memory(threshold: int = 64 * 1024) -> bool:
+    """Serve every CPU allocation of ``threshold`` bytes or more with its own mapping (glibc
+    mallopt M_MMAP_THRESHOLD; MALLOC_MMAP_THRESHOLD_ in the environment wins), so a freed tensor
+    goes back to the system. glibc by default raises this threshold to 32 MB after the first
+    large free and keeps smaller blocks in its arenas, which return memory only from the top:
+    a CPU run's freed activations and FSDP2 blocks then stay resident, up to twice the plan
+    (bench/README.md, "Memory"). False where there is no glibc or the variable is set."""
+    if "MALLOC_MMAP_THRESHOLD_" in os.environ:
+        return False
+    import ctypes
+    try:
+        return ctypes.CDLL("libc.so.6").mallopt(-3, threshold) == 1   # -3: M_MMAP_THRESHOLD
+    except (OSError, AttributeError):
+        return False
+
+
 def resident_bytes() -> int:
     """This process's resident memory now (Linux /proc; 0 elsewhere)."""
     try:

@@ -2,6 +2,11 @@
 shape; the activation count against the tensors autograd actually saves; the CLI and the
 start-up line."""
 import argparse
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -191,3 +196,36 @@ def test_train_refuses_a_run_that_cannot_fit(tmp_path):
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("error: memory plan: ") and "does not fit" in last
     assert not (tmp_path / "run").exists()
+
+
+HEAP_PROBE = """
+import os, sys, torch
+from e2h.memory import return_freed_memory
+def heap_mib():
+    for line in open("/proc/self/maps"):
+        if line.rstrip().endswith("[heap]"):
+            a, b = line.split()[0].split("-")
+            return (int(b, 16) - int(a, 16)) / 2**20
+print(return_freed_memory())
+big = torch.ones(4 << 20, dtype=torch.uint8); del big   # glibc raises its threshold to 4 MB
+before = heap_mib()
+blocks = [torch.ones(1 << 20, dtype=torch.uint8) for _ in range(100)]   # 100 MB in 1 MB tensors
+print(heap_mib() - before)
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").is_file(), reason="needs Linux /proc")
+@pytest.mark.parametrize("env", [{}, {"MALLOC_MMAP_THRESHOLD_": "999999999"}])
+def test_return_freed_memory_maps_large_tensors(env):
+    """After a large free glibc serves 1 MB tensors from its heap, where freed memory stays;
+    with return_freed_memory each gets its own mapping and the heap does not grow. A user's
+    MALLOC_MMAP_THRESHOLD_ is left as it is."""
+    run = subprocess.run([sys.executable, "-c", HEAP_PROBE], capture_output=True, text=True,
+                         cwd=Path(__file__).resolve().parents[1], env={**os.environ, **env})
+    if platform.libc_ver()[0] != "glibc":
+        pytest.skip("needs glibc")
+    applied, grown = run.stdout.split()
+    if env:
+        assert applied == "False" and float(grown) > 90   # the heap took the 100 MB
+    else:
+        assert applied == "True" and float(grown) < 1
