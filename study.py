@@ -25,8 +25,15 @@ a re-run (their outputs are the cache). Stages:
    evaluator; PPO with the final-answer reward only on easy problems and ReST-EM (easy final
    answers) do not use it and are the paper's comparison rows. Greedy accuracy from each run's
    closing evaluation (real: ``e2h.evaluate`` on MATH500).
-Findings F1-F4 are computed from the numbers with rules fixed in ``findings`` (mean and std
-over seeds) and reported as reproduced or not. Writes ``<out>/report.md`` and
+4. F5 in miniature (synthetic study): a generator and a PRM of half the layers (preset
+   small-half, 0.43M against 0.84M parameters), both from easy problems only, the half PRM
+   trained on the same labelled solutions with the half generator as trunk; weighted voting
+   against majority on Hard for the small generator with the half PRM and the half generator
+   with the small PRM (the paper: 7B with a 34B evaluator, and 34B with a 7B one).
+Re-ranking uses 100 test problems per level, greedy accuracy 100 per level (500). Findings
+F1-F5 are computed from the numbers with rules fixed in ``study_report.findings``: each a
+difference between two methods on the same problems, with its mean and std over seeds and a
+bootstrap interval over problems (study_paired.py), reported as reproduced or not. Writes ``<out>/report.md`` and
 ``<out>/results.json``; runs, samples and logs go to ``--runs`` (the full study: runs/study).
 
 Quick mode only checks that every number is produced: a generator trained for seconds is
