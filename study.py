@@ -61,7 +61,7 @@ DONE = "done.json"   # what train.py writes last in its run folder (e2h/runfolde
 
 FULL = dict(preset="small", half_preset="small-half", sft_steps=500, sft_batch=32, sft_lr=2e-3,
             eval_problems=100, rm_lr=3e-4, rm_steps=900, orm_steps=300, rm_problems=600,
-            rm_samples=8, test_problems=100, n=64,
+            rm_samples=8, test_problems=100, n=32,
             t1_n=16, ppo_steps=30, rollouts=64, rl_problems=50, seeds=3)
 QUICK = dict(preset="tiny", half_preset="tiny", sft_steps=20, sft_batch=8, sft_lr=3e-3, eval_problems=2,
              rm_lr=1e-3, rm_steps=4, orm_steps=4, rm_problems=2, rm_samples=2, test_problems=2, n=4,
@@ -138,8 +138,8 @@ def seed_jobs(seed: int, cfg: dict, root: Path, quick: bool) -> list[Job]:
                                       evaluators=(*EVALUATORS, "prm_half")),
                     r / "eval_sft_easy/rerank.json", ["eval_sft_easy", *EVALUATORS, "prm_half"]))
     jobs.append(Job("rerank_half", rescore(r, seed, ["--synthetic-problems", test], "sft_easy_half",
-                                           ("prm", "prm_half")),
-                    r / "eval_sft_easy_half/rerank.json", ["eval_sft_easy_half", "prm", "prm_half"]))
+                                           ("prm",)),
+                    r / "eval_sft_easy_half/rerank.json", ["eval_sft_easy_half", "prm"]))
     rl = ["--policy", r / "sft_easy/model", "--reward-model", r / "prm/model", "--tokenizer", tok,
           "--n-problems", cfg["rl_problems"]]
     ppo = ["--ppo-steps", cfg["ppo_steps"], "--rollouts", cfg["rollouts"], "--eval-every", 10]

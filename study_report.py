@@ -158,16 +158,11 @@ def findings(per_seed: list[dict], cfg: dict, proof: list[dict] | None = None) -
                                diff(per_seed, lambda s: s["f5"][gen][ev]["weighted"],
                                     lambda s: s["f5"][gen][ev]["majority"]), consistent,
                                rerank_parts(key, ev, "weighted", "majority", top, "hard")))
-        out.append(verdict(f"F5 both half N={top}", "comparison (same size, half): weighted voting "
-                           "- majority on Hard", diff(per_seed, lambda s: s["f5"]["sft_easy_half"]["prm_half"]["weighted"],
-                                                      lambda s: s["f5"]["sft_easy_half"]["prm_half"]["majority"]),
-                           None, rerank_parts("half", "prm_half", "weighted", "majority", top, "hard")))
     return out
 
 
 F5_PAIRS = {"F1 PRM": ("sft_easy", "prm"), "F5 evaluator 2x generator": ("sft_easy_half", "prm"),
-            "F5 generator 2x evaluator": ("sft_easy", "prm_half"),
-            "F5 both half": ("sft_easy_half", "prm_half")}
+            "F5 generator 2x evaluator": ("sft_easy", "prm_half")}
 
 
 def cell(ms) -> str:
