@@ -89,7 +89,7 @@ def test_quick_study_produces_every_number(tmp_path):
         assert (out / "figures" / f"{name}.svg").is_file() and f"(figures/{name}.svg)" in report
     with gzip.open(out / "samples" / "seed0_sft_easy.jsonl.gz", "rt") as f:
         first = json.loads(f.readline())
-    assert set(first["scores"]) == {"orm", "prm", "oprm", "generator_min_token_prob"}
+    assert set(first["scores"]) == {"orm", "prm", "oprm", "prm_half", "generator_min_token_prob"}
 
 
 def test_within_problem_auc_by_hand():
