@@ -271,8 +271,10 @@ def main(argv=None):
             "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, {platform.platform()}",
             "test_set": test_set, "greedy_set": greedy_set}
     def stage_means(times):
-        by_stage = {}
+        by_stage, names = {}, {j.name for j in jobs}
         for name, secs in times.items():
+            if name not in names:
+                continue
             by_stage.setdefault(name.split("/", 1)[1], []).append(secs)
         return {k: float(np.mean(v)) for k, v in by_stage.items()}
 
@@ -283,7 +285,8 @@ def main(argv=None):
                                                     "stage_s": stage_means(times), "partial": True})
 
     times = run_jobs(jobs, args.jobs, runs / "logs", lock_fd, partial_report)
-    meta.update(wall_s=time.time() - t0, stage_s=stage_means(times))
+    mine = [secs for name, secs in times.items() if name in {j.name for j in jobs}]
+    meta.update(wall_s=time.time() - t0, stage_s=stage_means(times), stages_total_s=sum(mine))
     found = write_report(out, runs, seeds, cfg, meta)
     print((out / "report.md").read_text())
     print(f"study: {len(found)} checks, {sum(f['reproduced'] is True for f in found)} reproduced; "

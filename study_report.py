@@ -181,7 +181,9 @@ def markdown(summary: dict, found: list[dict], meta: dict, cfg: dict, figures: d
     lines = [f"# e2h study: {meta['mode']} mode, seeds {meta['seeds']}", "",
              *(["**Partial: written while later seeds were still running.**", ""] if meta.get("partial") else []),
              f"Command: `{meta['command']}`  ", f"Machine: {meta['machine']}  ",
-             f"Wall time: {meta['wall_s'] / 60:.1f} min (2 stages at a time, one thread each)", "",
+             f"Wall time: {meta['wall_s'] / 60:.1f} min (2 stages at a time, one thread each)"
+             + (f"; the stages' own times add up to {meta['stages_total_s'] / 60:.0f} min "
+                "(a re-run keeps finished stages)" if meta.get("stages_total_s") else ""), "",
              f"Accuracy (%) on {meta['test_set']}, mean ± std over seeds; "
              f"Easy = levels 1-3, Hard = 4-5. Settings: `{json.dumps(cfg)}`.", "",
              "Exact numbers depend on the CPU: float results differ between CPU models, so a seeded "

@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 from e2h.errors import Failed
+from e2h.files import write_json
 
 PR_SET_PDEATHSIG = 1
 
@@ -102,10 +103,13 @@ def last_line(path: Path) -> str:
 def run_jobs(jobs: list[Job], workers: int, log_dir: Path, lock_fd: int, on_done=None) -> dict:
     """Run jobs whose dependencies are met, ``workers`` at a time, earliest in the list first;
     a job whose marker exists is skipped. ``lock_fd``: the runs folder's ``lock``, which the
-    stages inherit. Returns {name: wall seconds}."""
+    stages inherit. Returns {name: wall seconds} of every finished stage, those of earlier
+    runs of the study included (``<log_dir>/seconds.json``: a stage's last run)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     log_dir.mkdir(parents=True, exist_ok=True)
-    pending, running, done, times = list(jobs), {}, set(), {}
+    seconds = log_dir / "seconds.json"
+    times = json.loads(seconds.read_text()) if seconds.is_file() else {}
+    pending, running, done = list(jobs), {}, set()
     previous = {s: signal.signal(s, _terminated) for s in (signal.SIGTERM, signal.SIGHUP)}
     try:
         while pending or running:
@@ -134,6 +138,7 @@ def run_jobs(jobs: list[Job], workers: int, log_dir: Path, lock_fd: int, on_done
                     raise Failed(f"stage {name} failed ({why}): {last_line(Path(log.name))} "
                                  f"(log: {log.name}); running study.py again continues")
                 done.add(name)
+                write_json(seconds, times)
                 print(f"[done] {name} in {times[name]:.0f}s", flush=True)
                 if on_done:
                     on_done(done, times)
