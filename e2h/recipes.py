@@ -32,7 +32,7 @@ from e2h.sharded import load_into
 from e2h.run import (cached_records, encode_all, finish, generator_for, load, load_or_init,
                      make_optimizer, max_len, on_every_rank, prepare, rng_for, sample,
                      shard_of)
-from e2h.validate import Best, accuracy, closing, starting_accuracy, validation_split
+from e2h.validate import Best, accuracy, closing, starting_point, validation_split
 from e2h.score import step_and_outcome_auc
 
 RM_ALGOS = ("orm", "prm", "oprm")
@@ -186,7 +186,7 @@ def train_dpo(run) -> dict:
     opt = make_optimizer(policy, args)
     run.restore(policy, [opt])
     problems_ = problems(args)
-    before, best = starting_accuracy(run, policy), Best(run)
+    before, best = starting_point(run, policy)
     for it in range(args.iterations):
         start = run.phase_start(it)
         if start is None:
@@ -217,7 +217,7 @@ def train_rest(run) -> dict:
     opt = make_optimizer(policy, args)
     run.restore(policy, [opt])
     problems_ = problems(args)
-    before, best = starting_accuracy(run, policy), Best(run)
+    before, best = starting_point(run, policy)
     for it in range(args.iterations):
         start = run.phase_start(it)
         if start is None:
@@ -258,7 +258,7 @@ def train_ppo(run) -> dict:
     steps = min(args.ppo_steps, args.max_steps) if args.max_steps else args.ppo_steps
     start = run.phase_start(0)
     start = steps if start is None else start
-    before, best = starting_accuracy(run, policy), Best(run)
+    before, best = starting_point(run, policy)
 
     def step(k: int) -> dict:
         """One rollout per problem of this rank's share of step k's problems, then the update."""

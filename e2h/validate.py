@@ -92,9 +92,25 @@ class Best:
             return "no validation: kept the last policy"
         load_into(policy, load_or_init(self.dir, self.run.args, self.run.tok))
         where = ", ".join(f"{k} {v}" for k, v in self.info.items() if not k.endswith("_acc"))
+        if self.info.get("step") == 0:
+            where = "step 0, the starting policy: no later one validated higher"
         return (f"kept the policy of {where} (validation Easy / Hard / All "
                 f"{self.info['validation_easy_acc']:.1f} / {self.info['validation_hard_acc']:.1f}"
                 f" / {self.info['validation_all_acc']:.1f})")
+
+
+def starting_point(run, policy) -> tuple[dict, Best]:
+    """Before RL: the starting policy's test accuracy (for the closing table) and a Best that
+    already holds the starting policy with its validation accuracy, so that a run whose every
+    checkpoint validates lower ends with the policy it started from. On a resume past step 0
+    the start was offered then (best.json remembers the winner)."""
+    before, best = starting_accuracy(run, policy), Best(run)
+    if run.step == 0:
+        acc = accuracy(run, policy, "validation")
+        if acc:
+            run.log({"step": 0, **{f"eval/{k}": v for k, v in acc.items()}})
+        best.offer(policy, acc, {"step": 0})
+    return before, best
 
 
 def before_after(name: str, before: dict, after: dict, split: str = "test") -> str:
