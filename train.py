@@ -32,7 +32,7 @@ import sys
 import time
 from pathlib import Path
 
-from e2h import defaults, memory, recipes, runfolder, trainstate
+from e2h import defaults, host, memory, recipes, runfolder, trainstate
 from e2h import distributed as dist
 from e2h.errors import Interrupted, guard
 from e2h.files import write_json
@@ -262,7 +262,7 @@ def main(argv=None) -> int:
     args = get_args(argv)
     device = dist.init(args.dist_timeout)
     if device.type == "cpu":   # freed tensors go back to the system: peaks as the plan says
-        memory.return_freed_memory()
+        host.return_freed_memory()
     check_models(args)
     out = Path(args.out)
     # before any stage is trained for it: may this run use --out, and from which checkpoint

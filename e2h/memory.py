@@ -31,6 +31,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from e2h.hf_config import LM_ARCH, read_config
+from e2h.host import resident_bytes
 from e2h.defaults import COMMON, PAPER
 from e2h.footprint import Model, activation_peak, kv_cache
 from e2h.model import ModelArgs
@@ -191,31 +192,6 @@ def format_plan(st: Setup) -> str:
                          " with checkpointing" if ac else " without checkpointing")
         lines.append(f"  {name + ' (' + r['phase'] + ')':<62} {r['peak'] / GiB:8.2f} GiB: {verdicts}")
     return "\n".join(lines)
-
-
-def return_freed_memory(threshold: int = 64 * 1024) -> bool:
-    """Serve every CPU allocation of ``threshold`` bytes or more with its own mapping (glibc
-    mallopt M_MMAP_THRESHOLD; MALLOC_MMAP_THRESHOLD_ in the environment wins), so a freed tensor
-    goes back to the system. glibc by default raises this threshold to 32 MB after the first
-    large free and keeps smaller blocks in its arenas, which return memory only from the top:
-    a CPU run's freed activations and FSDP2 blocks then stay resident, up to twice the plan
-    (bench/README.md, "Memory"). False where there is no glibc or the variable is set."""
-    if "MALLOC_MMAP_THRESHOLD_" in os.environ:
-        return False
-    import ctypes
-    try:
-        return ctypes.CDLL("libc.so.6").mallopt(-3, threshold) == 1   # -3: M_MMAP_THRESHOLD
-    except (OSError, AttributeError):
-        return False
-
-
-def resident_bytes() -> int:
-    """This process's resident memory now (Linux /proc; 0 elsewhere)."""
-    try:
-        with open("/proc/self/status") as f:
-            return next(int(x.split()[1]) * 1024 for x in f if x.startswith("VmRSS:"))
-    except (OSError, StopIteration):
-        return 0
 
 
 def model_of(path, preset: str, **fields) -> Model:

@@ -200,7 +200,7 @@ def test_train_refuses_a_run_that_cannot_fit(tmp_path):
 
 HEAP_PROBE = """
 import os, sys, torch
-from e2h.memory import return_freed_memory
+from e2h.host import return_freed_memory
 def heap_mib():
     for line in open("/proc/self/maps"):
         if line.rstrip().endswith("[heap]"):
