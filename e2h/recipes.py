@@ -179,19 +179,32 @@ def validate(run, policy, best: Best, it: int):
     best.offer(policy, acc, {"iteration": it + 1, "step": run.step})
 
 
-def train_dpo(run) -> dict:
-    args, tok = run.args, run.tok
-    policy = load(run, args.policy)
-    evaluator = load(run, args.reward_model, trainable=False)
+def iterate(run, policy, phase) -> dict:
+    """The loop DPO and ReST-EM share. For each iteration not finished yet, ``phase(it, start)``
+    builds that iteration's data and returns (examples, collate, loss_fn); an iteration begun
+    from its first step gets a fresh optimizer; greedy validation after each keeps the best."""
+    args = run.args
     opt = make_optimizer(policy, args)
     run.restore(policy, [opt])
-    problems_ = problems(args)
     before, best = starting_point(run, policy)
     for it in range(args.iterations):
         start = run.phase_start(it)
         if start is None:
             continue
+        examples, collate, loss_fn = phase(it, start)
+        opt = opt if start > 0 else make_optimizer(policy, args)
+        train_phase(run, policy, opt, examples, collate, loss_fn, iteration=it)
+        validate(run, policy, best, it)
+    return closing(run, policy, best, before)
 
+
+def train_dpo(run) -> dict:
+    args, tok = run.args, run.tok
+    policy = load(run, args.policy)
+    evaluator = load(run, args.reward_model, trainable=False)
+    problems_ = problems(args)
+
+    def phase(it: int, start: int):
         def build(mine):   # the reference log-probs are the policy's as the iteration starts
             return dpo.dpo_iteration_data(
                 policy, evaluator, tok, mine, rng_for(args.seed, "dpo", it), gap=args.pair_gap,
@@ -202,11 +215,9 @@ def train_dpo(run) -> dict:
             raise ValueError(f"dpo iteration {it}: no preference pairs (no problem had two samples "
                              f"whose scores differ by more than --pair-gap {args.pair_gap}); a "
                              "policy that is never right needs more SFT or a smaller gap")
-        opt = opt if start > 0 else make_optimizer(policy, args)
-        train_phase(run, policy, opt, examples, partial(dpo.collate_pairs, pad_id=tok.pad_id),
-                    partial(dpo.loss_fn, beta=args.beta), iteration=it)
-        validate(run, policy, best, it)
-    return closing(run, policy, best, before)
+        return (examples, partial(dpo.collate_pairs, pad_id=tok.pad_id),
+                partial(dpo.loss_fn, beta=args.beta))
+    return iterate(run, policy, phase)
 
 
 def train_rest(run) -> dict:
@@ -214,15 +225,9 @@ def train_rest(run) -> dict:
     policy = load(run, args.policy)
     scored = args.hard_threshold is not None   # the evaluator stands in for hard answers
     evaluator = load(run, args.reward_model, trainable=False) if scored else None
-    opt = make_optimizer(policy, args)
-    run.restore(policy, [opt])
     problems_ = problems(args)
-    before, best = starting_point(run, policy)
-    for it in range(args.iterations):
-        start = run.phase_start(it)
-        if start is None:
-            continue
 
+    def phase(it: int, start: int):
         def build(mine):   # E-step: sample from the latest policy
             return rest.rest_iteration_data(
                 policy, tok, mine, rng_for(args.seed, "rest", it),
@@ -233,11 +238,8 @@ def train_rest(run) -> dict:
                               f"ReST-EM iteration {it} (no sample was kept)")
         if start == 0 and it > 0 and rest.RESTART_FROM_BASE:   # M-step from the SFT model
             load_into(policy, load_or_init(args.policy, args, tok))   # this rank's rows only
-        opt = opt if start > 0 else make_optimizer(policy, args)
-        train_phase(run, policy, opt, examples, partial(sft.sft_batch, pad_id=tok.pad_id),
-                    sft.loss_fn, iteration=it)
-        validate(run, policy, best, it)
-    return closing(run, policy, best, before)
+        return examples, partial(sft.sft_batch, pad_id=tok.pad_id), sft.loss_fn
+    return iterate(run, policy, phase)
 
 # ----------------------------------------------------------------------------- ppo
 
