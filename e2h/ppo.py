@@ -11,8 +11,9 @@ Per rollout, on the token grid where index t scores token t+1 (the "action" take
   (easy problems), a constant where it may not (hard), minus a format penalty when the
   "# Answer" section or the answer is missing;
 - per-token KL shaping -kl_coef * max(logps - ref_logps, 0) (the clamped k1 estimator);
-- rewards normalized over the batch's tokens, (r - mean) / std + mean (the mean is kept, the
-  spread is 1: the paper's released code), GAE, advantages whitened over the batch.
+- rewards divided by their std over the batch's completion tokens (the scale of the paper's
+  released code, without its per-token shift: see normalize_rewards), GAE, advantages
+  whitened over the batch.
 The EOS token is not trained: it is input to the forward but outside the mask. Sampling and
 scoring the rollouts is e2h/rollout.py; this file is the objective and the update.
 
@@ -104,11 +105,18 @@ def assemble_rewards(kl_rewards: torch.Tensor, step_probs: list[list[float]],
 
 
 def normalize_rewards(rewards: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
-    """(r - mean) / std + mean over the masked tokens of the batch: the spread of the rewards is
-    normalized and their mean kept (the paper's released code); zero outside the mask."""
+    """r / std over the masked tokens of the batch: the spread of the rewards becomes 1, their
+    sign stays; zero outside the mask.
+
+    The paper's released code computes (r - mean) / std + mean over its whole padded rollout
+    grid, where GAE also runs over the padding: the constant mean - mean / std that it adds to
+    every position reaches every sequence equally. Added on the completion tokens only, that
+    constant would be a reward per token, a bonus or a penalty for length; without it what is
+    left is r / std (the same std).
+    """
     mean = masked_mean(rewards, mask)
     var = masked_mean((rewards - mean) ** 2, mask)
-    return ((rewards - mean) * torch.rsqrt(var + eps) + mean) * mask
+    return rewards * torch.rsqrt(var + eps) * mask
 
 
 def whiten(x: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:

@@ -153,13 +153,24 @@ def test_assemble_rewards_places_process_and_terminal_rewards():
     close(scores, [1.0, -0.75])
 
 
-def test_normalize_rewards_keeps_mean_and_whiten_removes_it():
+def test_normalize_rewards_scales_by_std_and_whiten_centres():
     x = torch.tensor([[1.0, 2.0, 3.0, 100.0]])
     mask = torch.tensor([[1.0, 1.0, 1.0, 0.0]])
     std = math.sqrt(2 / 3)                          # mean 2, var (1 + 0 + 1) / 3
-    # (r - 2) / std + 2: the spread becomes 1, the mean stays 2; the masked 100 is ignored
-    close(normalize_rewards(x, mask), [[2 - 1 / std, 2.0, 2 + 1 / std, 0.0]])
+    # r / std: the spread becomes 1, nothing is added; the masked 100 is ignored
+    close(normalize_rewards(x, mask), [[1 / std, 2 / std, 3 / std, 0.0]])
     close(whiten(x, mask), [[-1 / std, 0.0, 1 / std, 0.0]])
+
+
+def test_normalized_rewards_carry_no_reward_for_length():
+    # two solutions with the same terminal reward, 3 and 5 tokens long: the same return at
+    # their first token (a per-token shift, such as + mean - mean / std, would differ by 2 x it)
+    rewards = torch.tensor([[0.0, 0.0, 1.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0, 1.0]])
+    mask = torch.tensor([[1.0, 1.0, 1.0, 0.0, 0.0], [1.0, 1.0, 1.0, 1.0, 1.0]])
+    normed = normalize_rewards(rewards, mask)
+    _, returns = gae(normed, torch.zeros(2, 5), mask, gamma=1.0, lam=1.0)
+    std = math.sqrt(0.25 - 0.25 ** 2)               # 2 ones among 8 tokens: mean 1/4
+    close(returns[:, 0], [1 / std, 1 / std])
 
 
 def test_no_completion_tokens_is_an_error():

@@ -97,7 +97,7 @@ def test_advantages_normalize_rewards_then_gae_then_whiten(setup):
     flat = [rewards[b][g] for b, g in cells]
     mean = sum(flat) / len(flat)
     std = math.sqrt(sum((x - mean) ** 2 for x in flat) / len(flat))
-    normed = {(b, g): (rewards[b][g] - mean) / std + mean for b, g in cells}   # mean kept
+    normed = {(b, g): rewards[b][g] / std for b, g in cells}                 # scale only
     adv = {}
     for b in range(2):                                # gamma = lambda = 1: reward-to-go - V
         to_go = 0.0
