@@ -67,6 +67,9 @@ def collect(seed_dir: Path, cfg: dict) -> dict:
     else:                                      # synthetic: train.py's closing evaluation
         greedy = lambda name: {k: final_metrics(seed_dir / name)[f"test_{k}_acc"] for k in SPLITS}
     t2 = {name: greedy(name) for name in ("sft_easy", *RL)}
+    start = final_metrics(seed_dir / RL[0]) if not (seed_dir / "inputs.json").is_file() else {}
+    if "start_test_all_acc" in start:   # the SFT policy on the RL runs' own test problems
+        t2["sft_easy"] = {k: start[f"start_test_{k}_acc"] for k in SPLITS}
     return {"table1": t1, "rerank": curves, "auc": auc, "table2": t2, **({"f5": f5} if f5 else {})}
 
 

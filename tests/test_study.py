@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 SPLITS = ("easy", "hard", "all")
 
@@ -62,6 +64,12 @@ def test_quick_study_produces_every_number(tmp_path):
     assert set(seed["table2"]) == {"sft_easy", "ppo", "ppo_outcome", "dpo", "rest"}
     for by_split in seed["table2"].values():
         check_split_values(by_split)
+    # the SFT row is the SFT policy on the RL runs' test problems: each run's own start
+    for name in ("ppo", "dpo"):
+        start = [json.loads(line) for line in
+                 (tmp_path / "runs/seed0" / name / "data/start_test.jsonl").read_text().splitlines()]
+        assert 100 * sum(r["correct"] for r in start) / len(start) == pytest.approx(
+            seed["table2"]["sft_easy"]["all"])
 
     # findings: F1 for PRM and OPRM at N = n, F2 per evaluator, F3 per RL run, F4
     # F5: generator size x evaluator size, weighted and majority Hard accuracy per pairing
