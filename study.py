@@ -62,7 +62,7 @@ DONE = "done.json"   # what train.py writes last in its run folder (e2h/runfolde
 FULL = dict(preset="small", half_preset="small-half", sft_steps=500, sft_batch=32, sft_lr=2e-3,
             eval_problems=100, rm_lr=3e-4, rm_steps=900, orm_steps=300, rm_problems=600,
             rm_samples=8, test_problems=100, n=32,
-            t1_n=16, ppo_steps=30, rollouts=64, rl_problems=50, rl_eval_problems=300, seeds=3)
+            t1_n=16, ppo_steps=30, rollouts=64, rl_problems=None, rl_eval_problems=300, seeds=3)
 QUICK = dict(preset="tiny", half_preset="tiny", sft_steps=20, sft_batch=8, sft_lr=3e-3, eval_problems=2,
              rm_lr=1e-3, rm_steps=4, orm_steps=4, rm_problems=2, rm_samples=2, test_problems=2, n=4,
              t1_n=4, ppo_steps=2, rollouts=8, rl_problems=2, rl_eval_problems=2, seeds=2)
@@ -143,7 +143,8 @@ def seed_jobs(seed: int, cfg: dict, root: Path, quick: bool) -> list[Job]:
     # RL keeps its best policy by greedy validation: 300 problems per level, not 100 (a standard
     # error near 2 points on All against ~3), and reports test accuracy on as many
     rl = ["--policy", r / "sft_easy/model", "--reward-model", r / "prm/model", "--tokenizer", tok,
-          "--n-problems", cfg["rl_problems"], "--eval-problems", cfg["rl_eval_problems"]]
+          "--eval-problems", cfg["rl_eval_problems"]]
+    rl += ["--n-problems", cfg["rl_problems"]] if cfg["rl_problems"] else []   # None: the defaults
     ppo = ["--ppo-steps", cfg["ppo_steps"], "--rollouts", cfg["rollouts"], "--eval-every", 10]
     if quick:
         ppo += ["--batch-size", cfg["rollouts"]]
