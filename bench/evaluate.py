@@ -37,7 +37,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import e2h.sample  # noqa: E402
 from data.format import format_prompt  # noqa: E402
 from data.synthetic import make_split, reference_completion  # noqa: E402
-from e2h.model import KVCache, ModelArgs, RewardModel, Transformer  # noqa: E402
+from e2h.kv_cache import KVCache  # noqa: E402
+from e2h.model import ModelArgs, RewardModel, Transformer  # noqa: E402
 from e2h.rerank import rerank_table  # noqa: E402
 from e2h.sample import Sample, generate, prefill, sample_solutions, sample_token  # noqa: E402
 from e2h.score import score_samples  # noqa: E402

@@ -36,7 +36,8 @@ import torch.nn.functional as F
 
 from data.format import format_prompt
 from e2h.grader import extract_answer, grade_answer
-from e2h.model import KVCache, Transformer
+from e2h.kv_cache import KVCache
+from e2h.model import Transformer
 
 # Rows streamed at once when the caller does not say (bench/README.md, "Continuous batching").
 MAX_ROWS = 128

@@ -104,7 +104,7 @@ def test_activation_count_is_what_autograd_saves(layers, frozen, head):
 def test_kv_cache_bytes_by_hand():
     # k and v, 2 layers, 3 rows, 2 kv heads, head dim 8, 10 slots, bf16
     assert footprint.kv_cache(TINY, 3, 10, 2) == 2 * 2 * 3 * 2 * 8 * 10 * 2 == 3840
-    from e2h.model import KVCache
+    from e2h.kv_cache import KVCache
     cache = KVCache(TINY, 3, 10, torch.bfloat16, "cpu")
     assert sum(t.numel() * t.element_size() for t in cache.k + cache.v) == 3840
 

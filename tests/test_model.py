@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from e2h.model import KVCache, ModelArgs, RMSNorm, Transformer, apply_rope, rope_cos_sin
+from e2h.kv_cache import KVCache
+from e2h.model import ModelArgs, RMSNorm, Transformer, apply_rope, rope_cos_sin
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,8 @@ import torch
 import torch.nn.functional as F
 
 import e2h.sample as sample_mod
-from e2h.model import KVCache, ModelArgs, Transformer
+from e2h.kv_cache import KVCache
+from e2h.model import ModelArgs, Transformer
 from e2h.sample import Sample, filter_logits, generate, inverse_cdf
 
 PROMPTS = [[1, 5, 9], [1, 7, 3, 12, 40, 8, 2], [1, 30, 31, 32, 33]]   # lengths 3, 7, 5
