@@ -136,6 +136,8 @@ def build_parser() -> argparse.ArgumentParser:
     # dpo and rest
     add("--iterations", type=positive(int), default=None, help="dpo/rest iterations; " + d("iterations"))
     add("--beta", type=positive(float), default=0.1, help="DPO beta")
+    add("--rpo-alpha", type=non_negative(float), default=None,
+        help="DPO: weight of the chosen side's per-token NLL added to the loss; " + d("rpo_alpha"))
     add("--pair-gap", type=non_negative(float), default=1.0, help="DPO: least score gap of a pair")
     add("--max-pairs", type=positive(int), default=3, help="DPO pairs per problem")
     add("--hard-gap", type=non_negative(float), default=None,
@@ -199,7 +201,7 @@ NEUTRAL = (*NOT_HASHED[:-1], "micro_batch_size")
 RL = ("dpo", "ppo", "rest")
 # flags only some algorithms read: a stage's cache key leaves out the flags it never uses, so
 # changing DPO's beta (or its default) reuses the cached SFT and PRM stages
-USED_BY = {"beta": ("dpo",), "pair_gap": ("dpo",), "max_pairs": ("dpo",), "hard_gap": ("dpo",),
+USED_BY = {"beta": ("dpo",), "rpo_alpha": ("dpo",), "pair_gap": ("dpo",), "max_pairs": ("dpo",), "hard_gap": ("dpo",),
            "max_per_problem": ("rest",), "hard_threshold": ("rest",), "iterations": ("dpo", "rest"),
            "ppo_steps": ("ppo",), "rollouts": ("ppo",), "kl_coef": ("ppo",), "clip": ("ppo",),
            "value_clip": ("ppo",), "vf_coef": ("ppo",), "no_process_reward": ("ppo",),

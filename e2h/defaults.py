@@ -17,7 +17,7 @@ PAPER = {   # PAPER.md, Llemma-7B
     "orm": dict(lr=2e-5, batch_size=128, epochs=2, max_len=1024, n_samples=32, top_k=20,
                 temperature=0.7),
     "dpo": dict(lr=2e-6, batch_size=64, epochs=1, max_len=1024, iterations=5, n_samples=8,
-                top_k=0, temperature=1.0),
+                top_k=0, temperature=1.0, rpo_alpha=0.0),
     "rest": dict(lr=2e-5, batch_size=128, epochs=1, max_len=1024, iterations=2, n_samples=32,
                  top_k=40, temperature=1.0),
     "ppo": dict(lr=2e-5, batch_size=64, epochs=1, max_len=1024, ppo_steps=500, rollouts=512,
@@ -31,7 +31,7 @@ EMBEDDED = {   # the small preset from scratch on the synthetic curriculum, 2 CP
     # validation problems per level; the sweeps are in bench/README.md). PPO at lr 1e-4 lowered
     # validation accuracy at every checkpoint on both seeds; 1e-5 raised it on both
     "dpo": dict(lr=1e-4, batch_size=32, epochs=1, n_problems=100, iterations=3, n_samples=8,
-                top_k=0, temperature=1.0),
+                top_k=0, temperature=1.0, rpo_alpha=0.0),
     "rest": dict(lr=1e-4, batch_size=32, epochs=1, n_problems=100, iterations=2, n_samples=8,
                  top_k=0, temperature=1.0),
     "ppo": dict(lr=1e-5, batch_size=16, epochs=1, n_problems=200, ppo_steps=30, rollouts=64,

@@ -15,6 +15,13 @@ None (default) skips them, as the paper's DPO row that trains on easy problems o
 pairs them on the PRM score alone with that gap (the score then lies in [0, 1], so the gap
 must be below 1).
 
+NLL on the chosen side (``rpo_alpha``; Pang et al. 2024, "Iterative Reasoning Preference
+Optimization"; TRL's ``rpo_alpha``): the loss adds alpha times the chosen solution's negative
+log-likelihood per token. Plain DPO only asks the margin to grow and on math often lowers the
+chosen solution's probability too; the NLL term keeps the correct solution likely.
+
+    loss = DPO loss + alpha * (-logps_w / |y_w|)        (|y_w|: the chosen completion's tokens)
+
 Iterations: sample -> pairs -> one epoch, K times; each iteration's reference is the model it
 starts from. Reference log-probs are computed once per iteration, before any step, and carried
 in the examples, so no reference model sits in memory while DPO trains.
@@ -136,18 +143,23 @@ def cache_ref_logps(model, examples: list[dict], pad_id: int, batch_size: int = 
     return examples
 
 
-def loss_fn(model, batch: dict, *, beta: float):
-    """Mean DPO loss over the pairs of a ``collate_pairs`` batch with cached reference log-probs.
+def loss_fn(model, batch: dict, *, beta: float, rpo_alpha: float = 0.0):
+    """Mean DPO loss (+ ``rpo_alpha`` x the chosen side's per-token NLL) over the pairs of a
+    ``collate_pairs`` batch with cached reference log-probs.
 
-    Metrics are detached; ``n_pairs`` lets a loop weigh accumulated micro-batches.
+    Metrics are detached; ``n_pairs`` lets a loop weigh accumulated micro-batches; "nll_loss"
+    is the chosen side's mean per-token NLL whatever alpha.
     """
     chosen_logps, rejected_logps = sequence_logps(model, batch["tokens"],
                                                   batch["loss_mask"]).chunk(2)
     ref_chosen_logps, ref_rejected_logps = batch["ref_logps"].chunk(2)
     losses, metrics = dpo_loss(chosen_logps, rejected_logps, ref_chosen_logps,
                                ref_rejected_logps, beta)
-    loss = losses.mean()
-    return loss, {"loss": loss.detach(), "n_pairs": torch.tensor(float(len(losses))), **metrics}
+    chosen_tokens = batch["loss_mask"][:len(losses), 1:].sum(-1)    # what sequence_logps sums
+    nll = -chosen_logps.float() / chosen_tokens                       # (B,) per token
+    loss = (losses + rpo_alpha * nll).mean() if rpo_alpha else losses.mean()
+    return loss, {"loss": loss.detach(), "n_pairs": torch.tensor(float(len(losses))),
+                  "nll_loss": nll.detach().mean(), **metrics}
 
 
 def dpo_iteration_data(policy, rm, tok, problems: list[dict], rng, *, n: int, temperature: float,

@@ -216,7 +216,7 @@ def train_dpo(run) -> dict:
                              f"whose scores differ by more than --pair-gap {args.pair_gap}); a "
                              "policy that is never right needs more SFT or a smaller gap")
         return (examples, partial(dpo.collate_pairs, pad_id=tok.pad_id),
-                partial(dpo.loss_fn, beta=args.beta))
+                partial(dpo.loss_fn, beta=args.beta, rpo_alpha=args.rpo_alpha))
     return iterate(run, policy, phase)
 
 

@@ -1,4 +1,5 @@
 """DPO loss and rewards by hand (beta 0.5, fp32, 1e-6), pair rules, cached reference log-probs."""
+import copy
 import math
 import random
 
@@ -189,3 +190,28 @@ def test_loss_fn_uses_the_cached_reference_not_the_policy(model):
     close(metrics["rewards/margins"], (-0.25 + 1.25) / 2)
     close(metrics["logps/chosen"], logps[:2].mean().item())
     close(metrics["logps/rejected"], logps[2:].mean().item())
+
+
+def test_rpo_alpha_adds_the_chosen_per_token_nll(model):
+    batch = collate_pairs(examples(), pad_id=0)
+    with torch.no_grad():
+        logps = sequence_logps(model, batch["tokens"], batch["loss_mask"])   # (2B,)
+    batch["ref_logps"] = logps.clone()                        # margins 0: DPO loss log 2 per pair
+    # chosen completions: pair 0 has 3 target tokens (7, 8, EOS), pair 1 has 2 (11, EOS); the
+    # rejected sides (2 and 5 tokens) never enter the NLL
+    nll = [-logps[0].item() / 3, -logps[1].item() / 2]
+    loss, metrics = loss_fn(model, batch, beta=0.5, rpo_alpha=0.7)
+    close(loss, math.log(2.0) + 0.7 * (nll[0] + nll[1]) / 2)
+    close(metrics["nll_loss"], (nll[0] + nll[1]) / 2)
+    plain, plain_metrics = loss_fn(model, batch, beta=0.5)
+    close(plain, math.log(2.0))                               # alpha 0: plain DPO
+    close(plain_metrics["nll_loss"], (nll[0] + nll[1]) / 2)
+    # the NLL term's gradient alone (loss - plain DPO) raises both chosen log-probs
+    trained = copy.deepcopy(model)
+    opt = torch.optim.SGD(trained.parameters(), lr=0.05)
+    (loss_fn(trained, batch, beta=0.5, rpo_alpha=0.7)[0]
+     - loss_fn(trained, batch, beta=0.5)[0]).backward()
+    opt.step()
+    with torch.no_grad():
+        after = sequence_logps(trained, batch["tokens"], batch["loss_mask"])
+    assert (after[:2] > logps[:2]).all()
