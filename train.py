@@ -151,6 +151,10 @@ def build_parser() -> argparse.ArgumentParser:
     add("--kl-coef", type=non_negative(float), default=0.01, help="PPO KL coefficient beta")
     add("--clip", type=positive(float), default=0.2, help="PPO ratio clip")
     add("--value-clip", type=positive(float), default=0.2, help="PPO value clip")
+    add("--value-lr", type=positive(float), default=None,
+        help="PPO: the value model's learning rate, on --lr's schedule (default: --lr)")
+    add("--value-warmup-steps", type=non_negative(int), default=0,
+        help="PPO: the first N steps train the value model only, the policy stays as it is")
     add("--vf-coef", type=non_negative(float), default=0.1, help="PPO value-loss coefficient")
     add("--no-process-reward", action="store_true", help="PPO on the final-answer reward only")
     # checkpoints and evaluation
@@ -204,7 +208,8 @@ RL = ("dpo", "ppo", "rest")
 USED_BY = {"beta": ("dpo",), "rpo_alpha": ("dpo",), "pair_gap": ("dpo",), "max_pairs": ("dpo",), "hard_gap": ("dpo",),
            "max_per_problem": ("rest",), "hard_threshold": ("rest",), "iterations": ("dpo", "rest"),
            "ppo_steps": ("ppo",), "rollouts": ("ppo",), "kl_coef": ("ppo",), "clip": ("ppo",),
-           "value_clip": ("ppo",), "vf_coef": ("ppo",), "no_process_reward": ("ppo",),
+           "value_clip": ("ppo",), "vf_coef": ("ppo",),
+           "value_lr": ("ppo",), "value_warmup_steps": ("ppo",), "no_process_reward": ("ppo",),
            "eval_every": ("ppo",), "answer_levels": RL, "reward_model": RL,
            "validation_data": RL,
            "samples": recipes.RM_ALGOS}

@@ -43,6 +43,14 @@ def lr_at(step: int, steps: int, args) -> float:
     return args.lr * (args.min_lr_ratio + (1 - args.min_lr_ratio) * cosine)
 
 
+def set_lr(optimizers, lr: float):
+    """Every parameter group's lr for this step: ``lr`` times the group's "lr_scale" (default 1;
+    e2h.run.make_optimizer sets it for a model trained at another rate than --lr)."""
+    for opt in optimizers:
+        for group in opt.param_groups:
+            group["lr"] = lr * group.get("lr_scale", 1.0)
+
+
 def batch_indices(n: int, step: int, batch_size: int, seed: int) -> list[int]:
     """Examples of global batch ``step``: positions [step*B, (step+1)*B) of the stream
     perm_0 + perm_1 + ..., perm_e a seeded permutation of range(n) for epoch e. The position in
@@ -89,9 +97,7 @@ def run_steps(run, steps: int, start: int, optimizers, step, save, *, iteration:
               desc=desc) as bar:   # closed (its line ended) however the loop ends
         for k in range(start, steps):
             t0, lr = time.time(), lr_at(k, steps, args)
-            for opt in optimizers:
-                for group in opt.param_groups:
-                    group["lr"] = lr
+            set_lr(optimizers, lr)
             try:
                 record = step(k)
             except NonFiniteLoss as e:

@@ -187,10 +187,14 @@ def ppo_value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torc
 
 def ppo_update(policy, value_model, policy_opt, value_opt, batch: dict, *, minibatch_size: int,
                epochs: int, clip: float, value_clip: float, vf_coef: float, max_grad_norm: float,
-               microbatch_size: int | None = None, generator: torch.Generator | None = None) -> dict:
+               microbatch_size: int | None = None, generator: torch.Generator | None = None,
+               train_policy: bool = True) -> dict:
     """``epochs`` passes over the rollout batch in shuffled minibatches, one optimizer step of
     each model per minibatch; losses are token means over the minibatch, accumulated over
     micro-batches of ``microbatch_size`` rows. Returns metrics averaged over the run.
+
+    ``train_policy`` False (the value warm-up): the value model alone learns; the policy's loss
+    is computed for the metrics, without a gradient, and its optimizer does not step.
 
     ``batch`` comes from ``rollout``; its log-probs are taken at the temperature it sampled at.
     """
@@ -211,7 +215,8 @@ def ppo_update(policy, value_model, policy_opt, value_opt, batch: dict, *, minib
             n_tokens = batch["mask"][rows].sum()
             for micro in rows.split(microbatch_size or minibatch_size):
                 mb = {k: v[micro.to(v.device)] for k, v in batch.items()}
-                logps = token_logps(policy(mb["tokens"]), mb["tokens"], temperature)
+                with torch.set_grad_enabled(train_policy):
+                    logps = token_logps(policy(mb["tokens"]), mb["tokens"], temperature)
                 pg_losses, pm = ppo_policy_loss(logps, mb["logps"], mb["advantages"],
                                                 mb["mask"], clip)
                 values = value_model(mb["tokens"])[:, :-1]
@@ -222,9 +227,10 @@ def ppo_update(policy, value_model, policy_opt, value_opt, batch: dict, *, minib
                 loss.backward()
                 log({**pm, **vm, "loss/policy": masked_mean(pg_losses.detach(), mb["mask"]),
                      "loss/value": masked_mean(vf_losses.detach(), mb["mask"])})
-            log({"policy/grad_norm": clip_grad_norm(list(policy.parameters()), max_grad_norm),
+            log({"policy/grad_norm": clip_grad_norm(list(policy.parameters()), max_grad_norm)
+                 if train_policy else 0.0,
                  "val/grad_norm": clip_grad_norm(list(value_model.parameters()), max_grad_norm)})
-            for opt in (policy_opt, value_opt):
+            for opt in (policy_opt, value_opt) if train_policy else (value_opt,):
                 opt.step()
                 opt.zero_grad(set_to_none=True)
     return {k: sums[k] / counts[k] for k in sums}

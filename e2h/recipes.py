@@ -254,7 +254,7 @@ def train_ppo(run) -> dict:
     value = load(run, args.reward_model)                 # the value model starts as the PRM
     reward = None if args.no_process_reward else load(run, args.reward_model, trainable=False)
     both = torch.nn.ModuleDict({"policy": policy, "value": value})
-    opts = [make_optimizer(policy, args), make_optimizer(value, args)]
+    opts = [make_optimizer(policy, args), make_optimizer(value, args, lr=args.value_lr)]
     run.restore(both, opts)
     problems_ = problems(args)
     steps = min(args.ppo_steps, args.max_steps) if args.max_steps else args.ppo_steps
@@ -279,6 +279,7 @@ def train_ppo(run) -> dict:
                 microbatch_size=min(args.micro_batch_size, args.batch_size // W),
                 epochs=max(1, int(args.epochs)), clip=args.clip, value_clip=args.value_clip,
                 vf_coef=args.vf_coef, max_grad_norm=args.grad_clip,
+                train_policy=k >= args.value_warmup_steps,
                 generator=generator_for(args.seed, "ppo-minibatches", k))
         metrics = dist.all_reduce_mean(metrics)
         loss = metrics["loss/policy"] + args.vf_coef * metrics["loss/value"]

@@ -118,10 +118,13 @@ def prepare(run: Run, model, trainable: bool = True, pretrained: bool = True):
     return place(model, run.device, param_dtype, run.args.activation_checkpointing)
 
 
-def make_optimizer(model, args):
+def make_optimizer(model, args, lr: float | None = None):
+    """AdamW on the trainable parameters; ``lr`` other than --lr follows the same schedule,
+    scaled by lr / --lr (the group's "lr_scale", read by e2h/loop.py)."""
     params = [p for p in model.parameters() if p.requires_grad]
-    return torch.optim.AdamW(params, lr=args.lr, betas=tuple(args.betas),
-                             weight_decay=args.weight_decay)
+    lr = args.lr if lr is None else lr
+    return torch.optim.AdamW([{"params": params, "lr_scale": lr / args.lr}], lr=lr,
+                             betas=tuple(args.betas), weight_decay=args.weight_decay)
 
 
 def setup_tokenizer(args, out: Path) -> Path:

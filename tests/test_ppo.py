@@ -244,3 +244,22 @@ def test_rollout_then_update(tok, models):
     close(stats["policy/clipfrac"], 0.0)
     close(stats["policy/approxkl"], 0.0)
     assert any(not torch.equal(a, b) for a, b in zip(before, policy.parameters()))
+
+
+def test_value_warmup_update_moves_the_value_model_only(tok, models):
+    policy, reward_model = (copy.deepcopy(m) for m in models)
+    ref_model, value_model = copy.deepcopy(policy), copy.deepcopy(reward_model)
+    batch, _ = rollout(policy, ref_model, value_model, reward_model, tok, PROBLEMS,
+                       temperature=0.7, top_k=10, max_new_tokens=12, kl_coef=0.01,
+                       process_reward=True, batch_size=16, generator=torch.Generator().manual_seed(1))
+    policy_before = [p.detach().clone() for p in policy.parameters()]
+    value_before = [p.detach().clone() for p in value_model.parameters()]
+    policy_opt = torch.optim.SGD(policy.parameters(), lr=0.1)
+    stats = ppo_update(policy, value_model, policy_opt,
+                       torch.optim.SGD(value_model.parameters(), lr=0.1), batch,
+                       minibatch_size=4, microbatch_size=2, epochs=1, clip=0.2,
+                       value_clip=0.2, vf_coef=0.1, max_grad_norm=1.0, train_policy=False)
+    assert all(torch.equal(a, b) for a, b in zip(policy_before, policy.parameters()))
+    assert all(p.grad is None for p in policy.parameters())
+    assert any(not torch.equal(a, b) for a, b in zip(value_before, value_model.parameters()))
+    assert stats["policy/grad_norm"] == 0.0 and stats["val/grad_norm"] > 0

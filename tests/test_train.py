@@ -235,6 +235,29 @@ def test_lr_warms_up_linearly_then_follows_the_cosine():
     assert lr_at(6, 10, args) == pytest.approx(0.55, abs=1e-12)
 
 
+def test_a_model_at_its_own_lr_follows_the_schedule_scaled():
+    from argparse import Namespace
+    from e2h.loop import set_lr
+    from e2h.run import make_optimizer
+    args = Namespace(lr=0.1, betas=[0.9, 0.95], weight_decay=0.0)
+    model = torch.nn.Linear(2, 2)
+    main, other = make_optimizer(model, args), make_optimizer(model, args, lr=0.3)
+    set_lr([main, other], 0.05)                  # a step where the schedule is at half of --lr
+    assert main.param_groups[0]["lr"] == pytest.approx(0.05, abs=1e-15)
+    assert other.param_groups[0]["lr"] == pytest.approx(0.15, abs=1e-15)
+
+
+def test_ppo_value_warmup_trains_the_value_model_only(runs):
+    ok(train("--algo", "ppo", "--out", runs / "ppo_warm", *TINY, "--rollouts", "4",
+             "--value-warmup-steps", "2", "--value-lr", "1e-3"))
+    policy = json.loads((runs / "ppo_warm" / "args.json").read_text())["policy"]
+    before, after = weights(policy), weights(runs / "ppo_warm" / "model")
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    lines = steps(runs / "ppo_warm")
+    assert [x["policy/grad_norm"] for x in lines] == [0.0, 0.0]
+    assert all(x["val/grad_norm"] > 0 for x in lines)
+
+
 def test_batches_walk_one_seeded_permutation_per_epoch():
     from e2h.loop import batch_indices
     perm0 = torch.randperm(3, generator=torch.Generator().manual_seed(7)).tolist()
