@@ -44,11 +44,11 @@ def lr_at(step: int, steps: int, args) -> float:
 
 
 def set_lr(optimizers, lr: float):
-    """Every parameter group's lr for this step: ``lr`` times the group's "lr_scale" (default 1;
-    e2h.run.make_optimizer sets it for a model trained at another rate than --lr)."""
+    """Every parameter group's lr for this step: ``lr`` times its optimizer's ``lr_scale``
+    (default 1; e2h.run.make_optimizer sets it for a model trained at another rate than --lr)."""
     for opt in optimizers:
         for group in opt.param_groups:
-            group["lr"] = lr * group.get("lr_scale", 1.0)
+            group["lr"] = lr * getattr(opt, "lr_scale", 1.0)
 
 
 def batch_indices(n: int, step: int, batch_size: int, seed: int) -> list[int]:

@@ -120,11 +120,14 @@ def prepare(run: Run, model, trainable: bool = True, pretrained: bool = True):
 
 def make_optimizer(model, args, lr: float | None = None):
     """AdamW on the trainable parameters; ``lr`` other than --lr follows the same schedule,
-    scaled by lr / --lr (the group's "lr_scale", read by e2h/loop.py)."""
+    scaled by lr / --lr (``lr_scale``, read by e2h/loop.py:set_lr). The scale is an attribute
+    of the optimizer, not of its state: a resumed run takes it from its flags, not from the
+    checkpoint."""
     params = [p for p in model.parameters() if p.requires_grad]
     lr = args.lr if lr is None else lr
-    return torch.optim.AdamW([{"params": params, "lr_scale": lr / args.lr}], lr=lr,
-                             betas=tuple(args.betas), weight_decay=args.weight_decay)
+    opt = torch.optim.AdamW(params, lr=lr, betas=tuple(args.betas), weight_decay=args.weight_decay)
+    opt.lr_scale = lr / args.lr
+    return opt
 
 
 def setup_tokenizer(args, out: Path) -> Path:

@@ -245,6 +245,10 @@ def test_a_model_at_its_own_lr_follows_the_schedule_scaled():
     set_lr([main, other], 0.05)                  # a step where the schedule is at half of --lr
     assert main.param_groups[0]["lr"] == pytest.approx(0.05, abs=1e-15)
     assert other.param_groups[0]["lr"] == pytest.approx(0.15, abs=1e-15)
+    # a resumed run loads the optimizer's state: the scale comes from the flags, not from it
+    other.load_state_dict(main.state_dict())
+    set_lr([other], 0.05)
+    assert other.param_groups[0]["lr"] == pytest.approx(0.15, abs=1e-15)
 
 
 def test_ppo_value_warmup_trains_the_value_model_only(runs):
