@@ -13,6 +13,18 @@ heads, SwiGLU 352, vocab 32016; batch 8, 16-token prompts, 96 new tokens (no EOS
 alternate, --repeats times each, the medians count, and their greedy tokens must be identical.
 transformers is imported only here (e2h does not depend on it); install it in its own venv.
 
+With --freeze, the decode step is compiled with its weights frozen in as constants and its
+matmuls autotuned, and the token choice is compiled too (``compile_frozen``): valid for fixed
+weights only (evaluation), not for RL, where the weights change between rollouts.
+
+CPU, --projection: on the --against-hf shape, the decode step's output projection alone
+(``F.linear`` of batch x 128 hidden states by the 32016 x 128 weight, the product both e2h and
+transformers run) against what bounds it: reading its 16 MB weight once (a sum over it), the
+same FLOPs at the BLAS's square-matmul rate, and numpy's BLAS (OpenBLAS; set
+OPENBLAS_NUM_THREADS=1) on the same product with the weight stored transposed; and its share s of
+e2h's decode step (greedy ``generate`` time per new token): a change anywhere else in the step
+can make it at most 1 / s faster.
+
 CUDA: a Llemma-7B-shaped model with random bf16 weights at batch 1 and 64, against the HBM
 roofline. A decode step reads every weight once, so it takes at least weight bytes / bandwidth
 (6.74e9 parameters * 2 bytes / 3.35 TB/s = 4.0 ms on an H100 SXM, i.e. 249 steps/s); the KV
@@ -21,7 +33,8 @@ cache adds a little more traffic, ignored here. Decode steps/s is measured witho
 
     python bench/generate.py --threads 1                # CPU part
     python bench/generate.py --threads 1 --attention
-    python bench/generate.py --threads 1 --against-hf [--compile]   # needs transformers
+    python bench/generate.py --threads 1 --against-hf [--compile | --freeze]   # needs transformers
+    OPENBLAS_NUM_THREADS=1 python bench/generate.py --threads 1 --projection
     python bench/generate.py --device cuda [--compile]  # GPU part
 """
 from __future__ import annotations
@@ -34,6 +47,7 @@ import time
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import e2h.sample as sample_mod  # noqa: E402
@@ -148,6 +162,18 @@ def hf_twin(model):
     return hf.eval()
 
 
+def compile_frozen():
+    """The decode step compiled with its weights frozen into the graph as constants (inductor's
+    ``freezing``: valid only while the weights do not change, so for evaluation, never for RL)
+    and its matmuls autotuned (``max-autotune``: inductor's C++ micro-GEMMs against MKL, the
+    faster kept); the token choice (argmax / log-softmax over the vocabulary) compiled too."""
+    import torch._inductor.config as inductor_config
+    inductor_config.freezing = True
+    sample_mod.decode_one_token = torch.compile(sample_mod.decode_one_token, dynamic=True,
+                                                mode="max-autotune")
+    sample_mod.sample_token = torch.compile(sample_mod.sample_token, dynamic=True)
+
+
 def median(xs):
     return sorted(xs)[len(xs) // 2]
 
@@ -159,7 +185,9 @@ def bench_against_hf(args):
     hf = hf_twin(model)
     batch, P, N = args.batches[0] if args.batches else 8, args.prompt_len, args.new_tokens
     prompts = torch.randint(3, HF_SHAPE["vocab_size"], (batch, P))
-    if args.compile:
+    if args.freeze:
+        compile_frozen()
+    elif args.compile:
         sample_mod.decode_one_token = torch.compile(sample_mod.decode_one_token, dynamic=True)
     ours = lambda: [s.tokens for s in sample_mod.generate(model, prompts.tolist(), N, 0.0)]  # noqa: E731
     theirs = lambda: hf.generate(prompts, attention_mask=torch.ones_like(prompts),  # noqa: E731
@@ -170,13 +198,44 @@ def bench_against_hf(args):
     print(f"warm-up {time.perf_counter() - t0:.1f} s; greedy tokens identical: {same}")
     t = alternate({"e2h": ours, "hf": theirs}, args.repeats)
     e2h, hf_t = t["e2h"], t["hf"]
-    print(f"| batch | new tokens | e2h generate{' (compiled step)' if args.compile else ''} (s) "
+    how = " (frozen, autotuned)" if args.freeze else " (compiled step)" if args.compile else ""
+    print(f"| batch | new tokens | e2h generate{how} (s) "
           "| HF generate (s) | e2h tok/s | HF tok/s | speed-up |")
     print("|---|---|---|---|---|---|---|")
     print(f"| {batch} | {N} | {e2h:.3f} | {hf_t:.3f} | {batch * N / e2h:,.0f} "
           f"| {batch * N / hf_t:,.0f} | {hf_t / e2h:.2f}x |")
     if not same:
         raise SystemExit("greedy tokens differ between e2h and transformers")
+
+
+@torch.no_grad()
+def bench_projection(args):
+    torch.manual_seed(0)
+    model = Transformer(ModelArgs(**HF_SHAPE)).eval()
+    batch, V, C = args.batches[0] if args.batches else 8, HF_SHAPE["vocab_size"], HF_SHAPE["dim"]
+    w, h = model.lm_head.weight, torch.randn(batch, C)
+    w_np_t, h_np = w.detach().numpy().T.copy(), h.numpy()               # numpy: (C, V) layout
+    square = torch.randn(512, 512)
+    prompts = torch.randint(3, V, (batch, args.prompt_len)).tolist()
+    t = alternate({
+        "linear": lambda: [F.linear(h, w) for _ in range(20)],
+        "read": lambda: [w.sum() for _ in range(20)],
+        "square": lambda: [square @ square for _ in range(20)],
+        "numpy": lambda: [h_np @ w_np_t for _ in range(20)],
+        "generate": lambda: sample_mod.generate(model, prompts, args.new_tokens, 0.0),
+    }, args.repeats)
+    linear, read, numpy_t = (t[k] / 20 for k in ("linear", "read", "numpy"))
+    flops, rate = 2 * batch * C * V, 20 * 2 * 512 ** 3 / t["square"]
+    step = t["generate"] / args.new_tokens
+    print(f"OPENBLAS_NUM_THREADS={os.environ.get('OPENBLAS_NUM_THREADS', 'unset')}; "
+          f"output projection {batch} x {C} by {V} x {C} ({flops / 1e6:.0f} MFLOP, "
+          f"{w.numel() * 4 / 1e6:.1f} MB of weight)")
+    print("| F.linear (ms) | GFLOP/s | weight read (ms) | at the 512^3 rate (ms) | numpy (ms) "
+          "| e2h decode step (ms) | projection's share | step / projection |")
+    print("|---|---|---|---|---|---|---|---|")
+    print(f"| {linear * 1e3:.2f} | {flops / linear / 1e9:.1f} | {read * 1e3:.2f} "
+          f"| {flops / rate * 1e3:.2f} | {numpy_t * 1e3:.2f} | {step * 1e3:.2f} "
+          f"| {100 * linear / step:.0f} % | {step / linear:.2f}x |")
 
 
 def bench_cuda(args):
@@ -215,6 +274,8 @@ def main():
                    help="CPU: the decode attention path against fused attention in generate")
     p.add_argument("--against-hf", action="store_true",
                    help="CPU: against transformers' generate (defaults: batch 8, prompt 16, 96 new)")
+    p.add_argument("--projection", action="store_true",
+                   help="CPU: the output projection of the --against-hf shape against its bounds")
     p.add_argument("--prompt-len", type=int, default=None, help="prompt tokens per sequence")
     p.add_argument("--new-tokens", type=int, default=None, help="new tokens per sequence")
     # how
@@ -222,20 +283,27 @@ def main():
     p.add_argument("--repeats", type=int, default=3,
                    help="timed runs; the fastest is reported (--against-hf: the median)")
     p.add_argument("--compile", action="store_true", help="torch.compile the decode step")
+    p.add_argument("--freeze", action="store_true",
+                   help="--against-hf: compile the decode step with frozen weights and autotuned "
+                        "matmuls, and the token choice (see compile_frozen)")
     p.add_argument("--bandwidth", type=float, default=None,
                    help="HBM bytes/s for the roofline (default: looked up from the GPU name)")
     args = p.parse_args()
-    args.prompt_len = args.prompt_len or (16 if args.against_hf else 34 if args.attention else 32)
-    args.new_tokens = args.new_tokens or (96 if args.against_hf or args.attention else 128)
+    hf_shape = args.against_hf or args.projection
+    args.prompt_len = args.prompt_len or (16 if hf_shape else 34 if args.attention else 32)
+    args.new_tokens = args.new_tokens or (96 if hf_shape or args.attention else 128)
     torch.set_num_threads(args.threads)
     machine = platform.processor() or platform.machine()
     print(f"{time.strftime('%Y-%m-%d')}, torch {torch.__version__}, {machine}")
     print(vars(args))
     if args.device == "cuda":
         bench_cuda(args)
+    elif args.against_hf:
+        bench_against_hf(args)
+    elif args.projection:
+        bench_projection(args)
     else:
-        bench_against_hf(args) if args.against_hf else (
-            bench_attention(args) if args.attention else bench_cpu(args))
+        bench_attention(args) if args.attention else bench_cpu(args)
 
 
 if __name__ == "__main__":
