@@ -33,7 +33,7 @@ cache adds a little more traffic, ignored here. Decode steps/s is measured witho
 
     python bench/generate.py --threads 1                # CPU part
     python bench/generate.py --threads 1 --attention
-    python bench/generate.py --threads 1 --against-hf [--compile | --freeze]   # needs transformers
+    python bench/generate.py --threads 1 --against-hf [--compile | --freeze] [--skip-guards]
     OPENBLAS_NUM_THREADS=1 python bench/generate.py --threads 1 --projection
     python bench/generate.py --device cuda [--compile]  # GPU part
 """
@@ -195,10 +195,14 @@ def bench_against_hf(args):
                                  pad_token_id=0)[:, P:].tolist()
     t0 = time.perf_counter()
     same = ours() == theirs()                                          # warm-up (and compile)
+    if args.skip_guards:     # every timed call has the warm-up's shapes: nothing recompiles
+        ours()
+        torch.compiler.set_stance("default", skip_guard_eval_unsafe=True)
     print(f"warm-up {time.perf_counter() - t0:.1f} s; greedy tokens identical: {same}")
     t = alternate({"e2h": ours, "hf": theirs}, args.repeats)
     e2h, hf_t = t["e2h"], t["hf"]
     how = " (frozen, autotuned)" if args.freeze else " (compiled step)" if args.compile else ""
+    how += ", guards skipped" if args.skip_guards else ""
     print(f"| batch | new tokens | e2h generate{how} (s) "
           "| HF generate (s) | e2h tok/s | HF tok/s | speed-up |")
     print("|---|---|---|---|---|---|---|")
@@ -286,9 +290,14 @@ def main():
     p.add_argument("--freeze", action="store_true",
                    help="--against-hf: compile the decode step with frozen weights and autotuned "
                         "matmuls, and the token choice (see compile_frozen)")
+    p.add_argument("--skip-guards", action="store_true",
+                   help="--against-hf with --compile or --freeze: after the warm-up, skip Dynamo's "
+                        "guard checks (torch.compiler.set_stance(skip_guard_eval_unsafe=True))")
     p.add_argument("--bandwidth", type=float, default=None,
                    help="HBM bytes/s for the roofline (default: looked up from the GPU name)")
     args = p.parse_args()
+    if args.skip_guards and not (args.against_hf and (args.compile or args.freeze)):
+        p.error("--skip-guards: only with --against-hf and --compile or --freeze")
     hf_shape = args.against_hf or args.projection
     args.prompt_len = args.prompt_len or (16 if hf_shape else 34 if args.attention else 32)
     args.new_tokens = args.new_tokens or (96 if hf_shape or args.attention else 128)
