@@ -14,7 +14,7 @@ alternate, --repeats times each, the medians count, and their greedy tokens must
 transformers is imported only here (e2h does not depend on it); install it in its own venv.
 
 With --freeze, the decode step is compiled with its weights frozen in as constants and its
-matmuls autotuned, and the token choice is compiled too (``compile_frozen``): valid for fixed
+matmuls autotuned, and the token choice is compiled too (``compile_decode``): valid for fixed
 weights only (evaluation), not for RL, where the weights change between rollouts.
 
 CPU, --projection: on the --against-hf shape, the decode step's output projection alone
@@ -162,16 +162,19 @@ def hf_twin(model):
     return hf.eval()
 
 
-def compile_frozen():
-    """The decode step compiled with its weights frozen into the graph as constants (inductor's
-    ``freezing``: valid only while the weights do not change, so for evaluation, never for RL)
-    and its matmuls autotuned (``max-autotune``: inductor's C++ micro-GEMMs against MKL, the
-    faster kept); the token choice (argmax / log-softmax over the vocabulary) compiled too."""
-    import torch._inductor.config as inductor_config
-    inductor_config.freezing = True
+def compile_decode(frozen: bool = False):
+    """torch.compile the decode step (dynamic shapes: the cache prefix grows every step).
+
+    frozen: also fold the weights into the graph as constants (inductor's ``freezing``: valid
+    only while the weights do not change, so for evaluation, never for RL), autotune its matmuls
+    (``max-autotune``: inductor's C++ micro-GEMMs against MKL, the faster kept) and compile the
+    token choice (argmax / log-softmax over the vocabulary) too."""
+    if frozen:
+        import torch._inductor.config as inductor_config
+        inductor_config.freezing = True
+        sample_mod.sample_token = torch.compile(sample_mod.sample_token, dynamic=True)
     sample_mod.decode_one_token = torch.compile(sample_mod.decode_one_token, dynamic=True,
-                                                mode="max-autotune")
-    sample_mod.sample_token = torch.compile(sample_mod.sample_token, dynamic=True)
+                                                mode="max-autotune" if frozen else None)
 
 
 def median(xs):
@@ -185,10 +188,8 @@ def bench_against_hf(args):
     hf = hf_twin(model)
     batch, P, N = args.batches[0] if args.batches else 8, args.prompt_len, args.new_tokens
     prompts = torch.randint(3, HF_SHAPE["vocab_size"], (batch, P))
-    if args.freeze:
-        compile_frozen()
-    elif args.compile:
-        sample_mod.decode_one_token = torch.compile(sample_mod.decode_one_token, dynamic=True)
+    if args.compile or args.freeze:
+        compile_decode(frozen=args.freeze)
     ours = lambda: [s.tokens for s in sample_mod.generate(model, prompts.tolist(), N, 0.0)]  # noqa: E731
     theirs = lambda: hf.generate(prompts, attention_mask=torch.ones_like(prompts),  # noqa: E731
                                  max_new_tokens=N, do_sample=False, eos_token_id=None,
@@ -221,16 +222,15 @@ def bench_projection(args):
     w_np_t, h_np = w.detach().numpy().T.copy(), h.numpy()               # numpy: (C, V) layout
     square = torch.randn(512, 512)
     prompts = torch.randint(3, V, (batch, args.prompt_len)).tolist()
-    t = alternate({
-        "linear": lambda: [F.linear(h, w) for _ in range(20)],
-        "read": lambda: [w.sum() for _ in range(20)],
-        "square": lambda: [square @ square for _ in range(20)],
-        "numpy": lambda: [h_np @ w_np_t for _ in range(20)],
-        "generate": lambda: sample_mod.generate(model, prompts, args.new_tokens, 0.0),
-    }, args.repeats)
-    linear, read, numpy_t = (t[k] / 20 for k in ("linear", "read", "numpy"))
-    flops, rate = 2 * batch * C * V, 20 * 2 * 512 ** 3 / t["square"]
-    step = t["generate"] / args.new_tokens
+    calls = 20                                 # each product timed over this many calls
+    products = {"linear": lambda: F.linear(h, w), "read": lambda: w.sum(),
+                "square": lambda: square @ square, "numpy": lambda: h_np @ w_np_t}
+    t = alternate({**{k: (lambda f=f: [f() for _ in range(calls)]) for k, f in products.items()},
+                   "generate": lambda: sample_mod.generate(model, prompts, args.new_tokens, 0.0)},
+                  args.repeats)
+    linear, read, numpy_t, square_t = (t[k] / calls for k in ("linear", "read", "numpy", "square"))
+    flops, rate = 2 * batch * C * V, 2 * 512 ** 3 / square_t
+    step = t["generate"] / args.new_tokens                              # s per new token
     print(f"OPENBLAS_NUM_THREADS={os.environ.get('OPENBLAS_NUM_THREADS', 'unset')}; "
           f"output projection {batch} x {C} by {V} x {C} ({flops / 1e6:.0f} MFLOP, "
           f"{w.numel() * 4 / 1e6:.1f} MB of weight)")
@@ -253,7 +253,7 @@ def bench_cuda(args):
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     roofline = bandwidth / weight_bytes                                # steps/s
     if args.compile:
-        sample_mod.decode_one_token = torch.compile(sample_mod.decode_one_token, dynamic=True)
+        compile_decode()
     print(f"{name}, {weight_bytes / 1e9:.2f} GB of weights, roofline {roofline:.0f} steps/s "
           f"at {bandwidth / 1e12:.2f} TB/s, prompt {args.prompt_len}, compile {args.compile}")
     print("| batch | decode steps/s | decode tok/s | % of roofline | generate tok/s (with prefill) |")
@@ -289,7 +289,7 @@ def main():
     p.add_argument("--compile", action="store_true", help="torch.compile the decode step")
     p.add_argument("--freeze", action="store_true",
                    help="--against-hf: compile the decode step with frozen weights and autotuned "
-                        "matmuls, and the token choice (see compile_frozen)")
+                        "matmuls, and the token choice (see compile_decode)")
     p.add_argument("--skip-guards", action="store_true",
                    help="--against-hf with --compile or --freeze: after the warm-up, skip Dynamo's "
                         "guard checks (torch.compiler.set_stance(skip_guard_eval_unsafe=True))")
