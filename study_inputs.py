@@ -19,7 +19,7 @@ def write_inputs(seed: int, cfg: dict, root: Path, quick: bool):
     write_jsonl(r / "test.jsonl", synthetic.make_split(cfg["test_problems"], seed=seed, split="test"))
     if quick:
         records, rng = [], random.Random(seed)
-        for p in synthetic.make_split(4, levels=EASY_LEVELS, seed=seed, split="train"):
+        for p in synthetic.make_split(4, levels=EASY_LEVELS, seed=seed, split="sft"):
             wrong = f"{(int(p['answer']) + rng.randint(1, 99)) % 100:02d}"
             for answer, label in ((p["answer"], 1), (wrong, 0)):
                 records.append({"id": p["id"], "question": p["question"], "steps": p["steps"],

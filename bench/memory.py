@@ -129,7 +129,7 @@ def make_inputs(work: Path, max_len: int) -> tuple[Path, Path]:
     from data import synthetic
     from data.format import format_prompt
     from e2h.tokenizer import train_tokenizer
-    problems = synthetic.make_split(200, seed=0, split="train")
+    problems = synthetic.make_split(200, seed=0, split="sft")
     texts = [format_prompt(p["question"]) + synthetic.reference_completion(p) for p in problems]
     tok = train_tokenizer(texts, work / "tokenizer.json", vocab_size=512)
     records = []

@@ -107,7 +107,7 @@ def read_data(paths, math_problems_path=None) -> dict[str, list[dict]]:
     return out
 
 
-def synthetic_problems(n_per_level: int, levels, seed: int, split: str = "train") -> list[dict]:
+def synthetic_problems(n_per_level: int, levels, seed: int, split: str) -> list[dict]:
     """``n_per_level`` synthetic problems of each of ``levels`` (None: every level)."""
     levels = synthetic.SYNTHETIC_LEVELS if levels is None else levels
     return synthetic.make_split(n_per_level, levels=levels, seed=seed, split=split)
@@ -120,14 +120,14 @@ def sft_records(data, math_problems, levels, n_problems: int, seed: int) -> list
     if data is None:
         return [{"id": p["id"], "question": p["question"], "level": p["level"],
                  "completion": synthetic.reference_completion(p)}
-                for p in synthetic_problems(n_problems, levels, seed)]
+                for p in synthetic_problems(n_problems, levels, seed, "sft")]
     found = read_data(data, math_problems)
     records = found["sft"] + [readers.sft_example(p) for p in found["problems"] if p.get("steps")]
     return by_level(records, levels, "SFT data")
 
 
 def problems(data, math_problems, levels, n_problems: int, seed: int,
-             split: str = "train") -> list[dict]:
+             split: str) -> list[dict]:
     """Problems with answers to sample from: the --data / --math-problems files (``n_problems``:
     at most that many per level, in file order; 0: all), else (both None) ``n_problems``
     synthetic problems per level of ``split``."""

@@ -88,7 +88,17 @@ MOD = 100
 REAL_OPS = tuple((op, b) for op in "+-" for b in (2, 4, 6, 8))
 IDENTITY_MENU = (("+", 0), ("-", 0))
 PRIMES = frozenset(p for p in range(2, MOD) if all(p % d for d in range(2, int(p ** 0.5) + 1)))
-SPLIT_BUCKETS = {"test": (0,), "validation": (1,), "train": tuple(range(2, 10))}
+# Roles: every problem belongs to exactly one, fixed by a hash of its canonical key (twentieths).
+# Each stage draws from its own role (e2h/defaults.py, BUDGET): SFT and the reward models' data
+# from "sft" (PRM800K feeds both in the paper), RL from "rl", never SFT's problems. Level 1 has
+# only 1,790 problems (counted by enumeration), so the shares are set for it: ~30 % test (about
+# 530), 15 % validation, 20 % sft (about 360), 35 % rl; the larger levels (61,900 problems at
+# level 2, more above) have room for any size the budget asks.
+SPLIT_BUCKETS = {"test": range(0, 6), "validation": range(6, 9), "sft": range(9, 13),
+                 "rl": range(13, 20)}
+# make_split gives up after this many draws with nothing new: 10x the longest wait seen for the
+# last new level-1 problem when drawing a whole role (4,805 draws, seeds 0-2, every role)
+MAX_DRAWS_WITHOUT_NEW = 50_000
 _STEP = re.compile(r"^(\d+)([+\-])(\d+)=(\d+)$")
 _QUESTION = re.compile(r"Start at (\d+)\. Apply (.*) \(mod \d+\); each result must be prime\.$")
 
@@ -104,6 +114,14 @@ def apply_op(a: int, op: str, b: int) -> int:
     if op == "-":
         return (a - b) % MOD
     raise ValueError(f"data/synthetic.py: unknown operation {op!r}")
+
+
+def problem_key(start: int, menus: list[tuple]) -> str:
+    """What tells problems apart: the start and each slot's *unordered* menu. ``+2/-4`` and
+    ``-4/+2`` (or ``+0/-0`` and ``-0/+0``) are one slot written two ways, so two question texts
+    can be one problem; ids and splits derive from this key, never from the text."""
+    menus = ("/".join(sorted(f"{op}{b}" for op, b in menu)) for menu in menus)
+    return f"{_num(start)}:" + ",".join(menus)
 
 
 def question_text(start: int, menus: list[tuple]) -> str:
@@ -143,24 +161,32 @@ def make_problem(level: int, rng: random.Random) -> dict:
     for op, b, y in found[0]:
         steps.append(f"{_num(x)}{op}{b}={_num(y)}")
         x = y
-    question = question_text(start, menus)
-    return {"id": "syn-" + hashlib.sha1(question.encode()).hexdigest()[:12],
-            "question": question, "answer": _num(x), "level": level,
+    key = problem_key(start, menus)
+    return {"id": "syn-" + hashlib.sha1(key.encode()).hexdigest()[:12],
+            "question": question_text(start, menus), "answer": _num(x), "level": level,
             "subject": "arithmetic", "steps": steps}
 
 
+def key_of(question: str) -> str:
+    return problem_key(*parse_question(question))
+
+
 def split_of(question: str) -> str:
-    """The split a question belongs to, fixed by a hash of its text: splits never overlap."""
-    bucket = int(hashlib.sha256(question.encode()).hexdigest(), 16) % 10
+    """The split (role) a question belongs to, fixed by a hash of its problem's canonical key:
+    splits never overlap, however the question is written."""
+    bucket = int(hashlib.sha256(key_of(question).encode()).hexdigest(), 16) % 20
     return next(name for name, b in SPLIT_BUCKETS.items() if bucket in b)
 
 
 def make_split(n_per_level: int, levels=SYNTHETIC_LEVELS, seed: int = 0,
-               split: str = "train") -> list[dict]:
-    """``n_per_level`` distinct problems of each level that belong to ``split``.
+               split: str = "sft") -> list[dict]:
+    """``n_per_level`` distinct problems (by canonical key) of each level that belong to
+    ``split``.
 
-    The seed picks which problems are drawn; the split a question belongs to is a property of
-    its text, so train, validation and test are disjoint whatever seeds and sizes are used.
+    The seed picks which problems are drawn; the split a problem belongs to is a property of
+    its key, so the splits are disjoint whatever seeds and sizes are used. Asking a level for
+    more problems than its split holds (level 1 is small) is an error that says how many there
+    are.
     """
     if split not in SPLIT_BUCKETS:
         raise ValueError(f"data/synthetic.py: unknown split {split!r}; "
@@ -168,12 +194,17 @@ def make_split(n_per_level: int, levels=SYNTHETIC_LEVELS, seed: int = 0,
     problems = []
     for level in levels:
         rng = random.Random(f"{seed}-{split}-{level}")
-        seen = set()
+        seen, draws_since_new = set(), 0
         while len(seen) < n_per_level:
             p = make_problem(level, rng)
-            if p["question"] not in seen and split_of(p["question"]) == split:
-                seen.add(p["question"])
+            key, draws_since_new = key_of(p["question"]), draws_since_new + 1
+            if key not in seen and split_of(p["question"]) == split:
+                seen.add(key)
                 problems.append(p)
+                draws_since_new = 0
+            if draws_since_new > MAX_DRAWS_WITHOUT_NEW:
+                raise ValueError(f"data/synthetic.py: level {level}'s {split!r} split has "
+                                 f"{len(seen)} problems; {n_per_level} asked for")
     return problems
 
 

@@ -39,6 +39,11 @@ EMBEDDED = {   # the small preset from scratch on the synthetic curriculum, 2 CP
     "ppo": dict(lr=1e-5, batch_size=16, epochs=1, n_problems=200, ppo_steps=30, rollouts=64,
                 top_k=50, temperature=0.7),
 }
+# Which synthetic problems each stage draws (data/synthetic.py's roles, disjoint by canonical
+# key): SFT and the reward models' samples share "sft" (in the paper PRM800K feeds both), RL
+# draws "rl", never a problem SFT saw; validation and test problems are their own roles.
+ROLE = {"sft": "sft", "orm": "sft", "prm": "sft", "oprm": "sft",
+        "dpo": "rl", "rest": "rl", "ppo": "rl"}
 # OPRM trains on the union of ORM and PRM data, with the ORM's settings (PAPER.md); on the
 # embedded default every reward model samples its own data the same way
 PAPER["oprm"] = PAPER["orm"]

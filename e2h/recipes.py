@@ -26,6 +26,7 @@ from data.format import EASY_LEVELS, HARD_LEVELS
 from e2h import distributed as dist
 from e2h import dpo, ppo, rest, rm, sft
 from e2h.loop import NonFiniteLoss, batch_indices, run_steps, train_phase
+from e2h.defaults import ROLE
 from e2h.model import RewardModel
 from e2h.rollout import rollout
 from e2h.sharded import load_into
@@ -43,14 +44,16 @@ def synthetic_data(args) -> bool:
     return args.hparams == "embedded" and not args.data
 
 
-def problems(args, split: str = "train") -> list[dict]:
-    """The problems this run samples from (--data / --math-problems, else synthetic), less
-    the validation problems held out of them (--validation-data)."""
+def problems(args) -> list[dict]:
+    """The problems this run samples from (--data / --math-problems, else the synthetic
+    problems of its stage's role: defaults.ROLE), less the validation problems held out of
+    them (--validation-data)."""
     synthetic_only = args.hparams == "embedded" and not (args.data or args.math_problems)
     data, math = (None, None) if synthetic_only else (args.data or [], args.math_problems)
     held, _ = validation_split(args)
     return [p for p in sources.problems(data, math, sources.parse_levels(args.levels),
-                                        args.n_problems, args.seed, split) if p["id"] not in held]
+                                        args.n_problems, args.seed, ROLE[args.algo])
+            if p["id"] not in held]
 
 
 def samples_policy(args) -> bool:

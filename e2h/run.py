@@ -144,7 +144,7 @@ def setup_tokenizer(args, out: Path) -> Path:
             return path
     path = out / "tokenizer.json"
     if dist.is_main() and not path.is_file():
-        problems = synthetic.make_split(200, seed=args.seed, split="train")
+        problems = synthetic.make_split(200, seed=args.seed, split="sft")
         texts = [format_prompt(p["question"]) + synthetic.reference_completion(p) for p in problems]
         vocab = ModelArgs.from_name(args.preset).vocab_size
         train_tokenizer(texts, path, vocab_size=vocab)

@@ -121,7 +121,7 @@ def test_min_token_probs_match_a_token_by_token_softmax(tmp_path):
     from e2h.score import encode_completion, min_token_probs
     from e2h.tokenizer import train_tokenizer
     torch.set_num_threads(1)
-    problems = synthetic.make_split(2, seed=0, split="train")
+    problems = synthetic.make_split(2, seed=0, split="sft")
     texts = [format_prompt(p["question"]) + synthetic.reference_completion(p) for p in problems]
     tok = train_tokenizer(texts, tmp_path / "tok.json", vocab_size=64)
     torch.manual_seed(0)

@@ -3,17 +3,22 @@ import random
 import pytest
 
 from data.format import format_solution, parse_solution
-from data.synthetic import (IDENTITY_MENU, N_SLOTS, PRIMES, SYNTHETIC_LEVELS, apply_op, label_solution,
-                            make_problem, make_split, parse_question, reference_completion, split_of,
-                            walks)
+import itertools
+from argparse import Namespace
+
+from data import sources, synthetic
+from data.synthetic import (IDENTITY_MENU, N_SLOTS, PRIMES, REAL_OPS, SYNTHETIC_LEVELS, apply_op,
+                            key_of, label_solution, make_problem, make_split, parse_question,
+                            question_text, reference_completion, split_of, walks)
+from e2h import recipes
 
 
 
 
 def test_same_seed_same_problems_other_seed_other_problems():
-    a = make_split(5, seed=3, split="train")
-    b = make_split(5, seed=3, split="train")
-    c = make_split(5, seed=4, split="train")
+    a = make_split(5, seed=3, split="sft")
+    b = make_split(5, seed=3, split="sft")
+    c = make_split(5, seed=4, split="sft")
     assert a == b
     assert {p["question"] for p in a}.isdisjoint({p["question"] for p in c})
 
@@ -122,14 +127,71 @@ def test_unparseable_step_and_missing_answer():
     assert label_solution(PROBLEM, format_solution(GOOD, "73")) == ([1, 1, 1, 1, 1], 0)
 
 
-def test_splits_do_not_overlap():
-    qs = {s: {p["question"] for p in make_split(100, seed=0, split=s)}
-          for s in ("train", "validation", "test")}
-    assert qs["train"].isdisjoint(qs["validation"])
-    assert qs["train"].isdisjoint(qs["test"])
-    assert qs["validation"].isdisjoint(qs["test"])
-    assert all(split_of(q) == "test" for q in qs["test"])
-    assert len(qs["test"]) == 100 * len(SYNTHETIC_LEVELS)
+ROLES = ("sft", "rl", "validation", "test")
+
+
+def test_one_problem_written_two_ways_is_one_problem():
+    # slot 1's menu and the do-nothing slots written in the other order: the same problem
+    a = "Start at 73. Apply -2/+6, +0/-0, -0/+0, -6/-4, +8/-2 (mod 100); each result must be prime."
+    b = "Start at 73. Apply +6/-2, -0/+0, -0/+0, -6/-4, -2/+8 (mod 100); each result must be prime."
+    c = "Start at 73. Apply -2/+6, +0/-0, -0/+0, -6/-4, +8/-4 (mod 100); each result must be prime."
+    assert key_of(a) == key_of(b) == "73:+6/-2,+0/-0,+0/-0,-4/-6,+8/-2"
+    assert key_of(c) != key_of(a)
+    assert split_of(a) == split_of(b)
+    p = make_problem(3, random.Random(0))
+    # ids derive from the key: the same problem drawn with its menus reordered keeps its id
+    start, menus = parse_question(p["question"])
+    flipped = [tuple(reversed(m)) for m in menus]
+    assert key_of(question_text(start, flipped)) == key_of(p["question"])
+    assert p["id"] == "syn-" + synthetic.hashlib.sha1(key_of(p["question"]).encode()).hexdigest()[:12]
+
+
+def level_one_problems():
+    """Every level-1 problem, by enumeration: one real slot of 28 menus at one of 5 places."""
+    odd = sorted(p for p in PRIMES if p % 2)
+    found = set()
+    for start, where, menu in itertools.product(odd, range(N_SLOTS),
+                                                itertools.combinations(REAL_OPS, 2)):
+        menus = [menu if k == where else IDENTITY_MENU for k in range(N_SLOTS)]
+        if len(walks(start, menus)) == 1:
+            found.add(question_text(start, menus))
+    return found
+
+
+def test_level_one_is_1790_problems_and_each_role_holds_its_share(monkeypatch):
+    questions = level_one_problems()
+    assert len(questions) == 1790 == len({key_of(q) for q in questions})
+    sizes = {role: sum(split_of(q) == role for q in questions) for role in ROLES}
+    assert sizes == {"sft": 362, "rl": 623, "validation": 285, "test": 520}
+    # a role can be drawn whole, and asking for one more says how many there are
+    monkeypatch.setattr(synthetic, "MAX_DRAWS_WITHOUT_NEW", 5000)
+    assert {key_of(p["question"]) for p in make_split(285, (1,), split="validation")} == \
+        {key_of(q) for q in questions if split_of(q) == "validation"}
+    with pytest.raises(ValueError, match="level 1's 'validation' split has 285 problems; 286"):
+        make_split(286, (1,), split="validation")
+
+
+def test_roles_do_not_share_a_problem_across_seeds():
+    keys = {role: [key_of(p["question"]) for seed in (0, 1, 2)
+                   for p in make_split(60, seed=seed, split=role)] for role in ROLES}
+    for a, b in itertools.combinations(ROLES, 2):
+        assert set(keys[a]).isdisjoint(keys[b]), (a, b)
+    assert all(split_of(p["question"]) == "test" for p in make_split(60, seed=0, split="test"))
+    # within one draw, a problem never appears twice, however it is written
+    assert len(set(keys["test"][:300])) == 300 == 60 * len(SYNTHETIC_LEVELS)
+
+
+def test_rl_never_samples_the_problems_sft_trained_on():
+    # the stages' own selection: SFT's records and each RL stage's problems, same seed
+    sft = sources.sft_records(None, None, (1, 2, 3), 200, 0)
+    sft_keys = {key_of(r["question"]) for r in sft}
+    for algo, role in (("dpo", "rl"), ("rest", "rl"), ("ppo", "rl"), ("prm", "sft")):
+        args = Namespace(algo=algo, hparams="embedded", data=None, math_problems=None,
+                         levels="1,2,3", n_problems=200, seed=0)
+        keys = {key_of(p["question"]) for p in recipes.problems(args)}
+        assert len(keys) == 600
+        assert keys.isdisjoint(sft_keys) == (role == "rl"), algo
+    assert {split_of(r["question"]) for r in sft} == {"sft"}
 
 
 def test_bad_level_and_split_are_reported():
