@@ -58,7 +58,7 @@ USED_BY = {"beta": ("dpo",), "rpo_alpha": ("dpo",), "pair_gap": ("dpo",), "max_p
            "ppo_steps": ("ppo",), "rollouts": ("ppo",), "kl_coef": ("ppo",), "clip": ("ppo",),
            "value_clip": ("ppo",), "vf_coef": ("ppo",),
            "value_lr": ("ppo",), "value_warmup_steps": ("ppo",), "no_process_reward": ("ppo",),
-           "eval_every": ("ppo",), "answer_levels": RL, "reward_model": RL,
+           "eval_every": ("ppo", "sft"), "answer_levels": RL, "reward_model": RL,
            "validation_data": RL,
            "samples": recipes.RM_ALGOS}
 

@@ -21,7 +21,7 @@ PAPER = {   # PAPER.md, Llemma-7B
     "rest": dict(lr=2e-5, batch_size=128, epochs=1, max_len=1024, iterations=2, n_samples=32,
                  top_k=40, temperature=1.0),
     "ppo": dict(lr=2e-5, batch_size=64, epochs=1, max_len=1024, ppo_steps=500, rollouts=512,
-                top_k=50, temperature=0.7),
+                top_k=50, temperature=0.7, eval_every=10),   # validated every 10 steps
 }
 EMBEDDED = {   # the small preset from scratch on the synthetic curriculum, 2 CPU cores
     "sft": dict(lr=3e-3, batch_size=64, epochs=3, n_problems=3000),
@@ -37,7 +37,7 @@ EMBEDDED = {   # the small preset from scratch on the synthetic curriculum, 2 CP
     "rest": dict(lr=1e-4, batch_size=32, epochs=1, n_problems=200, iterations=2, n_samples=8,
                  top_k=0, temperature=1.0),
     "ppo": dict(lr=1e-5, batch_size=16, epochs=1, n_problems=200, ppo_steps=30, rollouts=64,
-                top_k=50, temperature=0.7),
+                top_k=50, temperature=0.7, eval_every=10),
 }
 # Which synthetic problems each stage draws (data/synthetic.py's roles, disjoint by canonical
 # key): SFT and the reward models' samples share "sft" (in the paper PRM800K feeds both), RL
@@ -48,8 +48,10 @@ ROLE = {"sft": "sft", "orm": "sft", "prm": "sft", "oprm": "sft",
 # embedded default every reward model samples its own data the same way
 PAPER["oprm"] = PAPER["orm"]
 EMBEDDED["orm"] = EMBEDDED["oprm"] = EMBEDDED["prm"]
-COMMON = {"paper": dict(max_new_tokens=768, n_problems=0, eval_problems=0, warmup_ratio=0.2),
-          "embedded": dict(max_len=256, max_new_tokens=96, eval_problems=100, warmup_ratio=0.05)}
+COMMON = {"paper": dict(max_new_tokens=768, n_problems=0, eval_problems=0, warmup_ratio=0.2,
+                       eval_every=0),
+          "embedded": dict(max_len=256, max_new_tokens=96, eval_problems=100, warmup_ratio=0.05,
+                          eval_every=0)}
 
 
 def describe(key: str) -> str:

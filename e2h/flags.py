@@ -137,8 +137,9 @@ def build_parser() -> argparse.ArgumentParser:
     add("--keep", type=positive(int), default=2, help="checkpoints kept")
     add("--eval-problems", type=non_negative(int), default=None, help="synthetic problems per "
         "level for the closing greedy accuracy, 0: off; " + d("eval_problems"))
-    add("--eval-every", type=non_negative(int), default=10,
-        help="PPO: greedy validation every N steps; the best model goes to <out>/best (0: off)")
+    add("--eval-every", type=non_negative(int), default=None,
+        help="sft, ppo: greedy validation every N steps and after the last; the best model "
+        "becomes model/ (0: off); " + d("eval_every"))
     add("--validation-data", default=None, help="ppo/dpo with real data: the test set (MATH500) "
         "whose (subject, level) counts the validation split held out of --math-problems matches")
     return p

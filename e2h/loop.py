@@ -148,8 +148,10 @@ def accumulate(run, model, examples: list, rows_per_micro: list[list[int]], coll
     return dist.all_reduce_sum(sums)
 
 
-def train_phase(run, model, opt, examples: list, collate, loss_fn, iteration: int = 0):
-    """The optimizer steps of one phase over ``examples``, from where a resumed run left it.
+def train_phase(run, model, opt, examples: list, collate, loss_fn, iteration: int = 0,
+                evaluate=None):
+    """The optimizer steps of one phase over ``examples``, from where a resumed run left it
+    (``evaluate``: as in ``run_steps``).
 
     Gradients of the weighted micro-batch losses are divided by the global weight, so a step
     optimizes the mean over the whole global batch whatever the numbers of ranks and
@@ -181,4 +183,4 @@ def train_phase(run, model, opt, examples: list, collate, loss_fn, iteration: in
 
     multi = args.algo in ("dpo", "rest")
     run_steps(run, steps, start, [opt], step, save, iteration=iteration,
-              desc=args.algo + (f" iteration {iteration}" if multi else ""))
+              desc=args.algo + (f" iteration {iteration}" if multi else ""), evaluate=evaluate)

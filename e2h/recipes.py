@@ -25,7 +25,7 @@ from data import sources, synthetic
 from data.format import EASY_LEVELS, HARD_LEVELS
 from e2h import distributed as dist
 from e2h import dpo, ppo, rest, rm, sft
-from e2h.loop import NonFiniteLoss, batch_indices, run_steps, train_phase
+from e2h.loop import NonFiniteLoss, batch_indices, phase_steps, run_steps, train_phase
 from e2h.defaults import ROLE
 from e2h.model import RewardModel
 from e2h.rollout import rollout
@@ -79,9 +79,25 @@ def train_sft(run) -> dict:
     examples = encode_all(lambda r: sft.encode_sft(tok, r, max_len(run, model)), records, "SFT")
     opt = make_optimizer(model, args)
     run.restore(model, [opt])
-    train_phase(run, model, opt, examples, partial(sft.sft_batch, pad_id=tok.pad_id), sft.loss_fn)
+    best = Best(run) if args.eval_every else None
+    train_phase(run, model, opt, examples, partial(sft.sft_batch, pad_id=tok.pad_id), sft.loss_fn,
+                evaluate=validation_every(run, model, best, phase_steps(len(examples), args)))
+    if best is not None:   # trained to its best validation accuracy, not past it
+        dist.say("sft: " + best.restore(model))
     acc = accuracy(run, model, save="final_test.jsonl")
     return finish(run, model, {"examples": len(examples), **acc})
+
+
+def validation_every(run, model, best, steps: int):
+    """``evaluate(k)`` for run_steps: greedy validation every --eval-every steps and after the
+    last, the best model kept by ``best`` (None: no validation)."""
+    def evaluate(k: int) -> dict:
+        if best is None or (run.step % run.args.eval_every and k + 1 != steps):
+            return {}
+        acc = accuracy(run, model, "validation")
+        best.offer(model, acc, {"step": run.step})
+        return {f"eval/{key}": v for key, v in acc.items()}
+    return evaluate
 
 # ----------------------------------------------------------------------------- reward models
 
@@ -292,18 +308,12 @@ def train_ppo(run) -> dict:
         return {"loss": loss, "grad_norm": metrics["policy/grad_norm"], "tokens": int(tokens),
                 **metrics}
 
-    def evaluate(k: int) -> dict:   # greedy, held-out problems; the best model goes to best/
-        if not args.eval_every or (run.step % args.eval_every and k + 1 != steps):
-            return {}
-        acc = accuracy(run, policy, "validation")
-        best.offer(policy, acc, {"step": run.step})
-        return {f"eval/{key}": v for key, v in acc.items()}
-
     def save(k: int):
         meta = {"iteration": 0, "phase_step": k + 1, "phase_steps": steps}
         run.save(both, opts, meta, export=policy)
 
-    run_steps(run, steps, start, opts, step, save, desc="ppo", evaluate=evaluate)
+    run_steps(run, steps, start, opts, step, save, desc="ppo",
+              evaluate=validation_every(run, policy, best if args.eval_every else None, steps))
     return closing(run, policy, best, before)
 
 
