@@ -66,7 +66,7 @@ def child_main(args, module: str) -> int:
     """Run one check, ``module.check_NAME``, or one kernel-check worker, and save its result
     (a raised error too)."""
     import importlib
-    sys.path.insert(0, str(ROOT))   # kernels, e2h
+    sys.path.insert(0, str(ROOT))   # e2h
     worker = args.kernel_worker
     name = f"kernel-{worker[0]}" if worker else args.child
     ctx = Ctx(args.dry, args.work, time.monotonic() + args.seconds,
