@@ -210,7 +210,7 @@ def config_argv(path: str, parser: argparse.ArgumentParser) -> list[str]:
 def with_config(argv: list[str]) -> list[str]:
     """argv with a --config FILE replaced by the file's flags, put first so the command line's
     own flags win (argparse keeps the last value of a flag)."""
-    pre = argparse.ArgumentParser(add_help=False)
+    pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)   # "--c" is not --config
     pre.add_argument("--config")
     known, rest = pre.parse_known_args(argv)
     return rest if known.config is None else config_argv(known.config, build_parser()) + rest
