@@ -12,6 +12,7 @@ training state with their checksums; --resume continues from the newest intact o
 examples it trained on; a reward model's sampled solutions in data/samples.jsonl, which --samples
 lets another reward model label), model/, the final weights in the HF layout with their
 tokenizer.json (the --policy or --reward-model of the next stage), and done.json, written last.
+`train.py --config <out>/args.json --out NEW` repeats a run (e2h/flags.py).
 A stage that an algorithm needs and was not given is trained first into
 <out>/../cache/<stage>-<hash of its settings>, and reused by later runs. An expected failure
 (a bad flag, file or record, a full disk, a NaN loss) ends with one line naming it (e2h/errors.py).

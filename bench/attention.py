@@ -11,7 +11,7 @@ Timing: triton.testing.do_bench, CUDA events around each run, the L2 cache flush
 runs, median of the runs in a 200 ms window after warm-up.
 Correctness first: before timing a shape, the output and dq, dk, dv of one head are compared
 with float64 attention; the kernel's max error must be at most twice that of
-kernels.attention_reference (PyTorch SDPA) run in bfloat16 on the same head.
+e2h.kernels.attention_reference (PyTorch SDPA) run in bfloat16 on the same head.
 --check-only runs the checks of tests/test_attention.py on the GPU instead (varied shapes,
 grouped-query, decoding, padding, all dtypes, NaN-poisoned outputs) and times nothing.
 
@@ -29,7 +29,7 @@ import torch.nn.functional as F
 import triton
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import kernels  # noqa: E402
+from e2h import kernels  # noqa: E402
 
 PROVIDERS = ("triton", "flash", "cudnn")
 

@@ -3,7 +3,7 @@
 CPU: the "small" preset in float32, batch 1 and 16, 128 new tokens after a 32-token prompt,
 against a loop on the same model that recomputes the whole sequence for every token (no cache).
 
-CPU, --attention: ``generate`` with kernels.attend's CPU decode path (matmul, masked softmax,
+CPU, --attention: ``generate`` with e2h.kernels.attend's CPU decode path (matmul, masked softmax,
 matmul) against the same with PyTorch's fused attention (E2H_ATTENTION=reference), alternating,
 medians of --repeats; the "small" preset, 34-token prompts, 96 new tokens.
 

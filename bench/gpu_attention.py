@@ -57,7 +57,7 @@ def quick_autotune():
     the default window costs about 3 s per kernel and row."""
     import triton
 
-    import kernels.flash as flash   # defines the kernels: TRITON_INTERPRET is read here
+    import e2h.kernels.flash as flash   # defines the kernels: TRITON_INTERPRET is read here
 
     def fast(call, quantiles):
         return triton.testing.do_bench(call, warmup=5, rep=20, quantiles=quantiles)
@@ -69,7 +69,7 @@ def run_sweep_item(D: int, causal: bool, dry: bool, device) -> tuple[bool, str]:
     """The 2x error rule on one head and a forward + backward over the whole sweep shape at its
     smallest T: the kernels every T of the sweep uses (its specializations do not depend on T),
     so the timed sweep finds them compiled in Triton's cache."""
-    import kernels
+    from e2h import kernels
     T = min(SWEEP[dry]["seqlens"])
     B, H = sweep_shape(T, D, dry)
     q, k, v, do = (torch.randn(B, H, T, D, device=device, dtype=torch.bfloat16) for _ in range(4))
@@ -89,7 +89,7 @@ def run_sweep_item(D: int, causal: bool, dry: bool, device) -> tuple[bool, str]:
 def run_sft_item(shape, device) -> tuple[bool, str]:
     """Forward + backward, causal, on q, k, v laid out as the model's (B, T, H, D) projections
     (read through their strides), grouped-query: the sft step's kernels."""
-    import kernels
+    from e2h import kernels
     B, H, Hkv, T, D = shape
     q, k, v, do = (torch.randn(B, T, h, D, device=device, dtype=torch.bfloat16).transpose(1, 2)
                    for h in (H, Hkv, Hkv, H))                          # (B, h, T, D) views

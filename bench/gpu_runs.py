@@ -66,7 +66,7 @@ def child_main(args, module: str) -> int:
     """Run one check, ``module.check_NAME``, or one kernel-check worker, and save its result
     (a raised error too)."""
     import importlib
-    sys.path.insert(0, str(ROOT))   # kernels, e2h
+    sys.path.insert(0, str(ROOT))   # e2h
     worker = args.kernel_worker
     name = f"kernel-{worker[0]}" if worker else args.child
     ctx = Ctx(args.dry, args.work, time.monotonic() + args.seconds,
@@ -298,7 +298,8 @@ def check_ppo(ctx) -> dict:
     records = run_train(ctx, "ppo", ["--ppo-steps", "2", "--rollouts", "8", "--batch-size", "8",
                                      "--n-problems", "4", "--eval-every", "0"])
     ok, report = losses_report(records, 2)
-    rewards = ", ".join(f"{r['objective/reward']:.3g}" for r in records if "objective/reward" in r)
+    rewards = ", ".join(f"{r['objective/rlhf_reward']:.3g}" for r in records
+                       if "objective/rlhf_reward" in r)
     return {"ok": ok, "summary": f"train.py --algo ppo: {report}; rewards {rewards}"}
 
 

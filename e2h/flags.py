@@ -3,16 +3,22 @@
 ``build_parser`` declares the flags (a help text names the paper's and the embedded default of
 each flag whose default depends on the regime, e2h/defaults.py); ``get_args`` parses them, fills
 those defaults, records which flags were given (``explicit``: what a cached stage shares and a
-resume compares) and refuses combinations no single flag can check.
+resume compares) and refuses combinations no single flag can check. ``--config FILE.json`` gives
+flags from a file (``config_argv``), so that a run's own args.json repeats it.
 """
 from __future__ import annotations
 
 import argparse
+import json
+import sys
 
 from e2h import defaults, recipes
 from e2h import distributed as dist
 
 ALGOS = ("sft", "orm", "prm", "oprm", "ppo", "dpo", "rest")
+# what a run's args.json records about how its command treated the folder, not what it trained:
+# repeating the run from that file leaves them out (a repeat never resumes or overwrites)
+FOLDER_FLAGS = ("resume", "overwrite", "allow_changed_flags", "stop_after")
 
 
 def positive(kind):
@@ -38,6 +44,10 @@ def build_parser() -> argparse.ArgumentParser:
                                 "generalization: sft, orm, prm, oprm, dpo, ppo or rest.")
     add, d = p.add_argument, defaults.describe   # d(flag): the paper's and the embedded defaults
     # algorithm and run
+    add("--config", default=argparse.SUPPRESS, metavar="FILE.json", help="flags from a JSON "
+        "object ({\"lr\": 0.001, ...}); the command line's win. A run's args.json repeats that "
+        "run: the flags it was given, less --resume, --overwrite, --allow-changed-flags, "
+        "--stop-after")
     add("--algo", required=True, choices=ALGOS, help="what to train")
     add("--out", default=None, help="run folder (default: runs/<algo>)")
     add("--seed", type=int, default=0, help="seed of initialization, data order and sampling")
@@ -145,7 +155,70 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def read_config(path: str) -> dict:
+    try:
+        with open(path) as f:
+            config = json.load(f)
+    except OSError as e:
+        raise ValueError(f"--config {path}: {e.strerror}") from None
+    except ValueError as e:
+        raise ValueError(f"--config {path}: not JSON ({e})") from None
+    if not isinstance(config, dict):
+        raise ValueError(f"--config {path}: expected a JSON object of flags, "
+                         f"like {{\"lr\": 0.001}}")
+    return config
+
+
+def flag_argv(action: argparse.Action, value) -> list[str]:
+    """``value`` of a flag as command-line words; None (the default) and false give none."""
+    flag = action.option_strings[0]
+    if isinstance(action, argparse._StoreTrueAction):
+        if not isinstance(value, bool):
+            raise ValueError(f"{flag} takes true or false, not {value!r}")
+        return [flag] if value else []
+    if value is None:
+        return []
+    return [flag, *map(str, value)] if isinstance(value, list) else [flag, str(value)]
+
+
+def config_argv(path: str, parser: argparse.ArgumentParser) -> list[str]:
+    """The flags of a JSON file as command-line words, to be read before the command line's.
+
+    Keys are flag names as args.json writes them (``max_len``). A run's args.json (the file
+    with an ``explicit`` key) gives the flags that run was given, less FOLDER_FLAGS: its other
+    entries are defaults the repeat fills in again, and counting them as given would change the
+    settings of the stages it trains first. Any other key is refused."""
+    config = read_config(path)
+    actions = {a.dest: a for a in parser._actions
+               if a.option_strings and a.dest not in ("help", "config")}
+    for key in config:
+        if key not in actions and key != "explicit":
+            raise ValueError(f"--config {path}: unknown key {key!r} (not a train.py flag)")
+    given = config.pop("explicit", None)
+    if given is not None:
+        if not isinstance(given, list):
+            raise ValueError(f"--config {path}: 'explicit' must be a list of flag names")
+        config = {k: v for k, v in config.items() if k in given and k not in FOLDER_FLAGS}
+    words = []
+    for key, value in config.items():
+        try:
+            words += flag_argv(actions[key], value)
+        except ValueError as e:
+            raise ValueError(f"--config {path}: key {key!r}: {e}") from None
+    return words
+
+
+def with_config(argv: list[str]) -> list[str]:
+    """argv with a --config FILE replaced by the file's flags, put first so the command line's
+    own flags win (argparse keeps the last value of a flag)."""
+    pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)   # "--c" is not --config
+    pre.add_argument("--config")
+    known, rest = pre.parse_known_args(argv)
+    return rest if known.config is None else config_argv(known.config, build_parser()) + rest
+
+
 def get_args(argv=None) -> argparse.Namespace:
+    argv = with_config(sys.argv[1:] if argv is None else list(argv))
     parser = build_parser()
     args = defaults.fill_defaults(parser.parse_args(argv))
     given = build_parser()

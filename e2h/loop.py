@@ -83,13 +83,15 @@ def stop_non_finite(run, what: str):
 
 
 def run_steps(run, steps: int, start: int, optimizers, step, save, *, iteration: int = 0,
-              desc: str = "", evaluate=None):
+              desc: str = "", evaluate=None, lr_key: str = "learning_rate"):
     """Steps ``start`` .. ``steps - 1`` of one phase.
 
     ``step(k) -> record`` does the work of step k (its "loss" and "tokens" are read here; a
     step whose "loss" or "grad_norm" is not finite must not have updated the weights);
     ``evaluate(k) -> dict`` (optional) adds validation numbers after it; ``save(k)`` writes a
     checkpoint at the end of the phase, every --save-every steps and at --stop-after.
+    ``lr_key`` names the learning rate in the metrics line: TRL's Trainer-based trainers log
+    "learning_rate", its PPO trainer "lr".
     """
     args = run.args
     params = [p for opt in optimizers for group in opt.param_groups for p in group["params"]]
@@ -107,7 +109,7 @@ def run_steps(run, steps: int, start: int, optimizers, step, save, *, iteration:
             if bad:
                 stop_non_finite(run, " and ".join(bad))
             run.step += 1
-            record = {"step": run.step, "iteration": iteration, **record, "learning_rate": lr,
+            record = {"step": run.step, "iteration": iteration, **record, lr_key: lr,
                       "tokens_per_s": record["tokens"] / (time.time() - t0)}
             if evaluate is not None:
                 record.update(evaluate(k))

@@ -12,7 +12,7 @@ Two choices make Hugging Face / Llemma checkpoints load without any weight surge
 
 RMSNorm statistics and the RoPE tables are computed in float32 whatever the weight dtype; the
 long-context RoPE scalings (linear, dynamic, llama3, yarn) are in e2h/rope.py.
-Attention goes through ``kernels.attend``: the Triton kernel on CUDA, PyTorch on CPU.
+Attention goes through ``e2h.kernels.attend``: the Triton kernel on CUDA, PyTorch on CPU.
 ``RewardModel`` is the same trunk with a one-logit head in place of the LM head: the reward
 models (ORM, PRM, OPRM) and PPO's value model.
 Nothing here is distributed: sharding (e2h/distributed.py) wraps the model from outside.
@@ -32,7 +32,7 @@ import torch.nn.functional as F
 
 from e2h import rope
 from e2h.kv_cache import KVCache
-from kernels import attend
+from e2h.kernels import attend
 
 
 @dataclass

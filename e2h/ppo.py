@@ -152,7 +152,8 @@ def ppo_policy_loss(logps: torch.Tensor, old_logps: torch.Tensor, advantages: to
     """Clipped surrogate (Schulman et al. 2017, Eq. 7), per token (B, T-1), zero outside mask.
 
     The caller sums over tokens and divides by the token count. Metrics (detached, masked
-    token means, TRL's names): policy/clipfrac, policy/approxkl = 0.5 * mean(log ratio ^ 2).
+    token means, TRL's PPO names): policy/clipfrac_avg, policy/approxkl_avg = 0.5 *
+    mean(log ratio ^ 2).
     """
     check_rows(mask, "ppo_policy_loss")
     logratio = logps.float() - old_logps.float()
@@ -161,8 +162,8 @@ def ppo_policy_loss(logps: torch.Tensor, old_logps: torch.Tensor, advantages: to
     pg_loss2 = -advantages * torch.clamp(ratio, 1.0 - clip, 1.0 + clip)
     pg_losses = torch.max(pg_loss1, pg_loss2) * mask                     # Eq. 7: min of -objective
     with torch.no_grad():
-        metrics = {"policy/clipfrac": masked_mean((pg_loss2 > pg_loss1).float(), mask),
-                   "policy/approxkl": 0.5 * masked_mean(logratio ** 2, mask)}
+        metrics = {"policy/clipfrac_avg": masked_mean((pg_loss2 > pg_loss1).float(), mask),
+                   "policy/approxkl_avg": 0.5 * masked_mean(logratio ** 2, mask)}
     return pg_losses, metrics
 
 
@@ -170,7 +171,7 @@ def ppo_value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torc
                    mask: torch.Tensor, clip: float):
     """Clipped value loss 0.5 * max((V - R)^2, (V_clipped - R)^2), per token (B, T-1).
 
-    V_clipped = old_values + clamp(values - old_values, -clip, clip). Metric: val/clipfrac.
+    V_clipped = old_values + clamp(values - old_values, -clip, clip). Metric: val/clipfrac_avg.
     """
     check_rows(mask, "ppo_value_loss")
     values = values.float()
@@ -179,7 +180,8 @@ def ppo_value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torc
     v_loss_clipped = (v_clipped - returns) ** 2
     vf_losses = 0.5 * torch.max(v_loss_unclipped, v_loss_clipped) * mask
     with torch.no_grad():
-        metrics = {"val/clipfrac": masked_mean((v_loss_clipped > v_loss_unclipped).float(), mask)}
+        clipped = (v_loss_clipped > v_loss_unclipped).float()
+        metrics = {"val/clipfrac_avg": masked_mean(clipped, mask)}
     return vf_losses, metrics
 
 # ----------------------------------------------------------------------------- update
@@ -225,8 +227,8 @@ def ppo_update(policy, value_model, policy_opt, value_opt, batch: dict, *, minib
                 # two models, one backward: each gets the gradient of its own term
                 loss = (pg_losses.sum() + vf_coef * vf_losses.sum()) / n_tokens
                 loss.backward()
-                log({**pm, **vm, "loss/policy": masked_mean(pg_losses.detach(), mb["mask"]),
-                     "loss/value": masked_mean(vf_losses.detach(), mb["mask"])})
+                log({**pm, **vm, "loss/policy_avg": masked_mean(pg_losses.detach(), mb["mask"]),
+                     "loss/value_avg": masked_mean(vf_losses.detach(), mb["mask"])})
             log({"policy/grad_norm": clip_grad_norm(list(policy.parameters()), max_grad_norm)
                  if train_policy else 0.0,
                  "val/grad_norm": clip_grad_norm(list(value_model.parameters()), max_grad_norm)})

@@ -301,7 +301,7 @@ def train_ppo(run) -> dict:
                 train_policy=k >= args.value_warmup_steps,
                 generator=generator_for(args.seed, "ppo-minibatches", k))
         metrics = dist.all_reduce_mean(metrics)
-        loss = metrics["loss/policy"] + args.vf_coef * metrics["loss/value"]
+        loss = metrics["loss/policy_avg"] + args.vf_coef * metrics["loss/value_avg"]
         if not math.isfinite(metrics["objective/rlhf_reward"]):
             raise NonFiniteLoss(f"PPO reward is {metrics['objective/rlhf_reward']}")
         tokens = dist.all_reduce_sum({"tokens": batch["tokens"].numel()})["tokens"]
@@ -312,7 +312,7 @@ def train_ppo(run) -> dict:
         meta = {"iteration": 0, "phase_step": k + 1, "phase_steps": steps}
         run.save(both, opts, meta, export=policy)
 
-    run_steps(run, steps, start, opts, step, save, desc="ppo",
+    run_steps(run, steps, start, opts, step, save, desc="ppo", lr_key="lr",
               evaluate=validation_every(run, policy, best if args.eval_every else None, steps))
     return closing(run, policy, best, before)
 

@@ -51,7 +51,8 @@ def sft_loss(logits: torch.Tensor, tokens: torch.Tensor, loss_mask: torch.Tensor
     logits (B, T, V), tokens (B, T), loss_mask (B, T) with 1 where token t is a target.
     Returns (loss, metrics): loss is a scalar; metrics are detached: ``n_tokens`` (targets in the
     batch; a loop that accumulates micro-batches weighs each loss by it to keep the token
-    average), ``nll`` (the loss), ``accuracy`` (greedy next-token accuracy on targets).
+    average), ``nll`` (the loss), ``mean_token_accuracy`` (greedy next-token accuracy on
+    targets; TRL's SFTTrainer logs it under that name).
     """
     logps = token_logps(logits, tokens)                                     # (B, T-1)
     mask = loss_mask[:, 1:].to(logps.dtype)                                 # (B, T-1)
@@ -60,7 +61,7 @@ def sft_loss(logits: torch.Tensor, tokens: torch.Tensor, loss_mask: torch.Tensor
     with torch.no_grad():
         hits = (logits[:, :-1].argmax(-1) == tokens[:, 1:]).to(mask.dtype)  # (B, T-1)
         accuracy = (hits * mask).sum() / n_tokens.clamp(min=1)
-    return loss, {"nll": loss.detach(), "n_tokens": n_tokens, "accuracy": accuracy}
+    return loss, {"nll": loss.detach(), "n_tokens": n_tokens, "mean_token_accuracy": accuracy}
 
 
 def loss_fn(model, batch: dict):

@@ -1,4 +1,4 @@
-"""Tests for kernels/: the Triton attention, the decode path, the PyTorch reference, the dispatcher.
+"""Tests for e2h/kernels/: Triton attention, the decode path, the PyTorch reference, the dispatcher.
 
 The Triton kernels run on CPU tensors through Triton's interpreter. Every check draws fresh
 random inputs in the tested dtype and compares against float64 attention on the same values,
@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 import torch
 
-import kernels
+from e2h import kernels
 
 ROOT = Path(__file__).resolve().parents[1]
 needs_triton = pytest.mark.skipif(importlib.util.find_spec("triton") is None,
@@ -273,13 +273,13 @@ def test_attend_dispatch(monkeypatch):
 @needs_triton
 def test_kernel_rejects_unsupported_head_dim():
     q = torch.randn(1, 1, 4, 24)
-    with pytest.raises(ValueError, match="kernels/flash.py: head dim 24"):
+    with pytest.raises(ValueError, match="e2h/kernels/flash.py: head dim 24"):
         kernels.attention(q, q, q)
 
 
 def test_import_and_cpu_path_without_triton():
     code = ("import sys; sys.modules['triton'] = None\n"  # makes `import triton` fail
-            "import torch, kernels\n"
+            "import torch\nfrom e2h import kernels\n"
             "q = torch.randn(1, 2, 3, 16)\n"
             "assert kernels.attend(q, q, q).shape == (1, 2, 3, 16)\n"
             "try:\n    kernels.attention(q, q, q)\nexcept ImportError:\n    print('ok')\n")

@@ -131,6 +131,39 @@ def test_resume_without_a_checkpoint_says_what_it_does(tmp_path, capsys):
     stdout, _ = sft(capsys, out, "--max-steps", "1", "--resume")
     assert f"--resume: no checkpoint in {out}; starting from step 0 with its settings" in stdout
 
+# ----------------------------------------------------------------------------- --config
+
+
+def test_a_runs_args_json_repeats_it(tmp_path, capsys):
+    a, b = tmp_path / "a", tmp_path / "b"
+    sft(capsys, a, "--max-steps", "3", "--lr", "0.002")
+    code, _, err = cli(capsys, "--config", a / "args.json", "--out", b)
+    assert code == 0, err[-2000:]
+    untimed = lambda out: [{k: v for k, v in x.items() if k != "tokens_per_s"} for x in log(out)]
+    assert len(log(a)) == 4 and untimed(b) == untimed(a)   # 3 steps and the closing line
+    first, again = (json.loads((x / "args.json").read_text()) for x in (a, b))
+    assert [k for k in first if first[k] != again[k]] == ["out"]   # explicit included
+
+
+def test_config_flags_yield_to_the_command_line_and_unknown_keys_are_refused(tmp_path, capsys):
+    config = tmp_path / "c.json"
+    config.write_text(json.dumps({"algo": "dpo", "beta": 0.5, "lr": 1e-4, "betas": [0.8, 0.9],
+                                  "unfreeze_embeddings": True, "hard_gap": None}))
+    args = train.get_args(["--config", str(config), "--lr", "2e-4"])
+    assert (args.algo, args.beta, args.lr, args.betas) == ("dpo", 0.5, 2e-4, [0.8, 0.9])
+    assert args.unfreeze_embeddings and args.hard_gap is None and "config" not in vars(args)
+    assert {"algo", "beta", "lr", "betas", "unfreeze_embeddings"} == set(args.explicit)
+    # a run's args.json: only the flags that run was given, less how it treated its folder
+    config.write_text(json.dumps({"algo": "sft", "lr": 0.5, "beta": 0.5, "resume": True,
+                                  "stop_after": 2, "explicit": ["algo", "beta", "resume",
+                                                                "stop_after"]}))
+    args = train.get_args(["--config", str(config)])
+    assert (args.beta, args.resume, args.stop_after) == (0.5, False, 0) and args.lr != 0.5
+    config.write_text(json.dumps({"algo": "sft", "bta": 0.5}))
+    code, _, err = cli(capsys, "--config", config)
+    assert (code, last_line(err)) == (1, f"error: --config {config}: unknown key 'bta' (not a "
+                                         "train.py flag)")
+
 # ----------------------------------------------------------------------------- the metrics log
 
 

@@ -1,12 +1,13 @@
 """The code's layout: the dependency graph between project modules has no circle, each layer
-imports only the layers below it, and a stage's cache key holds only the flags it uses."""
+imports only the layers below it, a stage's cache key holds only the flags it uses, and no
+top-level name of the repository is taken by the packages a Hugging Face user has installed."""
 import ast
 import subprocess
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("e2h", "data", "kernels")
+PACKAGES = ("e2h", "data")
 
 
 def project_imports(path: Path) -> set[str]:
@@ -20,18 +21,22 @@ def project_imports(path: Path) -> set[str]:
         else:
             continue
         for name in names:
-            if name.split(".")[0] in PACKAGES and (ROOT / (name.replace(".", "/") + ".py")).is_file():
+            path = ROOT / name.replace(".", "/")
+            if name.split(".")[0] not in PACKAGES:
+                continue
+            if path.with_suffix(".py").is_file():
                 found.add(name)
-            elif name in PACKAGES:
-                found.add(name + ".__init__") if (ROOT / name / "__init__.py").is_file() else None
+            elif (path / "__init__.py").is_file():
+                found.add(name + ".__init__")
     return found
 
 
 def graph() -> dict[str, set[str]]:
+    """Module name (a package's ``__init__.py`` as ``<package>.__init__``) -> what it imports."""
     modules = {}
     for package in PACKAGES:
-        for path in sorted((ROOT / package).glob("*.py")):
-            name = f"{package}.{path.stem}"
+        for path in sorted((ROOT / package).rglob("*.py")):
+            name = ".".join(path.relative_to(ROOT).with_suffix("").parts)
             modules[name] = {m for m in project_imports(path) if m != name}
     return modules
 
@@ -64,6 +69,9 @@ def test_layers():
             assert not deps & cli, (m, deps & cli)
     for algo in ("e2h.sft", "e2h.rm", "e2h.dpo", "e2h.ppo", "e2h.rest"):
         assert not g[algo] & {"e2h.recipes", "e2h.run", "e2h.loop"}, algo
+    for m in [m for m in g if m.startswith("e2h.kernels.")]:   # attention knows only tensors
+        assert all(d.startswith("e2h.kernels.") for d in g[m]), (m, g[m])
+    assert "e2h.kernels.__init__" in g["e2h.model"]
 
 
 def test_study_imports_no_torch():
@@ -89,3 +97,37 @@ def test_a_stage_cache_key_holds_only_the_flags_it_uses(tmp_path):
         settings = train.stage_settings(train.get_args(["--algo", stage]))
         assert not {"beta", "kl_coef", "pair_gap", "rollouts"} & set(settings), stage
         assert {"lr", "max_len", "seed"} <= set(settings), stage
+
+
+# The top-level import names that transformers 5.25.0 and TRL 1.16.0 install with their
+# requirements: the Requires-Dist lines of their METADATA (extras left out), followed through
+# every requirement's own, and the top-level modules each of those distributions installs
+# (its RECORD), read in a fresh environment in 2026-12. Distribution -> import names where they
+# differ: pyyaml -> yaml, _yaml; python-dateutil -> dateutil; markdown-it-py -> markdown_it;
+# hf-xet -> hf_xet; setuptools -> setuptools, _distutils_hack; sympy -> sympy, isympy;
+# torch -> torch, torchgen, functorch; multiprocess -> multiprocess, _multiprocess.
+HF_IMPORT_NAMES = {
+    # transformers
+    "transformers", "huggingface_hub", "numpy", "packaging", "yaml", "_yaml", "regex",
+    "tokenizers", "typer", "safetensors", "tqdm", "kernels",
+    # TRL
+    "trl", "accelerate", "datasets", "jinja2", "pandas", "psutil", "pyarrow",
+    # theirs
+    "annotated_doc", "annotated_types", "anyio", "click", "dill", "filelock", "fsspec", "h11",
+    "hf_xet", "httpcore2", "httpx2", "idna", "markdown_it", "markupsafe", "mdurl", "mpmath",
+    "multiprocess", "_multiprocess", "networkx", "pydantic", "pydantic_core", "pygments",
+    "dateutil", "rich", "setuptools", "_distutils_hack", "shellingham", "sympy", "isympy",
+    "tomlkit", "torch", "torchgen", "functorch", "truststore", "typing_extensions",
+    "typing_inspection", "tzdata", "xxhash", "_xxhash",
+}
+
+
+def test_no_top_level_name_is_installed_by_transformers_or_trl():
+    # With the repository root on sys.path (scripts run from it, pytest, python -m) a module or
+    # folder there named like an installed package is imported in its place: a top-level
+    # kernels/ broke `from transformers import LlamaForCausalLM` once transformers required the
+    # Hugging Face `kernels` package.
+    ours = {p.stem for p in ROOT.glob("*.py")}
+    ours |= {p.name for p in ROOT.iterdir() if p.is_dir() and any(p.glob("*.py"))}
+    assert {"e2h", "data", "train", "study", "bench", "tests"} <= ours
+    assert not ours & HF_IMPORT_NAMES, sorted(ours & HF_IMPORT_NAMES)

@@ -58,8 +58,8 @@ def test_policy_loss_clipped_high():
     losses, metrics = ppo_policy_loss(logps, torch.tensor([[-1.0]]), torch.tensor([[2.0]]),
                                       torch.ones(1, 1), clip=0.2)
     close(losses, [[-2.4]])
-    close(metrics["policy/clipfrac"], 1.0)
-    close(metrics["policy/approxkl"], 0.5 * math.log(1.5) ** 2)   # 0.5 * (log ratio)^2
+    close(metrics["policy/clipfrac_avg"], 1.0)
+    close(metrics["policy/approxkl_avg"], 0.5 * math.log(1.5) ** 2)   # 0.5 * (log ratio)^2
     losses.sum().backward()
     close(logps.grad, [[0.0]])                     # clipped: no push beyond 1 + clip
 
@@ -70,7 +70,7 @@ def test_policy_loss_clipped_low():
     losses, metrics = ppo_policy_loss(logps, torch.tensor([[0.0]]), torch.tensor([[-2.0]]),
                                       torch.ones(1, 1), clip=0.2)
     close(losses, [[1.6]])
-    close(metrics["policy/clipfrac"], 1.0)
+    close(metrics["policy/clipfrac_avg"], 1.0)
     losses.sum().backward()
     close(logps.grad, [[0.0]])
 
@@ -83,8 +83,8 @@ def test_policy_loss_unclipped_and_masked():
     losses, metrics = ppo_policy_loss(logps, torch.zeros(1, 3), torch.tensor([[2.0, -3.0, 9.0]]),
                                       torch.tensor([[1.0, 1.0, 0.0]]), clip=0.2)
     close(losses, [[-2.2, 4.5, 0.0]])
-    close(metrics["policy/clipfrac"], 0.0)
-    close(metrics["policy/approxkl"], 0.5 * (math.log(1.1) ** 2 + math.log(1.5) ** 2) / 2)
+    close(metrics["policy/clipfrac_avg"], 0.0)
+    close(metrics["policy/approxkl_avg"], 0.5 * (math.log(1.1) ** 2 + math.log(1.5) ** 2) / 2)
     losses.sum().backward()
     close(logps.grad, [[-2.2, 4.5, 0.0]])          # d(-A * ratio)/d logps = -A * ratio
 
@@ -100,7 +100,7 @@ def test_value_loss_clip():
     # 1: (1.2 - 1)^2 = 0.04 < (1.5 - 1)^2 = 0.25 -> 0.5 * 0.25, not clipped
     # 2: inside the clip range, both (1.1 - 2)^2 = 0.81 -> 0.5 * 0.81
     close(losses, [[0.32, 0.125, 0.405]])
-    close(metrics["val/clipfrac"], 1 / 3)
+    close(metrics["val/clipfrac_avg"], 1 / 3)
 
 # ----------------------------------------------------------------------------- rewards
 
@@ -241,8 +241,8 @@ def test_rollout_then_update(tok, models):
                        minibatch_size=4, microbatch_size=2, epochs=1, clip=0.2,
                        value_clip=0.2, vf_coef=0.1, max_grad_norm=1.0)
     # one minibatch, first step: the policy is the sampling policy, so the ratio is 1
-    close(stats["policy/clipfrac"], 0.0)
-    close(stats["policy/approxkl"], 0.0)
+    close(stats["policy/clipfrac_avg"], 0.0)
+    close(stats["policy/approxkl_avg"], 0.0)
     assert any(not torch.equal(a, b) for a, b in zip(before, policy.parameters()))
 
 

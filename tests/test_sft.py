@@ -52,7 +52,7 @@ def test_sft_loss_averages_over_target_tokens():
     assert abs(expected - per_sequence_mean) > 0.09
     assert metrics["n_tokens"].item() == 3
     # greedy predicts token 1 everywhere: right on 2 of the 3 targets
-    assert abs(metrics["accuracy"].item() - 2 / 3) < 1e-6
+    assert abs(metrics["mean_token_accuracy"].item() - 2 / 3) < 1e-6
     assert not metrics["nll"].requires_grad
 
 

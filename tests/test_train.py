@@ -64,11 +64,11 @@ def init_model(runs):
     return folder
 
 
-def check_metrics(run_dir, n_steps):
+def check_metrics(run_dir, n_steps, lr_key="learning_rate"):
     lines = steps(run_dir)
     assert [x["step"] for x in lines] == list(range(1, n_steps + 1))
     for x in lines:
-        assert {"loss", "learning_rate", "grad_norm", "tokens_per_s"} <= set(x)
+        assert {"loss", lr_key, "grad_norm", "tokens_per_s"} <= set(x)
         assert math.isfinite(x["loss"]) and x["tokens_per_s"] > 0
 
 
@@ -157,7 +157,7 @@ def test_rl_from_the_cached_policy_and_prm(runs, algo, extra, n_steps):
     assert "no --reward-model given" in result.stdout
     policy = json.loads((runs / algo / "args.json").read_text())["policy"]
     assert changed(weights(policy), weights(runs / algo / "model"), "model.layers.0.mlp.up_proj.weight")
-    check_metrics(runs / algo, n_steps)
+    check_metrics(runs / algo, n_steps, "lr" if algo == "ppo" else "learning_rate")   # TRL's keys
 
 # ----------------------------------------------------------------------------- resume, guards
 

@@ -10,7 +10,7 @@ Supported
 - q (B, H, Tq, D), k and v (B, Hkv, Tk, D), H % Hkv == 0: query head h reads kv head
   h // (H // Hkv) in place (K and V are never repeated). Any strides with unit stride on D.
 - Key j is visible to query i iff (not causal or j <= i + Tk - Tq) and j >= kv_start[b], as in
-  kernels/reference.py: Tq < Tk is a chunked prefill or (Tq == 1) a decoding step over a KV
+  e2h/kernels/reference.py: Tq < Tk is a chunked prefill or (Tq == 1) a decoding step over a KV
   cache, kv_start skips each row's left padding. A row with no visible key outputs exactly 0
   and gets no gradient.
 - Any Tq and Tk (tails are masked, not padded). Tiles above the causal diagonal or before
@@ -26,7 +26,7 @@ Precision contract
 
 Limits
 - No dropout, bias, custom scale or sliding window; B * H <= 65535; other head dims go to the
-  reference through kernels.attend. The H100 tile candidates are untimed (bench/README.md).
+  reference through e2h.kernels.attend. The H100 tile candidates are untimed (bench/README.md).
 - A decoding step still fills a 16-row query tile, and the heads of a group read their shared
   K/V separately (mostly from L2).
 - Triton 3.9's interpreter multiplies bfloat16 tiles as raw integers and truncates float32 to
@@ -390,10 +390,10 @@ def _problem(q, k, v, kv_start):
 
 def attention(q, k, v, causal=True, kv_start=None):
     """q (B, H, Tq, D), k and v (B, Hkv, Tk, D), kv_start None or (B,) ints -> (B, H, Tq, D) in
-    q's dtype; differentiable in q, k and v; the semantics of kernels/reference.py."""
+    q's dtype; differentiable in q, k and v; the semantics of e2h/kernels/reference.py."""
     problem = _problem(q, k, v, kv_start)
     if problem:
-        raise ValueError(f"kernels/flash.py: {problem}")
+        raise ValueError(f"e2h/kernels/flash.py: {problem}")
     q, k, v = _unit_last(q), _unit_last(k), _unit_last(v)
     kv_start = (torch.zeros(q.shape[0], dtype=torch.int32, device=q.device) if kv_start is None
                 else kv_start.to(device=q.device, dtype=torch.int32).clamp(min=0).contiguous())

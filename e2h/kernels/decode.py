@@ -4,11 +4,11 @@ A decoding step asks for 1 query per row over every cached key. At that shape th
 reading K and V once, and with many rows PyTorch's fused CPU attention
 (`scaled_dot_product_attention` with a boolean mask) spends more time than two plain batched
 matmuls: the scores (B, H, Tq, Tk) are tiny, so nothing is gained by never materializing them
-(bench/README.md, "Decode attention"; kernels.attend picks the faster one).
+(bench/README.md, "Decode attention"; e2h.kernels.attend picks the faster one).
 
 Grouped-query heads are folded into the query axis: the G = H // Hkv query heads that share a
 key/value head become G * Tq rows of one matmul against that head's K, so K and V are read in
-place, never repeated. The visibility rule is that of kernels/reference.py. float32 and float64
+place, never repeated. The visibility rule is that of e2h/kernels/reference.py. float32 and float64
 inputs are computed in their own precision; 16-bit inputs in float32 (scores and probabilities
 rounded to 8 bits would double the error of the reference), the output rounded once.
 
@@ -19,7 +19,7 @@ import math
 
 import torch
 
-from kernels.reference import visible_keys
+from e2h.kernels.reference import visible_keys
 
 
 def attention_decode(q, k, v, causal=True, kv_start=None, kv_len=None):
