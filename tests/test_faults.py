@@ -442,7 +442,7 @@ def test_failed_stage_is_one_line_and_a_second_runner_is_refused(tmp_path):
     from study_runner import Job, lock, run_jobs
     fd = lock(tmp_path)
     try:
-        with pytest.raises(errors.Failed, match=r"in use by another study.py \(pid \d+\)"):
+        with pytest.raises(errors.Failed, match=r"in use by another study.py or stages it started \(pid \d+ on "):
             lock(tmp_path)
         job = Job("seed0/bad", [sys.executable, "-c", "import sys; sys.exit('error: --lr: bad')"],
                   tmp_path / "never.json")
