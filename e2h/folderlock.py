@@ -51,6 +51,9 @@ def take(folder) -> int:
         holder = os.pread(fd, 512, 0).decode(errors="replace").strip()
         os.close(fd)
         raise Held(folder, holder or "another process (it has not written its pid yet)") from None
+    except OSError as e:   # a file system without locks (some FUSE mounts): name the file
+        os.close(fd)
+        raise OSError(e.errno, e.strerror, str(folder / NAME)) from None
     me = f"{_me()}\n".encode()
     os.pwrite(fd, me, 0)   # over the last holder's line, then cut: never an empty file
     os.ftruncate(fd, len(me))
