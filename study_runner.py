@@ -6,17 +6,19 @@ whose marker is there and readable is skipped, so a re-run continues where the l
 stopped; an interrupted training stage resumes from its newest checkpoint (the study gives
 train.py --resume).
 
-One runner at a time uses a runs folder: it holds a lock on ``<runs>/.lock`` for its life, and
-its stages inherit it, so a second study.py on the same folder is refused even while stages of
-a killed one are still ending. Each stage runs in a process group of its own (torchrun and its
-ranks included), which the runner ends, SIGTERM then SIGKILL, whenever it stops: a failed
-stage, an exception, Ctrl-C or SIGTERM. If the runner is killed outright (SIGKILL), the kernel
-sends each stage SIGTERM (Linux's parent-death signal).
+One runner at a time uses a runs folder: it holds the lock on ``<runs>/.lock`` (e2h/folderlock.py,
+the lock train.py takes on its run folder) for its life, and its stages inherit it, so a second
+study.py on the same folder is refused even while stages of a killed one are still ending. Each
+stage runs in a process group of its own (torchrun and its ranks included), which the runner
+ends, SIGTERM then SIGKILL, whenever it stops: a failed stage, an exception, Ctrl-C or a stop
+signal (SIGTERM, SIGUSR1, SIGHUP: e2h/preemption.py). A training stage answers SIGTERM by saving
+a checkpoint at its next step boundary, so the runner gives its stages torchrun's grace (30 s)
+before SIGKILL. If the runner is killed outright (SIGKILL), the kernel sends each stage SIGTERM
+(Linux's parent-death signal).
 """
 from __future__ import annotations
 
 import ctypes
-import fcntl
 import json
 import os
 import signal
@@ -24,6 +26,7 @@ import subprocess
 import time
 from pathlib import Path
 
+from e2h import folderlock, preemption
 from e2h.errors import Failed
 from e2h.files import write_json
 
@@ -50,18 +53,11 @@ class Job:
 
 def lock(folder: Path) -> int:
     """Hold ``<folder>/.lock`` (released when this process and its stages have all ended)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    fd = os.open(folder / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
-        os.close(fd)
-        raise Failed(f"{folder} is in use by another study.py (pid {holder}) or stages it "
-                     "started; wait for them to end, or choose another --runs") from None
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-    return fd
+        return folderlock.take(folder)
+    except folderlock.Held as e:
+        raise Failed(f"{folder} is in use by another study.py or stages it started "
+                     f"({e.holder}); wait for them to end, or choose another --runs") from None
 
 
 def _die_with_parent():   # runs in the child, between fork and exec
@@ -77,22 +73,25 @@ def start(argv, log, env, lock_fd) -> subprocess.Popen:
                             preexec_fn=_die_with_parent)
 
 
-def end(proc: subprocess.Popen, grace: float = 10.0):
-    """End a stage's whole process group: SIGTERM, then SIGKILL after ``grace`` seconds."""
+def end(procs: list[subprocess.Popen], grace: float = 30.0):
+    """End the stages' whole process groups: SIGTERM to all, then SIGKILL to those still running
+    after ``grace`` seconds (a training stage saves a checkpoint in between; torchrun waits as
+    long for its ranks)."""
     for sig in (signal.SIGTERM, signal.SIGKILL):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
+        for proc in procs:
+            try:
+                os.killpg(proc.pid, sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.time() + grace
+        for proc in procs:
+            try:
+                proc.wait(max(0.0, deadline - time.time()))
+            except subprocess.TimeoutExpired:
+                pass
+        procs = [p for p in procs if p.poll() is None]
+        if not procs:
             return
-        try:
-            proc.wait(grace)
-            return
-        except subprocess.TimeoutExpired:
-            continue
-
-
-def _terminated(signum, frame):
-    raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
 
 
 def last_line(path: Path) -> str:
@@ -110,42 +109,41 @@ def run_jobs(jobs: list[Job], workers: int, log_dir: Path, lock_fd: int, on_done
     seconds = log_dir / "seconds.json"
     times = json.loads(seconds.read_text()) if seconds.is_file() else {}
     pending, running, done = list(jobs), {}, set()
-    previous = {s: signal.signal(s, _terminated) for s in (signal.SIGTERM, signal.SIGHUP)}
     try:
-        while pending or running:
-            for job in list(pending):      # in list order, so a chain of cached stages clears
-                if job.deps <= done and job.done():
+        with preemption.handled():   # a stop signal unwinds to the finally, as Ctrl-C does
+            while pending or running:
+                for job in list(pending):      # in list order, so a chain of cached stages clears
+                    if job.deps <= done and job.done():
+                        pending.remove(job)
+                        done.add(job.name)
+                        print(f"[cached] {job.name}", flush=True)
+                ready = [j for j in pending if j.deps <= done]
+                while ready and len(running) < workers:
+                    job = ready.pop(0)
                     pending.remove(job)
-                    done.add(job.name)
-                    print(f"[cached] {job.name}", flush=True)
-            ready = [j for j in pending if j.deps <= done]
-            while ready and len(running) < workers:
-                job = ready.pop(0)
-                pending.remove(job)
-                log_path = log_dir / (job.name.replace("/", "_") + ".log")
-                log = open(log_path, "w")
-                running[job.name] = (job, start(job.argv, log, env, lock_fd), time.time(), log)
-                print(f"[start] {job.name}", flush=True)
-            time.sleep(1)
-            for name, (job, proc, t0, log) in list(running.items()):
-                if proc.poll() is None:
-                    continue
-                log.close()
-                del running[name]
-                times[name] = time.time() - t0
-                if proc.returncode != 0 or not job.done():
-                    why = f"exit {proc.returncode}" if proc.returncode else f"no {job.done_file}"
-                    raise Failed(f"stage {name} failed ({why}): {last_line(Path(log.name))} "
-                                 f"(log: {log.name}); running study.py again continues")
-                done.add(name)
-                write_json(seconds, times)
-                print(f"[done] {name} in {times[name]:.0f}s", flush=True)
-                if on_done:
-                    on_done(done, times)
+                    log_path = log_dir / (job.name.replace("/", "_") + ".log")
+                    log = open(log_path, "w")
+                    running[job.name] = (job, start(job.argv, log, env, lock_fd), time.time(), log)
+                    print(f"[start] {job.name}", flush=True)
+                time.sleep(1)
+                for name, (job, proc, t0, log) in list(running.items()):
+                    if proc.poll() is None:
+                        continue
+                    log.close()
+                    del running[name]
+                    times[name] = time.time() - t0
+                    if proc.returncode != 0 or not job.done():
+                        why = f"exit {proc.returncode}" if proc.returncode else f"no {job.done_file}"
+                        raise Failed(f"stage {name} failed ({why}): {last_line(Path(log.name))} "
+                                     f"(log: {log.name}); running study.py again continues")
+                    done.add(name)
+                    write_json(seconds, times)
+                    print(f"[done] {name} in {times[name]:.0f}s", flush=True)
+                    if on_done:
+                        on_done(done, times)
     finally:
-        for job, proc, _, log in running.values():
-            end(proc)
+        with preemption.deferred():   # a second signal does not cut the stages' grace short
+            end([proc for _, proc, _, _ in running.values()])
+        for _, _, _, log in running.values():
             log.close()
-        for s, handler in previous.items():
-            signal.signal(s, handler)
     return times

@@ -37,6 +37,7 @@ from e2h import distributed as dist
 from e2h.errors import Interrupted, guard
 from e2h.flags import ALGOS, get_args
 from e2h.files import write_json
+from e2h.preemption import Preempted
 from e2h.run import Run, Stopped, check_model_dir, setup_tokenizer
 from e2h.tokenizer import Tokenizer
 
@@ -94,12 +95,14 @@ def required_stage(args, stage: str, flag: str, extra=()) -> str:
     """The final model folder of ``stage`` (``stage_dir``); a later run with the same settings
     finds it there and trains nothing."""
     out, argv = stage_dir(args, stage, extra)
-    if (out / runfolder.DONE).is_file():
-        dist.say(f"no --{flag} given: using the {stage.upper()} stage cached at {out}")
-    else:
-        # the folder name pins every flag that matters; only the closing evaluation may differ
-        dist.say(f"no --{flag} given: training the {stage.upper()} stage first (cached at {out})")
-        main(argv + ["--out", str(out), "--resume", "--allow-changed-flags"])
+    # another run may be training the same stage: wait for it, then use what it cached
+    with runfolder.locked(out, wait=True, what=f"{stage.upper()} stage"):
+        if (out / runfolder.DONE).is_file():
+            dist.say(f"no --{flag} given: using the {stage.upper()} stage cached at {out}")
+        else:
+            # the folder name pins every flag that matters; only the closing evaluation may differ
+            dist.say(f"no --{flag} given: training the {stage.upper()} stage first (cached at {out})")
+            main(argv + ["--out", str(out), "--resume", "--allow-changed-flags"])
     return str(out / "model")
 
 
@@ -121,6 +124,22 @@ def main(argv=None) -> int:
         host.return_freed_memory()
     check_models(args)
     out = Path(args.out)
+    with runfolder.locked(out):   # one run per folder: claimed before anything is written there
+        return run_in(out, args, device)
+
+
+def stopped(e: Preempted, run: Run) -> str:
+    """The line a stop signal ends a run with: where it stopped and what resumes it."""
+    latest = trainstate.latest(run.out)
+    if latest is not None and latest == trainstate.checkpoint_dir(run.out, run.step):
+        return (f"{e.name}: stopped at step {run.step}, checkpoint {latest}; the same command "
+                "with --resume continues from it")
+    return (f"{e.name}: stopped at step {run.step}; the same command with --resume continues "
+            f"from {latest or 'step 0'}")
+
+
+def run_in(out: Path, args, device) -> int:
+    """The run of ``args`` in the folder ``out``, which this process holds."""
     # before any stage is trained for it: may this run use --out, and from which checkpoint
     resume_from, changes = runfolder.claim(out, args, NEUTRAL, pending=("policy", "reward_model"))
     if args.algo in ("dpo", "ppo") or (args.algo == "rest" and args.hard_threshold is not None):
@@ -148,6 +167,8 @@ def main(argv=None) -> int:
     except Stopped as e:
         dist.say(str(e))
         return 0
+    except Preempted as e:
+        raise Preempted(e.signum, stopped(e, run)) from None
     except KeyboardInterrupt:
         raise Interrupted(f"interrupted at step {run.step}; --resume continues from "
                           f"{trainstate.latest(out) or 'step 0'}") from None

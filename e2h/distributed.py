@@ -116,6 +116,16 @@ def all_reduce_sum(values: dict[str, float]) -> dict[str, float]:
     return dict(zip(keys, t.tolist()))
 
 
+def max_over_ranks(value: int) -> int:
+    """The largest ``value`` of any rank: how the ranks agree at a step boundary that one of them
+    was asked to stop (a stop signal reaches each rank on its own, or only some)."""
+    if not is_distributed():
+        return value
+    t = torch.tensor([value], dtype=torch.int64, device=_comm_device())
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return int(t.item())
+
+
 def all_reduce_mean(values: dict[str, float]) -> dict[str, float]:
     """The mean over ranks of each scalar."""
     return {k: v / world_size() for k, v in all_reduce_sum(values).items()}

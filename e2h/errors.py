@@ -4,8 +4,10 @@ An expected failure (a bad flag, file, record or key; a folder that cannot be wr
 disk; a non-finite loss; a rank that stopped answering) is an exception whose message names
 the file, flag or key and says what to do. ``guard`` prints that message as one line on stderr,
 on a fresh line (an open progress bar is closed first, so the message is never glued to it),
-and exits 1. Ctrl-C exits 130 with where the command stopped. Anything else is a bug in e2h and
-keeps its traceback; ``E2H_TRACEBACK=1`` shows the traceback of expected failures too.
+and exits 1. Ctrl-C exits 130 with where the command stopped; a stop signal (SIGTERM, SIGUSR1,
+SIGHUP: e2h/preemption.py) exits 128 + its number (143 for SIGTERM), saying the same. Anything
+else is a bug in e2h and keeps its traceback; ``E2H_TRACEBACK=1`` shows the traceback of expected
+failures too.
 """
 from __future__ import annotations
 
@@ -14,6 +16,8 @@ import os
 import sys
 
 from tqdm import tqdm
+
+from e2h import preemption
 
 
 class Failed(Exception):
@@ -66,18 +70,28 @@ def _close_bars():
         bar.close()   # writes the bar's last state and a newline
 
 
+def _stopped_line(e: KeyboardInterrupt, interrupted: str) -> str:
+    """Where the command stopped: the message it gave, else ``interrupted`` (after the signal's
+    name when a signal stopped it)."""
+    if str(e) and isinstance(e, (Interrupted, preemption.Preempted)):
+        return str(e)
+    return f"{e.name}: {interrupted}" if isinstance(e, preemption.Preempted) else interrupted
+
+
 def guard(main, argv=None, interrupted: str = "interrupted") -> int:
-    """Run ``main(argv)``; return its exit code, 1 after an expected failure (one line on stderr;
-    under torchrun every rank meets the same bad input, so rank 0 alone reports it, except a
-    timeout, which only the ranks still running see), 130 after Ctrl-C."""
+    """Run ``main(argv)`` with the stop signals handled; return its exit code, 1 after an
+    expected failure (one line on stderr; under torchrun every rank meets the same bad input, so
+    rank 0 alone reports it, except a timeout, which only the ranks still running see), 130
+    after Ctrl-C, 128 + the signal's number after a stop signal."""
     try:
-        return main(argv) or 0
+        with preemption.handled():
+            return main(argv) or 0
     except KeyboardInterrupt as e:
         _close_bars()
         dist = _dist()
         if dist is None or dist.is_main():
-            print(str(e) if isinstance(e, Interrupted) else interrupted, file=sys.stderr, flush=True)
-        return 130
+            print(_stopped_line(e, interrupted), file=sys.stderr, flush=True)
+        return getattr(e, "code", 130)
     except Exception as e:
         line = one_line(e)
         if line is None or os.environ.get("E2H_TRACEBACK"):

@@ -36,6 +36,7 @@ import torch
 
 from data import synthetic
 from data.readers import numbered_rows, read_jsonl, write_jsonl
+from e2h import folderlock
 from e2h.checkpoint import check_tokenizer, load_model
 from e2h.errors import guard
 from e2h.files import write_text
@@ -147,9 +148,15 @@ def main(argv=None):
     args = parse_args(argv)
     print(json.dumps(vars(args)))
     check_models(args)
-    Path(args.out).mkdir(parents=True, exist_ok=True)
-    if args.samples:
-        return rescore(args)
+    try:
+        with folderlock.held(args.out):   # one evaluation per folder, claimed before it writes
+            return rescore(args) if args.samples else sample_and_rerank(args)
+    except folderlock.Held as e:
+        raise ValueError(f"--out {e}; wait for it to end, or choose another --out") from None
+
+
+def sample_and_rerank(args):
+    """Steps 1-3 of the module docstring, from a policy and / or a reward model."""
     tok = Tokenizer(args.tokenizer)
     dtype = getattr(torch, args.dtype) if args.dtype else None
     out = Path(args.out)

@@ -29,7 +29,7 @@ import torch
 from tqdm import tqdm
 
 from e2h import distributed as dist
-from e2h import trainstate
+from e2h import preemption, trainstate
 from e2h.errors import NonFiniteLoss
 
 
@@ -92,11 +92,22 @@ def run_steps(run, steps: int, start: int, optimizers, step, save, *, iteration:
     checkpoint at the end of the phase, every --save-every steps and at --stop-after.
     ``lr_key`` names the learning rate in the metrics line: TRL's Trainer-based trainers log
     "learning_rate", its PPO trainer "lr".
+    A stop signal (e2h/preemption.py) waits for the end of the step it arrives in; there every
+    rank learns whether any was signalled, the run saves (unless it just did) and raises
+    ``Preempted``.
     """
     args = run.args
     params = [p for opt in optimizers for group in opt.param_groups for p in group["params"]]
+
+    def checked_save(k: int):
+        if not dist.all_finite(params):
+            raise NonFiniteLoss(f"the weights are not finite after step {run.step}; not "
+                                f"saved. Last good checkpoint: "
+                                f"{trainstate.latest(run.out) or 'none'}")
+        save(k)
+
     with tqdm(total=steps, initial=start, disable=not dist.is_main(), dynamic_ncols=True,
-              desc=desc) as bar:   # closed (its line ended) however the loop ends
+              desc=desc) as bar, preemption.deferred():   # bar closed however the loop ends
         for k in range(start, steps):
             t0, lr = time.time(), lr_at(k, steps, args)
             set_lr(optimizers, lr)
@@ -119,13 +130,15 @@ def run_steps(run, steps: int, start: int, optimizers, step, save, *, iteration:
                 shown["reward"] = f"{record['objective/rlhf_reward']:.3f}"
             bar.set_postfix(**shown, tok_s=f"{record['tokens_per_s']:.0f}")
             bar.update()
-            if k + 1 == steps or (args.save_every and run.step % args.save_every == 0) or \
-                    run.step == args.stop_after:
-                if not dist.all_finite(params):
-                    raise NonFiniteLoss(f"the weights are not finite after step {run.step}; not "
-                                        f"saved. Last good checkpoint: "
-                                        f"{trainstate.latest(run.out) or 'none'}")
-                save(k)
+            saving = k + 1 == steps or (args.save_every and run.step % args.save_every == 0) \
+                or run.step == args.stop_after
+            if saving:
+                checked_save(k)
+            signum = dist.max_over_ranks(preemption.requested() or 0)   # every rank, every step
+            if signum:
+                if not saving:
+                    checked_save(k)
+                raise preemption.Preempted(signum)
 
 # ----------------------------------------------------------------------------- the supervised step
 

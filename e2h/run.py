@@ -53,12 +53,16 @@ class Run:
     def resume_from(self, ckpt: Path | None):
         """Continue after checkpoint ``ckpt`` (None: from step 0, with the data the run cached):
         its step, and metrics.jsonl cut back to it, atomically. The closing lines go too (the
-        run ends again and writes them once more), and flag changes accepted at this step (this
-        resume decides them again)."""
+        run ends again and writes them once more), validation lines of their own (an RL run
+        validates again the phase its checkpoint ends, deterministically: greedy) and flag
+        changes accepted at this step (this resume decides them again)."""
         if ckpt is not None:
             self.resume = {**trainstate.read_trainer(ckpt), "path": ckpt}
             self.step = self.resume["step"]
-        decided_here = lambda x: "changed_flags" in x or any(k.startswith("final/") for k in x)
+
+        def decided_here(x):
+            validation = "loss" not in x and any(k.startswith("eval/") for k in x)
+            return validation or "changed_flags" in x or any(k.startswith("final/") for k in x)
         kept = [x for x in read_log(self.out / LOG)
                 if x["step"] < self.step or (x["step"] == self.step and not decided_here(x))]
         self.last = next((x for x in reversed(kept) if "loss" in x), None)
@@ -85,11 +89,13 @@ class Run:
                 f.write(json.dumps(record) + "\n")
 
     def phase_start(self, iteration: int) -> int | None:
-        """Step within phase ``iteration`` to start from; None when the checkpoint is past it."""
+        """Step within phase ``iteration`` to start from; None when the checkpoint is past it.
+        A checkpoint at the end of the phase gives its last step (no steps left): what follows
+        the phase (an RL iteration's validation) runs again, a stop may have come before it."""
         m = self.resume
         if m is None or m["iteration"] < iteration:
             return 0
-        if m["iteration"] > iteration or m["phase_step"] >= m["phase_steps"]:
+        if m["iteration"] > iteration:
             return None
         return m["phase_step"]
 

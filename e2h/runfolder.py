@@ -11,17 +11,59 @@ settings and a later resume compares with the settings that trained its checkpoi
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
+import time
 from pathlib import Path
 
 from e2h import distributed as dist
-from e2h import trainstate
+from e2h import folderlock, trainstate
 from e2h.files import write_json
 
 ARGS, LOG, DONE = "args.json", "metrics.jsonl", "done.json"
 WORK = ("checkpoints", "model", LOG, "data", "best", DONE)   # what a new run in the folder would lose
 STEMS = ("args", "metrics", "checkpoints", "model", "data", "best", "done", "tokenizer")
+
+
+_locks: dict[Path, int] = {}   # folder -> lock of this process (a nested stage finds its own)
+
+
+def _take(out: Path) -> str | None:
+    """Rank 0 locks ``out``; every rank gets None when it did (or this process already held
+    it), else the holder's line."""
+    holder = None
+    if dist.is_main() and out.resolve() not in _locks:
+        try:
+            _locks[out.resolve()] = folderlock.take(out)
+        except folderlock.Held as e:
+            holder = e.holder
+    return dist.broadcast_object(holder)
+
+
+@contextlib.contextmanager
+def locked(out: Path, wait: bool = False, what: str = "run", poll_s: float = 2.0):
+    """``out`` claimed by this run for the duration, before anything is written in it.
+    Another run holding it: refused in one line naming the holder, or with ``wait`` (a cached
+    stage), waited for. The ranks poll together, so a long wait trips no collective timeout."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out}: exists and is not a folder")
+    mine = dist.is_main() and out.resolve() not in _locks
+    said = False
+    while (holder := _take(out)) is not None:
+        if not wait:
+            raise ValueError(f"--out {out} is in use by another run ({holder}); wait for it to "
+                             "end, or choose another --out")
+        if not said:
+            dist.say(f"waiting for the {what} in {out}: another run is training it ({holder})")
+            said = True
+        time.sleep(poll_s)
+    try:
+        yield
+    finally:
+        if mine:
+            folderlock.release(_locks.pop(out.resolve()))
 
 
 def read_log(path) -> list[dict]:

@@ -19,7 +19,7 @@ from pathlib import Path
 from data import readers, sources
 from data.format import difficulty
 from e2h import distributed as dist
-from e2h import trainstate
+from e2h import preemption, trainstate
 from e2h.files import write_json, write_text
 from e2h.rerank import accuracy_by_split
 from e2h.run import finish, load_or_init, sample
@@ -80,11 +80,12 @@ class Best:
                        and acc["validation_all_acc"] <= self.info["validation_all_acc"]):
             return
         self.info = {**where, **acc}
-        trainstate.export_model(policy, self.dir, self.run.tok_path)
-        if dist.is_main():
-            tmp = self.dir / "best.json.tmp"
-            tmp.write_text(json.dumps(self.info) + "\n")
-            tmp.replace(self.dir / "best.json")
+        with preemption.deferred():   # a stop signal must not part the weights from best.json
+            trainstate.export_model(policy, self.dir, self.run.tok_path)
+            if dist.is_main():
+                tmp = self.dir / "best.json.tmp"
+                tmp.write_text(json.dumps(self.info) + "\n")
+                tmp.replace(self.dir / "best.json")
 
     def restore(self, policy) -> str:
         """Load the best policy's weights into ``policy``; a line saying which one was kept."""

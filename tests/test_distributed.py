@@ -1,6 +1,6 @@
 """e2h/distributed.py: one process without a process group, and two gloo ranks under torchrun
 (FSDP2 gradients, parameters gathered once for sampling, state export, a sharded run that
-matches one process and resumes on another number of ranks)."""
+matches one process, stops on a SIGTERM to torchrun and resumes on another number of ranks)."""
 import json
 import os
 import subprocess
@@ -123,20 +123,27 @@ def losses(folder):
     return [(x["step"], x["loss"], x["tokens"]) for x in lines if "loss" in x]
 
 
-def test_two_ranks_match_one_and_resume_on_one(tmp_path):
+def test_two_ranks_match_one_and_a_sigterm_to_torchrun_resumes_on_one(tmp_path):
     one, two = tmp_path / "one", tmp_path / "two"
     run([sys.executable, *SFT, "--out", str(one)])
-    # two ranks, each one micro-batch of 2 per step, stopped after 2 of 3 steps
-    run(TORCHRUN + [*SFT, "--out", str(two), "--stop-after", "2"])
-    shards = sorted(p.name for p in (two / "checkpoints" / "step_000002" / "state").glob("*.distcp"))
+    # two ranks, each one micro-batch of 2 per step; a scheduler's SIGTERM to torchrun as step 1
+    # ends (tests/signal_at.py), which torchrun forwards to both ranks: they save step 1 and stop
+    stopped = subprocess.run(TORCHRUN + ["tests/signal_at.py", "1", "launcher", *SFT[1:], "--out",
+                                         str(two)], cwd=ROOT, env=ENV, capture_output=True,
+                             text=True, timeout=240)
+    assert stopped.returncode != 0
+    assert (f"SIGTERM: stopped at step 1, checkpoint {two / 'checkpoints' / 'step_000001'}; the "
+            "same command with --resume continues from it") in stopped.stderr.splitlines()
+    shards = sorted(p.name for p in (two / "checkpoints" / "step_000001" / "state").glob("*.distcp"))
     assert shards == ["__0_0.distcp", "__1_0.distcp"]
     expected = losses(one)
-    assert len(expected) == 3
+    assert len(expected) == 3 and len(losses(two)) == 1
     for (s1, l1, t1), (s2, l2, t2) in zip(expected, losses(two)):
         assert s1 == s2 and t1 == t2 and abs(l1 - l2) < 1e-5   # same tokens: the data is split, not copied
     # the sharded checkpoint resumes on one process
     run([sys.executable, *SFT, "--out", str(two), "--resume"])
     assert [s for s, _, _ in losses(two)] == [1, 2, 3]
-    assert abs(losses(two)[2][1] - expected[2][1]) < 1e-5
+    for (_, l1, _), (_, l2, _) in zip(expected[1:], losses(two)[1:]):
+        assert abs(l1 - l2) < 1e-5
     a, b = load_file(str(one / "model" / "model.safetensors")), load_file(str(two / "model" / "model.safetensors"))
     assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-6

@@ -6,9 +6,11 @@ the killed study runner need processes of their own.
 """
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -102,6 +104,70 @@ def test_resume_refuses_other_flags_and_keeps_args_json(tmp_path, capsys):
     code, _, err = cli(capsys, *T, "--out", out, "--max-steps", "6", "--resume")
     assert code == 1 and "--lr 0.003 (was 0.5)" in last_line(err)
     sft(capsys, out, "--max-steps", "6", "--resume", "--lr", "0.5")
+
+
+def test_a_folder_in_use_is_refused_naming_its_holder_and_a_cached_stage_is_waited_for(
+        models, tmp_path, capsys):
+    from e2h import folderlock, runfolder
+    out = tmp_path / "X"
+    holder = rf"pid {os.getpid()} on {re.escape(os.uname().nodename)}: .*"
+    with folderlock.held(out):   # another open of the lock: what another process would hold
+        for extra in ([], ["--overwrite"], ["--resume"]):
+            code, _, err = cli(capsys, *T, "--out", out, "--max-steps", "2", *extra)
+            assert code == 1
+            assert re.fullmatch(rf"error: --out {re.escape(str(out))} is in use by another run "
+                                rf"\({holder}\); wait for it to end, or choose another --out",
+                                last_line(err)), last_line(err)
+        code, _, err = cli(capsys, "--policy", models / "policy", "--data", models / "problems.jsonl",
+                           "--tokenizer", models / "tokenizer.json", "--out", out, "--n", "2",
+                           "--device", "cpu", main=evaluate.main)
+        assert code == 1 and re.fullmatch(rf"error: --out {re.escape(str(out))} is in use by "
+                                          rf"{holder}; wait for it to end, or choose another --out",
+                                          last_line(err)), last_line(err)
+    assert names(out) == [".lock"]   # nothing was written there
+    # a cached stage that another run is training: waited for, not refused
+    fd = folderlock.take(tmp_path / "cache")
+    threading.Timer(0.5, folderlock.release, [fd]).start()
+    t0 = time.time()
+    with runfolder.locked(tmp_path / "cache", wait=True, what="SFT stage", poll_s=0.05):
+        assert time.time() - t0 >= 0.5
+    assert f"waiting for the SFT stage in {tmp_path / 'cache'}: another run is training it (pid" \
+        in capsys.readouterr().out
+    os.close(folderlock.take(tmp_path / "cache"))   # released when the block ended
+
+
+def test_two_runs_started_together_on_one_folder_one_is_refused(tmp_path):
+    out = tmp_path / "X"
+    runs = [subprocess.Popen([sys.executable, "train.py", *T, "--out", str(out), "--seed", str(seed),
+                              "--max-steps", "1000", "--epochs", "1000"], cwd=ROOT,
+                             env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True) for seed in (0, 1)]
+    try:
+        while all(r.poll() is None for r in runs):
+            time.sleep(0.05)
+        refused = next(r for r in runs if r.poll() is not None)
+        kept = next(r for r in runs if r is not refused)
+        _, err = refused.communicate()
+        assert refused.returncode == 1
+        assert re.fullmatch(rf"error: --out {re.escape(str(out))} is in use by another run \(pid "
+                            rf"{kept.pid} on .*\); wait for it to end, or choose another --out",
+                            last_line(err)), err[-2000:]
+        while kept.poll() is None and not (out / "metrics.jsonl").is_file():
+            time.sleep(0.05)
+        kept.send_signal(signal.SIGTERM)   # the run that holds the folder is preempted
+        _, err = kept.communicate(timeout=120)
+    finally:
+        for r in runs:
+            if r.poll() is None:
+                r.kill()
+    assert kept.returncode == 143, err[-2000:]
+    seed = json.loads((out / "args.json").read_text())["seed"]
+    assert seed == runs.index(kept)
+    steps = [x["step"] for x in log(out)]
+    assert steps == list(range(1, len(steps) + 1))   # one run's lines, none of the other's
+    assert last_line(err) == (f"SIGTERM: stopped at step {steps[-1]}, checkpoint "
+                              f"{trainstate.checkpoint_dir(out, steps[-1])}; the same command with "
+                              "--resume continues from it")
 
 
 def test_resume_takes_the_models_the_run_trained_with(tmp_path):
@@ -412,6 +478,30 @@ def test_ctrl_c_says_where_the_run_stopped(tmp_path, capsys, monkeypatch):
     assert "\ninterrupted" in err
 
 
+def test_a_stop_signal_waits_for_the_safe_point_and_exits_128_plus_its_number(capsys):
+    from e2h import preemption
+    before = signal.getsignal(signal.SIGTERM)
+    with preemption.handled():
+        with pytest.raises(preemption.Preempted) as e:   # no step to finish: at once
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)
+        assert (e.value.name, e.value.code) == ("SIGTERM", 128 + 15)
+        with pytest.raises(preemption.Preempted) as e:
+            with preemption.deferred():   # a step, a checkpoint write: recorded, finished
+                with preemption.deferred():
+                    os.kill(os.getpid(), signal.SIGUSR1)
+                assert preemption.requested() == signal.SIGUSR1
+            raise AssertionError("not reached: the outermost block raises as it ends")
+        assert (e.value.name, e.value.code) == ("SIGUSR1", 128 + 10)
+        assert preemption.requested() is None   # answered
+    assert signal.getsignal(signal.SIGTERM) is before
+
+    def main(argv):
+        os.kill(os.getpid(), signal.SIGHUP)
+    assert guard(main, interrupted="nothing to resume") == 128 + 1
+    assert last_line(capsys.readouterr().err) == "SIGHUP: nothing to resume"
+
+
 def test_canonical_records_without_a_level_are_counted_and_levels_must_be_1_to_5(tmp_path, capsys):
     from data import sources
     data = tmp_path / "sft.jsonl"
@@ -475,7 +565,7 @@ def test_failed_stage_is_one_line_and_a_second_runner_is_refused(tmp_path):
     from study_runner import Job, lock, run_jobs
     fd = lock(tmp_path)
     try:
-        with pytest.raises(errors.Failed, match=r"in use by another study.py \(pid \d+\)"):
+        with pytest.raises(errors.Failed, match=r"in use by another study.py or stages it started \(pid \d+ on "):
             lock(tmp_path)
         job = Job("seed0/bad", [sys.executable, "-c", "import sys; sys.exit('error: --lr: bad')"],
                   tmp_path / "never.json")

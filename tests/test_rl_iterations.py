@@ -95,3 +95,46 @@ def test_dpo_reference_is_the_policy_each_iteration_starts_from(models, tmp_path
             logps = sequence_logps(policy.eval(), batch["tokens"], batch["loss_mask"])
         # the cached reference log-probs are the iteration's starting policy's, not the base's
         torch.testing.assert_close(batch["ref_logps"], logps, rtol=0, atol=1e-5)
+
+
+def test_dpo_stopped_by_sigterm_while_sampling_and_in_a_step_resumes_to_the_same_policy(
+        models, tmp_path, monkeypatch, capsys):
+    """A stop signal during iteration 2's sampling (no step to stop at: it stops at once, and the
+    resume samples again with the same seeds), then during a step of that iteration (it saves at
+    the step's end): the resumed run ends with the uninterrupted run's policy."""
+    import os
+    import signal
+    from safetensors.torch import load_file
+    from e2h.errors import guard
+    from e2h.run import Run
+    argv = ["--algo", "dpo", *RUN, "--policy", str(models / "policy"), "--reward-model",
+            str(models / "rm"), "--pair-gap", "0"]
+    whole, parts = tmp_path / "whole", tmp_path / "parts"
+    assert train.main([*argv, "--out", str(whole)]) == 0
+    sampled = []
+
+    def sigterm_in_iteration_2(args, kwargs):   # no step to stop at while sampling
+        sampled.append(1)
+        if len(sampled) == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+    spy(monkeypatch, dpo, "dpo_iteration_data", before=sigterm_in_iteration_2)
+    logged = Run.log
+
+    def sigterm_in_step_3(self, record):   # saved as the step ends
+        logged(self, record)
+        if record.get("step") == 3 and "loss" in record and len(sampled) == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+    monkeypatch.setattr(Run, "log", sigterm_in_step_3)
+    ckpt = parts / "checkpoints"
+    for resume, step in (([], 2), (["--resume"], 3)):
+        assert guard(train.main, [*argv, "--out", str(parts), *resume]) == 143
+        assert capsys.readouterr().err.strip().splitlines()[-1] == (
+            f"SIGTERM: stopped at step {step}, checkpoint {ckpt / f'step_{step:06d}'}; the same "
+            "command with --resume continues from it")
+    assert guard(train.main, [*argv, "--out", str(parts), "--resume"]) == 0
+    a, b = (load_file(str(out / "model" / "model.safetensors")) for out in (whole, parts))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    lines = [[json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+             for out in (whole, parts)]
+    assert [[(x["step"], x["loss"]) for x in log if "loss" in x] for log in lines] == [
+        [(x["step"], x["loss"]) for x in lines[0] if "loss" in x]] * 2

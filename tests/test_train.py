@@ -20,9 +20,9 @@ TINY = ["--preset", "tiny", "--max-steps", "2", "--n-problems", "2", "--eval-pro
         "--batch-size", "4", "--max-new-tokens", "24", "--sample-batch-size", "8"]
 
 
-def train(*argv, timeout=300):
+def train(*argv, timeout=300, script="train.py"):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-    return subprocess.run([sys.executable, "train.py", *map(str, argv)], cwd=ROOT, env=env,
+    return subprocess.run([sys.executable, script, *map(str, argv)], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=timeout)
 
 
@@ -166,10 +166,15 @@ SFT = ["--algo", "sft", "--preset", "tiny", "--n-problems", "4", "--batch-size",
        "--micro-batch-size", "2", "--epochs", "1", "--eval-problems", "0", "--save-every", "2"]
 
 
-def test_stop_then_resume_ends_with_exactly_the_uninterrupted_weights(runs):
+def test_sigterm_then_resume_ends_with_exactly_the_uninterrupted_weights(runs):
     ok(train(*SFT, "--out", runs / "whole"))
-    stopped = ok(train(*SFT, "--out", runs / "parts", "--stop-after", "1"))
-    assert "--stop-after" in stopped.stdout
+    # a scheduler's SIGTERM as step 1 ends (tests/signal_at.py): saved at once, though
+    # --save-every 2 would not save it
+    stopped = train("1", "self", *SFT, "--out", runs / "parts", script="tests/signal_at.py")
+    assert stopped.returncode == 143, stopped.stderr[-2000:]
+    assert stopped.stderr.strip().splitlines()[-1] == (
+        f"SIGTERM: stopped at step 1, checkpoint {runs / 'parts' / 'checkpoints' / 'step_000001'}; "
+        "the same command with --resume continues from it")
     assert len(steps(runs / "parts")) == 1
     ok(train(*SFT, "--out", runs / "parts", "--resume"))
     whole, parts = weights(runs / "whole" / "model"), weights(runs / "parts" / "model")
