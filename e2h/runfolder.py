@@ -50,6 +50,7 @@ def locked(out: Path, wait: bool = False, what: str = "run", poll_s: float = 2.0
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out}: exists and is not a folder")
     mine = dist.is_main() and out.resolve() not in _locks
+    created = not out.exists()
     said = False
     while (holder := _take(out)) is not None:
         if not wait:
@@ -61,6 +62,13 @@ def locked(out: Path, wait: bool = False, what: str = "run", poll_s: float = 2.0
         time.sleep(poll_s)
     try:
         yield
+    except BaseException:
+        # a run refused before it wrote anything (a memory plan that does not fit, a bad flag
+        # found late) leaves no folder behind: only the lock is in it, removed while still held
+        if mine and created and [p.name for p in out.iterdir()] == [folderlock.NAME]:
+            (out / folderlock.NAME).unlink()
+            out.rmdir()
+        raise
     finally:
         if mine:
             folderlock.release(_locks.pop(out.resolve()))
