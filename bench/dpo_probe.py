@@ -29,6 +29,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from data import synthetic  # noqa: E402
+from data.format import tokenize_sft  # noqa: E402
 from e2h import dpo  # noqa: E402
 from e2h.checkpoint import load_model  # noqa: E402
 from e2h.sample import sample_solutions  # noqa: E402
@@ -45,9 +46,28 @@ def parse_args():
     p.add_argument("--rpo-alpha", type=float, default=0.0)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--epochs", type=int, default=1)
+    p.add_argument("--warmup-steps", type=int, default=0, help="linear warmup, then constant")
     p.add_argument("--validation", type=int, default=100, help="validation problems per level")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--step-pairs", action="store_true",
+                   help="cut each pair to the step where its solutions part (e2h.dpo.step_pair)")
     return p.parse_args()
+
+
+def as_step_pairs(examples, tok, reference):
+    """The run's whole-solution pairs, cut to their first differing step and re-encoded, with
+    the reference log-probs of the starting policy."""
+    pairs = []
+    for e in examples:
+        prompt = tok.decode([t for t, m in zip(e["chosen_tokens"][1:], e["chosen_mask"][1:]) if not m])
+        side = {s: tok.decode([t for t, m in zip(e[f"{s}_tokens"], e[f"{s}_mask"]) if m and t != tok.eos_id])
+                for s in ("chosen", "rejected")}
+        pair = dpo.step_pair({"question": "", **side})
+        c_tok, c_mask = tokenize_sft(tok, prompt + pair["prefix"], pair["chosen"], pair["eos"])
+        r_tok, r_mask = tokenize_sft(tok, prompt + pair["prefix"], pair["rejected"], pair["eos"])
+        pairs.append({"chosen_tokens": c_tok, "chosen_mask": c_mask,
+                      "rejected_tokens": r_tok, "rejected_mask": r_mask})
+    return dpo.cache_ref_logps(reference, pairs, tok.pad_id)
 
 
 @torch.no_grad()
@@ -104,6 +124,8 @@ def main():
     before = load_model(args.policy).eval()
     after = copy.deepcopy(before).train()
     examples = [json.loads(line) for line in Path(args.pairs).read_text().splitlines()]
+    if args.step_pairs:
+        examples = as_step_pairs(examples, tok, before)
     freeze_embeddings(after)            # as train.py trains a pretrained policy
     params = [p for p in after.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.95), weight_decay=0.0)
@@ -113,6 +135,8 @@ def main():
         order = torch.randperm(len(examples), generator=g).tolist()
         for i in range(0, len(order), args.batch_size):
             batch = dpo.collate_pairs([examples[k] for k in order[i:i + args.batch_size]], tok.pad_id)
+            for group in opt.param_groups:
+                group["lr"] = args.lr * min(1.0, (len(log) + 1) / max(args.warmup_steps, 1))
             loss, metrics = dpo.loss_fn(after, batch, beta=args.beta, rpo_alpha=args.rpo_alpha)
             loss.backward()
             opt.step()

@@ -33,7 +33,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from data.format import EASY_LEVELS, format_prompt, tokenize_sft
+from data.format import (EASY_LEVELS, STEP_SEP, format_prompt, format_solution, parse_solution,
+                         tokenize_sft)
 from e2h.distributed import gathered
 from e2h.sample import sample_solutions
 from e2h.score import sample_score, score_samples
@@ -104,14 +105,48 @@ def build_pairs(samples: list[dict], gap: float, max_pairs: int, rng, *,
                           "rejected_score": scores[l]})
     return pairs
 
+
+
+def written_result(step: str) -> str:
+    """What a step concludes: the text after its last "=" (the whole step when it has none)."""
+    return step.rsplit("=", 1)[-1].strip()
+
+
+def step_pair(pair: dict) -> dict:
+    """``pair`` cut down to the step where its two solutions part (Step-DPO, Lai et al. 2024).
+
+    Steps are compared by their written result, so two ways of writing one step (``23+0=23``
+    and ``23-0=23``) are no difference: at the first step k whose results differ, the chosen
+    solution's steps before k join the prompt ("prefix") and each side keeps only its own step
+    k (no EOS: the solution goes on). Solutions whose steps never part keep their answer lines
+    (with EOS). Why: a whole-solution pair also differs wherever the sampler wrote a free choice
+    differently; the loss cannot tell those tokens from the decision and moves them all.
+    """
+    chosen, chosen_answer = parse_solution(pair["chosen"])
+    rejected, rejected_answer = parse_solution(pair["rejected"])
+    k = 0
+    while k < min(len(chosen), len(rejected)) and \
+            written_result(chosen[k]) == written_result(rejected[k]):
+        k += 1
+    prefix = format_solution(chosen[:k], None) + STEP_SEP if k else ""
+    if k < len(chosen) and k < len(rejected):
+        sides, eos = (chosen[k], rejected[k]), False
+    else:
+        sides = (format_solution(chosen[k:], chosen_answer),
+                 format_solution(rejected[k:], rejected_answer))
+        eos = True
+    return {**pair, "prefix": prefix, "chosen": sides[0], "rejected": sides[1], "eos": eos}
+
 # ----------------------------------------------------------------------------- training data
 
 
 def encode_pair(tok, pair: dict) -> dict:
-    """Tokens and loss masks of both sides of a pair (``data.format.tokenize_sft``)."""
-    prompt = format_prompt(pair["question"])
-    chosen_tokens, chosen_mask = tokenize_sft(tok, prompt, pair["chosen"])
-    rejected_tokens, rejected_mask = tokenize_sft(tok, prompt, pair["rejected"])
+    """Tokens and loss masks of both sides of a pair (``data.format.tokenize_sft``); a step
+    pair's "prefix" is part of the prompt, and its "eos" says whether the sides end there."""
+    prompt = format_prompt(pair["question"]) + pair.get("prefix", "")
+    eos = pair.get("eos", True)
+    chosen_tokens, chosen_mask = tokenize_sft(tok, prompt, pair["chosen"], eos)
+    rejected_tokens, rejected_mask = tokenize_sft(tok, prompt, pair["rejected"], eos)
     return {"chosen_tokens": chosen_tokens, "chosen_mask": chosen_mask,
             "rejected_tokens": rejected_tokens, "rejected_mask": rejected_mask}
 
