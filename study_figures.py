@@ -1,10 +1,11 @@
 """The study's figures as SVG text: accuracy against N (the paper's Figures 3-4) and grouped bars
 for Tables 1 and 2, drawn from the ``summary`` that study_report.py writes into results.json.
 
-Why by hand: the design card allows no plotting library, and an SVG is only text. It is written
-byte for byte the same from the same numbers, so it diffs in git, and every series carries the
-means it plots (``<g class="series" data-name=... data-values=...>``, one decimal like the
-report's tables), so a test reads back what a figure claims instead of trusting the picture.
+Why by hand: the design card allows no plotting library, and an SVG is only text (the drawing
+pieces are e2h/svg.py, which the training curves share). It is written byte for byte the same
+from the same numbers, so it diffs in git, and every series carries the means it plots
+(``<g class="series" data-name=... data-values=...>``, one decimal like the report's tables),
+so a test reads back what a figure claims instead of trusting the picture.
 """
 from __future__ import annotations
 
@@ -12,20 +13,12 @@ import math
 from pathlib import Path
 from xml.sax.saxutils import escape, quoteattr
 
+from e2h import svg
 from e2h.files import write_text
+from e2h.svg import BOTTOM, COLORS, LEFT, PLOT_H, PLOT_W, RIGHT, TOP
 
-COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf")
 DASH = {"weighted": "", "best_of_n": ' stroke-dasharray="6 3"'}   # the method, at a glance
-LEFT, RIGHT, TOP, BOTTOM = 60, 170, 40, 50   # margins (px); the legend sits in the right one
-PLOT_W, PLOT_H = 420, 300
-
-
-def _f(x: float) -> str:
-    return f"{x:.2f}"
-
-
-def _text(x, y, s, anchor="middle", size=12, extra="") -> str:
-    return f'<text x="{_f(x)}" y="{_f(y)}" text-anchor="{anchor}" font-size="{size}"{extra}>{escape(s)}</text>'
+_f, _text = svg.num, svg.text
 
 
 def _y_axis(lo: float, hi: float) -> tuple[float, float, float]:
@@ -42,31 +35,8 @@ def _y_axis(lo: float, hi: float) -> tuple[float, float, float]:
 def _frame(title: str, width: float, lo: float, hi: float, step: float, xlabel: str):
     """The root, title, y gridlines with labels and axis labels; returns them and the map from
     accuracy to a y pixel (upward: SVG's y grows downward)."""
-    height = TOP + PLOT_H + BOTTOM
-    y_of = lambda v: TOP + PLOT_H * (hi - v) / (hi - lo)
-    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
-           f'viewBox="0 0 {width} {height}" font-family="sans-serif">',
-           f'<rect width="{width}" height="{height}" fill="white"/>',
-           _text(width / 2, TOP / 2 + 4, title, size=14)]
-    for k in range(round((hi - lo) / step) + 1):
-        v = lo + k * step
-        out.append(f'<line x1="{LEFT}" x2="{LEFT + PLOT_W}" y1="{_f(y_of(v))}" y2="{_f(y_of(v))}" stroke="#ddd"/>')
-        out.append(_text(LEFT - 6, y_of(v) + 4, f"{v:g}", anchor="end", size=11))
-    out.append(f'<rect x="{LEFT}" y="{TOP}" width="{PLOT_W}" height="{PLOT_H}" fill="none" stroke="#333"/>')
-    if xlabel:
-        out.append(_text(LEFT + PLOT_W / 2, TOP + PLOT_H + 38, xlabel))
-    out.append(_text(16, TOP + PLOT_H / 2, "accuracy (%)", extra=f' transform="rotate(-90 16 {_f(TOP + PLOT_H / 2)})"'))
-    return out, y_of
-
-
-def _legend(x: float, entries: list[tuple[str, str, str]]) -> list[str]:
-    """(label, color, extra line attributes) per entry, one row each beside the plot."""
-    out = []
-    for i, (label, color, dash) in enumerate(entries):
-        y = TOP + 10 + 18 * i
-        out.append(f'<line x1="{_f(x)}" x2="{_f(x + 22)}" y1="{y}" y2="{y}" stroke="{color}" stroke-width="2"{dash}/>')
-        out.append(_text(x + 28, y + 4, label, anchor="start", size=11))
-    return out
+    plot, y_of = svg.axes(LEFT, TOP, PLOT_W, PLOT_H, lo, hi, step, xlabel, "accuracy (%)")
+    return svg.start(width, TOP + PLOT_H + BOTTOM, title) + plot, y_of
 
 
 def _series(rerank: dict) -> list[tuple[str, str, str, dict]]:
@@ -109,8 +79,8 @@ def curves_svg(rerank: dict, split: str, title: str) -> str:
                        f'<title>{escape(f"{name}, N={n}: {m:.1f} ± {s:.1f}")}</title></circle>')
         out.append("</g>")
         entries.append((name, color, dash))
-    out += _legend(LEFT + PLOT_W + 14, entries)
-    return "\n".join(out + ["</svg>"]) + "\n"
+    out += svg.legend(LEFT + PLOT_W + 14, TOP, entries)
+    return svg.document(out)
 
 
 def bars_svg(rows: dict[str, dict], title: str) -> str:
@@ -139,8 +109,8 @@ def bars_svg(rows: dict[str, dict], title: str) -> str:
             out.append(f'<line x1="{_f(cx)}" x2="{_f(cx)}" y1="{_f(y_top)}" y2="{_f(y_low)}" stroke="#333"/>')
             out.append(_text(cx, y_top - 4, f"{m:.1f}", size=10))
         out.append("</g>")
-    out += _legend(LEFT + PLOT_W + 14, [(label, color, "") for _, label, color in splits])
-    return "\n".join(out + ["</svg>"]) + "\n"
+    out += svg.legend(LEFT + PLOT_W + 14, TOP, [(label, color, "") for _, label, color in splits])
+    return svg.document(out)
 
 
 def write_figures(out: Path, summary: dict) -> dict[str, str]:

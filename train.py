@@ -11,7 +11,9 @@ metrics.jsonl (one line per optimizer step), checkpoints/step_N/ (HF weights and
 training state with their checksums; --resume continues from the newest intact one), data/ (the
 examples it trained on; a reward model's sampled solutions in data/samples.jsonl, which --samples
 lets another reward model label), model/, the final weights in the HF layout with their
-tokenizer.json (the --policy or --reward-model of the next stage), and done.json, written last.
+tokenizer.json (the --policy or --reward-model of the next stage), curves.svg (the loss, learning
+rate and the algorithm's own signals against the step; `python -m e2h.curves` overlays runs) and
+done.json, written last.
 `train.py --config <out>/args.json --out NEW` repeats a run (e2h/flags.py).
 A stage that an algorithm needs and was not given is trained first into
 <out>/../cache/<stage>-<hash of its settings>, and reused by later runs. An expected failure
@@ -32,7 +34,7 @@ import sys
 import time
 from pathlib import Path
 
-from e2h import host, memory, recipes, runfolder, trainstate
+from e2h import curves, host, memory, recipes, runfolder, trainstate
 from e2h import distributed as dist
 from e2h.errors import Interrupted, guard
 from e2h.flags import ALGOS, get_args
@@ -173,7 +175,8 @@ def run_in(out: Path, args, device) -> int:
         raise Interrupted(f"interrupted at step {run.step}; --resume continues from "
                           f"{trainstate.latest(out) or 'step 0'}") from None
     seconds = time.time() - t0
-    if dist.is_main():   # the marker of a complete run, written last
+    if dist.is_main():   # the run's curves, then the marker of a complete run, written last
+        curves.write_curves([out], out / "curves.svg")
         write_json(out / runfolder.DONE, {"algo": args.algo, "steps": run.step,
                                           "seconds": round(seconds, 1), "summary": summary})
     dist.say(f"done: {args.algo} in {seconds:.0f}s, {run.step} steps; "

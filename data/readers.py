@@ -2,7 +2,8 @@
 
 PAPER.md, "Data": MATH (MATH500 test set, the 12k training pool, a validation split matched to
 MATH500), MetaMathQA (solutions ending "The answer is: X"), Math-Shepherd (steps ending in the
-tag "ки", labelled "+"/"-") and GSM8K (answers after "#### "). PRM800K is in ``data/prm800k.py``.
+tag "ки", labelled "+"/"-"), TRL's stepwise PRM rows (``{"prompt", "completions": [step, ...],
+"labels": [bool, ...]}``, what TRL's PRM trainer reads) and GSM8K (answers after "#### "). PRM800K is in ``data/prm800k.py``.
 Easy = MATH levels 1-3, hard = levels 4-5; any other level is an error, never a guess.
 
 Bad input gives one line naming the file and line: ``path:lineno: malformed JSON``,
@@ -11,7 +12,7 @@ Bad input gives one line naming the file and line: ``path:lineno: malformed JSON
 level (MATH has two, "Level ?") or an empty reference answer (two more) is skipped with a
 warning that counts and names them, or raises with ``strict=True``.
 
-GSM8K and Math-Shepherd have no difficulty levels: their records carry ``"level": None``, so
+GSM8K, Math-Shepherd and stepwise rows have no difficulty levels: their records carry ``"level": None``, so
 ``data.format.is_easy`` refuses them instead of counting them as easy or hard.
 """
 from __future__ import annotations
@@ -280,4 +281,30 @@ def load_math_shepherd(path) -> list[dict]:
                          "steps": steps, "answer": answer.strip() if sep else None,
                          "step_labels": labels, "outcome_label": None, "level": None,
                          "task": row.get("task")})
+    return examples
+
+
+def load_stepwise(path) -> list[dict]:
+    """TRL's stepwise PRM rows as PRM examples: ``prompt`` is the question, ``completions`` the
+    steps (joined by e2h's blank line, data/format.py), ``labels[k]`` (true: step k is right)
+    the label of step k. No answer section and no outcome label: the last step's label judges
+    the solution, as in Math-Shepherd. Level None (``attach_levels`` gives MATH's)."""
+    examples = []
+    for lineno, row in numbered_rows(path, ("prompt", "completions", "labels")):
+        where = f"{path}:{lineno}"
+        steps, labels = row["completions"], row["labels"]
+        if not isinstance(row["prompt"], str):
+            raise ValueError(f"{where}: 'prompt' must be a string (a conversational prompt is "
+                             f"not read)")
+        if not isinstance(steps, list) or not steps or not all(
+                isinstance(s, str) and s.strip() for s in steps):
+            raise ValueError(f"{where}: 'completions' must be a non-empty list of non-empty strings")
+        if not isinstance(labels, list) or not all(label in (True, False) for label in labels):
+            raise ValueError(f"{where}: 'labels' must be a list of true / false")
+        if len(labels) != len(steps):
+            raise ValueError(f"{where}: {len(steps)} completions but {len(labels)} labels")
+        examples.append({"id": f"stepwise/{Path(path).stem}/{lineno}",
+                         "question": row["prompt"].strip(), "steps": [s.strip() for s in steps],
+                         "answer": None, "step_labels": [int(label) for label in labels],
+                         "outcome_label": None, "level": None})
     return examples

@@ -2,7 +2,7 @@
 fields, and which records of them are kept.
 
 ``--data`` files are recognised by the fields of their first record (MATH, MetaMathQA, GSM8K,
-Math-Shepherd, PRM800K step trees or raw records, or the canonical SFT / RM / problem records of
+Math-Shepherd, TRL's stepwise PRM rows, PRM800K step trees or raw records, or the canonical SFT / RM / problem records of
 data/format.py). Levels filter what is supervised: a record without a level (GSM8K, most of
 MetaMathQA) is kept only with ``levels=None`` ("--levels all"), since it cannot be called easy.
 """
@@ -59,6 +59,8 @@ def data_format(path: Path) -> str:
         return "prm800k-steptree"
     if {"input", "label"} <= keys:
         return "math-shepherd"
+    if {"prompt", "completions", "labels"} <= keys:
+        return "stepwise"
     if {"question", "label"} <= keys:
         return "prm800k-raw"
     if {"problem", "solution", "unique_id"} <= keys:
@@ -76,7 +78,8 @@ def data_format(path: Path) -> str:
 
 def read_data(paths, math_problems_path=None) -> dict[str, list[dict]]:
     """{"sft", "rm", "problems"} records from the --data files, each file by its fields, and
-    "math", the --math-problems (answers and levels for PRM800K and Math-Shepherd rows)."""
+    "math", the --math-problems (answers and levels for PRM800K, Math-Shepherd and stepwise
+    rows)."""
     math = readers.load_math(math_problems_path) if math_problems_path else []
     out = {"sft": [], "rm": [], "problems": [], "math": math}
     for path in map(Path, paths or []):
@@ -87,8 +90,13 @@ def read_data(paths, math_problems_path=None) -> dict[str, list[dict]]:
             sft, rm = load(path, math_problems=math)
             out["sft"] += sft
             out["rm"] += rm
-        elif kind == "math-shepherd":
-            rm = readers.load_math_shepherd(path)
+        elif kind in ("math-shepherd", "stepwise"):
+            if kind == "stepwise" and not math_problems_path:
+                raise ValueError(f"{path}: stepwise PRM rows (prompt, completions, labels) carry "
+                                 f"no level; give --math-problems, whose questions give each "
+                                 f"row its MATH level")
+            load = readers.load_math_shepherd if kind == "math-shepherd" else readers.load_stepwise
+            rm = load(path)
             readers.attach_levels(rm, math)
             out["rm"] += rm
         elif kind in ("math", "metamath", "gsm8k"):

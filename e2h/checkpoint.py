@@ -4,7 +4,10 @@ Layout: ``config.json`` plus ``model.safetensors``, or shards ``model-0000i-of-0
 listed in ``model.safetensors.index.json``. A tensor's key is ``"model." + parameter name``,
 except ``lm_head.weight``; with tied embeddings there is no ``lm_head.weight``. A reward model is
 saved as HF's ``LlamaForTokenClassification`` with one label: the trunk as above, no LM head,
-plus ``score.weight`` (1, C) and ``score.bias`` (1,). A one-label
+plus ``score.weight`` (1, C) and ``score.bias`` (1,). A two-label token classifier (TRL's PRMs:
+``score.weight`` (2, C), ``score.bias`` (2,), label 1 = correct) loads as a reward model whose
+logit is z_1 - z_0; ``python -m e2h.checkpoint --two-labels SRC DST`` writes an e2h reward model
+in that layout (``RewardModel.two_labels``). A one-label
 ``LlamaForSequenceClassification`` (the reward models TRL and OpenRLHF train: ``score.weight``,
 no bias, read at the last token) loads as a reward model with a zero bias: its logit at a
 position is what the sequence classifier gives for the text ending there.
@@ -26,15 +29,19 @@ ignored; RoPE is recomputed from the config.
 """
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import re
 import shutil
+import sys
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
 
+from e2h.errors import guard
+from e2h.files import write_text
 from e2h.hf_config import GENERATION, LM_ARCH, SEQ_ARCH, hf_files, read_config
 from e2h.model import RewardModel, Transformer
 from e2h.safetensors_file import DTYPES, read_header, write_safetensors
@@ -104,18 +111,18 @@ def check_weights(found: dict, params: dict, path: Path):
 
 
 def open_model(path) -> tuple[torch.nn.Module, dict[str, tuple[Path, str, list[int]]]]:
-    """The model ``path``'s config.json describes (a Transformer, or a RewardModel for
-    LlamaForTokenClassification and LlamaForSequenceClassification), on the meta device, and {HF key: (file,
+    """The model ``path``'s config.json describes (a Transformer, or a RewardModel of one or
+    two labels for LlamaForTokenClassification and LlamaForSequenceClassification), on the meta device, and {HF key: (file,
     dtype, shape)} of its tensors, after every check that reads no tensor data. Whoever fills
     the model reads the tensors (``read_rows``): all of them (``load_model``) or only the rows
     of one rank's shards (e2h/sharded.py)."""
     path = Path(path)
-    args, arch = read_config(path)
+    args, arch, labels = read_config(path)
     found = weight_files(path)
     with torch.device("meta"):
         model = Transformer(args)
         if arch != LM_ARCH:
-            model = RewardModel(model)
+            model = RewardModel(model, labels)
     params = hf_params(model)
     if arch == SEQ_ARCH:
         del params["score.bias"]                 # a sequence classifier's head has no bias
@@ -245,3 +252,32 @@ def _link_or_copy(src, dst):
         os.link(src, dst)   # shares the bytes: no copy of a large file
     except OSError:
         shutil.copy2(src, dst)
+
+
+def export_two_labels(src, dst) -> RewardModel:
+    """Write the reward model in ``src`` to ``dst`` with TRL's two-label PRM head, and its
+    tokenizer.json beside it: ``AutoModelForTokenClassification`` then gives logits whose
+    softmax, label 1, is e2h's step probability."""
+    src = Path(src)
+    model = load_model(src)
+    if not isinstance(model, RewardModel):
+        raise ValueError(f"{src / 'config.json'}: a policy ({LM_ARCH}); --two-labels takes a "
+                         f"reward model")
+    save_model(model.two_labels(), dst)
+    if (src / "tokenizer.json").is_file():
+        write_text(Path(dst) / "tokenizer.json", (src / "tokenizer.json").read_text())
+    return model
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description="Re-save an e2h reward model in another Hugging "
+                                "Face layout.")
+    p.add_argument("--two-labels", nargs=2, metavar=("SRC", "DST"), required=True,
+                   help="the reward model in SRC as a two-label token classifier (TRL's PRM "
+                        "layout: label 1 = correct) in DST")
+    args = p.parse_args(argv)
+    export_two_labels(*args.two_labels)
+
+
+if __name__ == "__main__":
+    sys.exit(guard(main))

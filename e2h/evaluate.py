@@ -15,18 +15,25 @@ outcome-level ROC-AUC on held-out RM records, Easy / Hard / All, in ``rm_auc.jso
 same samples and re-ranks them with the same subsets, and ``--confidence DIR`` adds the
 generator's own smallest token probability as a baseline score; ``rerank.json`` holds every
 table with the held-out and within-problem ROC-AUCs, ``scored_samples.jsonl.gz`` every score.
+Under ``torchrun`` the problems (with ``--samples``, the samples) are spread over the ranks,
+rank r taking problems r, r + W, ...; each rank samples and scores its share, the records are
+gathered back in problem order, and every sample keeps the seed it has in one process, so the
+files are the ones one process writes. The held-out ROC-AUC is computed by every rank; rank 0
+writes the files.
 Usage:
 
     python -m e2h.evaluate --policy DIR --rm DIR --data FILE --tokenizer PATH --n 16 --out DIR
     python -m e2h.evaluate --rm DIR --rm-records FILE --tokenizer PATH --out DIR
     python -m e2h.evaluate --samples FILE --rm prm=DIR orm=DIR --confidence DIR \\
         --rm-records FILE --tokenizer PATH --out DIR
+    torchrun --nproc_per_node 8 -m e2h.evaluate --policy DIR --rm DIR --data FILE ...
 
 Letters: N samples per problem.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gzip
 import json
 import sys
@@ -36,6 +43,7 @@ import torch
 
 from data import synthetic
 from data.readers import numbered_rows, read_jsonl, write_jsonl
+from e2h import distributed as dist
 from e2h import folderlock
 from e2h.checkpoint import check_tokenizer, load_model
 from e2h.errors import guard
@@ -43,7 +51,7 @@ from e2h.files import write_text
 from e2h.rerank import format_table, rerank_table
 from e2h.rm import prm_examples
 from e2h.run import check_model_dir
-from e2h.sample import sample_solutions
+from e2h.sample import pair_seeds, sample_solutions
 from e2h.score import (auc_by_difficulty, min_token_probs, sample_score, score_samples,
                        within_problem_auc)
 from e2h.tokenizer import Tokenizer
@@ -110,7 +118,7 @@ def parse_args(argv=None):
     parser.add_argument("--seed", type=int, default=0, help="seed for sampling and subsets")
     # run
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
-                        help="torch device")
+                        help="torch device (under torchrun: each rank's own GPU, else the CPU)")
     parser.add_argument("--dtype", default=None, choices=["float32", "bfloat16"], help="model dtype")
     args = parser.parse_args(argv)
     if args.samples is not None:
@@ -146,13 +154,32 @@ def load(path, tok, dtype, device):
 
 def main(argv=None):
     args = parse_args(argv)
-    print(json.dumps(vars(args)))
+    dist.say(json.dumps(vars(args)))
+    args.device = dist.init() if dist.world_size() > 1 else torch.device(args.device)
     check_models(args)
+    # one evaluation per folder, claimed by rank 0 before it writes (a refusal there ends them all)
+    lock = folderlock.held(args.out) if dist.is_main() else contextlib.nullcontext()
     try:
-        with folderlock.held(args.out):   # one evaluation per folder, claimed before it writes
+        with lock:
             return rescore(args) if args.samples else sample_and_rerank(args)
     except folderlock.Held as e:
         raise ValueError(f"--out {e}; wait for it to end, or choose another --out") from None
+
+
+def my_share(n_items: int) -> list[int]:
+    """The indices of the items this rank works on: r, r + W, r + 2W, ..."""
+    return list(range(dist.rank(), n_items, dist.world_size()))
+
+
+def in_order(mine: list, n_items: int, per_item: int) -> list:
+    """Every rank's records (``mine``: ``per_item`` for each item of its share, in order), on
+    every rank, in the order of the items: what one process makes of all of them."""
+    groups = dist.all_gather_objects(mine)
+    chunks = [None] * n_items
+    for r, records in enumerate(groups):
+        for k, i in enumerate(range(r, n_items, len(groups))):
+            chunks[i] = records[k * per_item:(k + 1) * per_item]
+    return [x for chunk in chunks for x in chunk]
 
 
 def sample_and_rerank(args):
@@ -160,19 +187,25 @@ def sample_and_rerank(args):
     tok = Tokenizer(args.tokenizer)
     dtype = getattr(torch, args.dtype) if args.dtype else None
     out = Path(args.out)
-    (out / "table.json").unlink(missing_ok=True)   # the done-marker goes until this run writes it
+    if dist.is_main():
+        (out / "table.json").unlink(missing_ok=True)   # the done-marker goes until this run writes it
     samples = greedy = None
     if args.policy:                                   # 1. sample (the policy, then the RM, in memory)
         problems = read_problems(args.data)[:args.limit]
+        share = my_share(len(problems))
+        mine = [problems[i] for i in share]
+        # every sample's seed as in one process: the ranks draw them all and take their own
+        seeds = pair_seeds(len(problems) * args.n,
+                           torch.Generator(args.device).manual_seed(args.seed))
         policy = load(args.policy, tok, dtype, args.device)
         if not args.no_greedy:
-            greedy = sample_solutions(policy, tok, problems, n=1, temperature=0.0, top_k=None,
+            greedy = sample_solutions(policy, tok, mine, n=1, temperature=0.0, top_k=None,
                                       max_new_tokens=args.max_new_tokens,
                                       batch_size=args.batch_size * args.n)   # rows as sampling
-            write_jsonl(out / "greedy.jsonl", greedy)
-        samples = sample_solutions(policy, tok, problems, n=args.n, temperature=args.temperature,
+        samples = sample_solutions(policy, tok, mine, n=args.n, temperature=args.temperature,
                                    top_k=args.top_k or None, max_new_tokens=args.max_new_tokens,
-                                   generator=torch.Generator(args.device).manual_seed(args.seed),
+                                   seeds=[seeds[i * args.n + k] for i in share
+                                          for k in range(args.n)],
                                    batch_size=args.batch_size)
         del policy
     if args.rm:                                       # 2. score once; held-out ROC-AUC
@@ -182,14 +215,21 @@ def sample_and_rerank(args):
         if args.rm_records:
             records = read_jsonl(args.rm_records)
             auc = auc_by_difficulty(rm, tok, records, args.rm_batch_size)
-            write_text(out / "rm_auc.json", json.dumps(auc, indent=1) + "\n")
-            print("held-out RM ROC-AUC:", json.dumps(auc))
+            if dist.is_main():
+                write_text(out / "rm_auc.json", json.dumps(auc, indent=1) + "\n")
+            dist.say("held-out RM ROC-AUC: " + json.dumps(auc))
         del rm
     if samples is not None:                           # 3. re-rank
+        samples = in_order(samples, len(problems), args.n)
+        greedy = in_order(greedy, len(problems), 1) if greedy is not None else None
+        if not dist.is_main():
+            return
+        if greedy is not None:
+            write_jsonl(out / "greedy.jsonl", greedy)
         write_jsonl(out / "samples.jsonl", samples)
         table = rerank_table(samples, n_subsets=args.n_subsets, seed=args.seed, greedy=greedy,
                              with_rm=bool(args.rm))
-        table["args"] = vars(args)
+        table["args"] = {**vars(args), "device": str(args.device)}
         write_text(out / "table.md", format_table(table))
         write_text(out / "table.json", json.dumps(table, indent=1) + "\n")   # last: the done-marker
         print(format_table(table))
@@ -215,18 +255,21 @@ def rescore(args):
     tok = Tokenizer(args.tokenizer)
     dtype = getattr(torch, args.dtype) if args.dtype else None
     out = Path(args.out)
-    (out / "rerank.json").unlink(missing_ok=True)   # the done-marker goes until this run writes it
+    if dist.is_main():
+        (out / "rerank.json").unlink(missing_ok=True)   # the done-marker goes until this run writes it
     samples = read_jsonl(args.samples, ("id", "question", "level", "completion", "answer", "correct"))
     if not samples:
         raise ValueError(f"{args.samples}: no samples in the file")
     records = held_out_records(args, samples)
+    mine = [samples[i] for i in my_share(len(samples))]
     tables, kept = {}, [{k: s[k] for k in ("id", "level", "completion", "answer", "correct")}
                         | {"scores": {}} for s in samples]
     for name, path in (x.split("=", 1) for x in args.rm):
         rm = load(path, tok, dtype, args.device)
         with torch.no_grad():
-            scored = score_samples(rm, tok, [dict(s) for s in samples], args.rm_batch_size)
+            scored = score_samples(rm, tok, [dict(s) for s in mine], args.rm_batch_size)
             auc = auc_by_difficulty(rm, tok, records, args.rm_batch_size)
+        scored = in_order(scored, len(samples), 1)
         for k, s in zip(kept, scored):
             k["scores"][name] = {"steps": s["step_scores"], "outcome": s["outcome_score"]}
         tables[name] = rerank_table(scored, n_subsets=args.n_subsets, seed=args.seed, with_rm=True)
@@ -236,10 +279,12 @@ def rescore(args):
         del rm
     if args.confidence:   # does the signal exist in the generator itself?
         policy = load(args.confidence, tok, dtype, args.device)
-        confidence = min_token_probs(policy, tok, samples)
+        confidence = in_order(min_token_probs(policy, tok, mine), len(samples), 1)
         tables["generator"] = {"within_auc": within_problem_auc(samples, confidence)}
         for k, c in zip(kept, confidence):
             k["scores"]["generator_min_token_prob"] = c
+    if not dist.is_main():
+        return
     tmp = out / ".scored_samples.jsonl.gz.tmp"
     with gzip.open(tmp, "wt") as f:
         f.writelines(json.dumps(k) + "\n" for k in kept)
@@ -248,4 +293,6 @@ def rescore(args):
 
 
 if __name__ == "__main__":
-    sys.exit(guard(main, interrupted="interrupted; nothing is marked done: run the command again"))
+    code = guard(main, interrupted="interrupted; nothing is marked done: run the command again")
+    dist.shutdown(clean=code == 0)
+    sys.exit(code)

@@ -78,9 +78,10 @@ def build_parser() -> argparse.ArgumentParser:
         "head (the paper freezes them; a randomly initialized model always trains them)")
     # data
     add("--data", nargs="+", default=None, help="jsonl files: MATH, MetaMathQA, GSM8K, "
-        "Math-Shepherd, PRM800K, canonical SFT/RM/problem records (default: synthetic)")
+        "Math-Shepherd, TRL's stepwise PRM rows, PRM800K, canonical SFT/RM/problem records "
+        "(default: synthetic)")
     add("--math-problems", default=None, help="MATH problems jsonl: answers and levels for "
-        "PRM800K/Math-Shepherd rows, and problems to sample from")
+        "PRM800K / Math-Shepherd / stepwise rows, and problems to sample from")
     add("--levels", default=None, help="levels trained on, like 1,2,3, or all (default: 1,2,3; "
         "ppo 1,2,3,4,5)")
     add("--answer-levels", default=None, help="levels whose final answers RL may use "

@@ -1,8 +1,9 @@
 """config.json and the other JSON files of a Hugging Face Llama folder, both ways (PAPER.md,
 "Models"): HF LlamaConfig keys to ``ModelArgs`` and back, the architectures e2h reads (a causal
-LM, a token-classification reward model, a one-label sequence classifier), RoPE in both key
-sets (e2h/rope.py), and the generation / tokenizer settings written beside the weights. A config
-key whose other values would change the math is refused in one line naming the file and key.
+LM, a token-classification reward model with one label, or two as TRL's PRMs have, a one-label
+sequence classifier), RoPE in both key sets (e2h/rope.py), and the generation / tokenizer
+settings written beside the weights. A config key whose other values would change the math is
+refused in one line naming the file and key.
 """
 from __future__ import annotations
 
@@ -24,14 +25,16 @@ CONFIG = {"hidden_size": ("dim", None), "intermediate_size": ("ffn_dim", None),
           "vocab_size": ("vocab_size", None), "num_key_value_heads": ("n_kv_heads", "n_heads"),
           "rms_norm_eps": ("norm_eps", 1e-6), "max_position_embeddings": ("max_seq_len", 2048),
           "tie_word_embeddings": ("tie_embeddings", False)}
+# a two-label reward head (TRL's PRMs): label 1 means the step is correct
+TWO_LABELS = {"0": "incorrect", "1": "correct"}
 # config keys whose other values change the math e2h implements
 UNSUPPORTED = {"model_type": ("llama", None), "hidden_act": ("silu", None),
                "attention_bias": (False, None), "mlp_bias": (False, None),
                "partial_rotary_factor": (1.0, None)}
 
 
-def read_config(path: Path) -> tuple[ModelArgs, str]:
-    """(ModelArgs, architecture) from an HF Llama config.json."""
+def read_config(path: Path) -> tuple[ModelArgs, str, int]:
+    """(ModelArgs, architecture, labels of a reward head) from an HF Llama config.json."""
     file = path / "config.json"
     if not file.is_file():
         raise FileNotFoundError(f"{file}: not found")
@@ -51,7 +54,7 @@ def read_config(path: Path) -> tuple[ModelArgs, str]:
         else:
             kwargs[field] = kwargs[default] if isinstance(default, str) else default
     kwargs["rope_theta"], kwargs["rope_scaling"] = read_hf_rope(cfg, file, kwargs["max_seq_len"])
-    arch = read_architecture(cfg, file)
+    arch, labels = read_architecture(cfg, file)
     kwargs["tie_embeddings"] = kwargs["tie_embeddings"] or arch != LM_ARCH   # RMs: no LM head
     try:
         args = ModelArgs(**kwargs)
@@ -59,20 +62,22 @@ def read_config(path: Path) -> tuple[ModelArgs, str]:
         raise ValueError(f"{file}: {e}") from None
     if cfg.get("head_dim", args.head_dim) != args.head_dim:
         raise ValueError(f"{file}: head_dim {cfg['head_dim']} != hidden_size / num_attention_heads")
-    return args, arch
+    return args, arch, labels
 
 
-def read_architecture(cfg: dict, file: Path) -> str:
-    """The model class of config.json; a reward model has one label (HF stores ``id2label``)."""
+def read_architecture(cfg: dict, file: Path) -> tuple[str, int]:
+    """The model class of config.json and its labels (HF stores ``id2label``): a reward model
+    has one, or two for a token classifier (TRL's PRMs, label 1 = correct)."""
     archs = cfg.get("architectures") or [LM_ARCH]
     if len(archs) != 1 or archs[0] not in (LM_ARCH, RM_ARCH, SEQ_ARCH):
         raise ValueError(f"{file}: architectures={archs!r} is not supported (e2h loads "
                          f"{LM_ARCH}, {RM_ARCH} or {SEQ_ARCH})")
     labels = len(cfg["id2label"]) if cfg.get("id2label") else cfg.get("num_labels") or 1
-    if archs[0] != LM_ARCH and labels != 1:
+    if archs[0] != LM_ARCH and labels != 1 and (archs[0], labels) != (RM_ARCH, 2):
         raise ValueError(f"{file}: {archs[0]} with {labels} labels is a classifier; e2h loads "
-                         f"reward models with one label (one score per position)")
-    return archs[0]
+                         f"reward models with one label (one score per position), or a "
+                         f"{RM_ARCH} with two (TRL's PRM: label 1 = correct)")
+    return archs[0], labels
 
 
 def hf_config(model, dtype: torch.dtype) -> dict:
@@ -86,7 +91,10 @@ def hf_config(model, dtype: torch.dtype) -> dict:
     cfg.update({key: getattr(args, field) for key, (field, _) in CONFIG.items()})
     cfg.update(hf_rope_keys(args.rope_theta, args.rope_scaling))
     if is_rm:
-        cfg["num_labels"] = 1
+        cfg["num_labels"] = model.score.out_features
+        if cfg["num_labels"] == 2:
+            cfg["id2label"] = TWO_LABELS
+            cfg["label2id"] = {name: int(i) for i, name in TWO_LABELS.items()}
     return cfg
 
 

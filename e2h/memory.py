@@ -198,7 +198,7 @@ def model_of(path, preset: str, **fields) -> Model:
     """The Model of an HF directory (its config.json) or, without one, of a preset."""
     if path is None:
         return Model(ModelArgs.from_name(preset), **fields)
-    args, arch = read_config(Path(path))
+    args, arch, _ = read_config(Path(path))
     return Model(args, lm_head=arch == LM_ARCH, **fields)
 
 

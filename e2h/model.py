@@ -225,16 +225,20 @@ class RewardModel(nn.Module):
 
     The zero init makes every prediction 0.5 at step 0, so training starts from "no opinion"
     rather than from noise. PPO's value model is the same module (its logit is the value).
+    ``labels=2`` is the head of TRL's PRMs (a token classifier whose label 1 means "this step is
+    correct"): p = softmax(z_0, z_1)[1] = sigmoid(z_1 - z_0), so its logit is z_1 - z_0.
     """
 
-    def __init__(self, trunk: Transformer):
+    def __init__(self, trunk: Transformer, labels: int = 1):
         super().__init__()
+        if labels not in (1, 2):
+            raise ValueError(f"RewardModel: labels={labels}; a reward head has 1 or 2 labels")
         self.trunk = trunk
         if trunk.lm_head is not None:
             # never used: frozen so optimizers skip it and DDP finds no unused trainable parameter
             trunk.lm_head.requires_grad_(False)
         w = trunk.embed_tokens.weight                # the head lives where the trunk does
-        self.score = nn.Linear(trunk.args.dim, 1, device=w.device, dtype=w.dtype)
+        self.score = nn.Linear(trunk.args.dim, labels, device=w.device, dtype=w.dtype)
         nn.init.zeros_(self.score.weight)
         nn.init.zeros_(self.score.bias)
 
@@ -246,4 +250,19 @@ class RewardModel(nn.Module):
     def forward(self, tokens: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
         """tokens (B, T) -> float32 logits (B, T), one per position."""
         h = self.trunk.hidden(tokens, positions)                             # (B, T, C)
-        return self.score(h).squeeze(-1).float()                             # (B, T)
+        z = self.score(h).float()                                            # (B, T, labels)
+        return z[..., 1] - z[..., 0] if z.shape[-1] == 2 else z.squeeze(-1)  # (B, T)
+
+    def two_labels(self) -> "RewardModel":
+        """The same scores in TRL's two-label layout, in place: logits (0, z), since
+        softmax(0, z)[1] = sigmoid(z) exactly."""
+        if self.score.out_features == 2:
+            return self
+        head = nn.Linear(self.score.in_features, 2, device=self.score.weight.device,
+                         dtype=self.score.weight.dtype)
+        with torch.no_grad():
+            head.weight.copy_(torch.cat([torch.zeros_like(self.score.weight),
+                                         self.score.weight]))                # (2, C)
+            head.bias.copy_(torch.cat([torch.zeros_like(self.score.bias), self.score.bias]))
+        self.score = head
+        return self

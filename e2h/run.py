@@ -164,7 +164,7 @@ def check_model_dir(flag: str, path, reward: bool | None = None):
     path = Path(path)
     if not path.is_dir():
         raise ValueError(f"--{flag} {path}: not a folder (an HF Llama directory with config.json)")
-    _, arch = read_config(path)
+    _, arch, _ = read_config(path)
     is_rm = arch != LM_ARCH
     if reward is not None and is_rm != reward:
         found = f"a reward model ({arch})" if is_rm else f"a policy ({arch})"

@@ -23,7 +23,7 @@ from e2h.files import write_json
 
 ARGS, LOG, DONE = "args.json", "metrics.jsonl", "done.json"
 WORK = ("checkpoints", "model", LOG, "data", "best", DONE)   # what a new run in the folder would lose
-STEMS = ("args", "metrics", "checkpoints", "model", "data", "best", "done", "tokenizer")
+STEMS = ("args", "metrics", "checkpoints", "model", "data", "best", "done", "tokenizer", "curves")
 
 
 _locks: dict[Path, int] = {}   # folder -> lock of this process (a nested stage finds its own)

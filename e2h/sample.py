@@ -19,6 +19,8 @@ rollouts, DPO and ReST-EM pairs; PAPER.md "Reward models", "Re-ranking", "RL") c
   uniforms from it, and token t is the inverse CDF of its distribution at uniform t. A seed thus
   reproduces a run, and a sample does not depend on ``max_rows`` or on the pairs that shared
   its batch.
+- Rank 0 shows a progress bar of the samples done (samples/s) and the problems whose samples
+  are all done (problems/s); the other ranks stay silent.
 - ``logps`` are log_softmax(logits / temperature) of the sampled token under the unfiltered
   distribution (temperature 0: of the plain logits), in float32: the numbers a full forward
   over prompt + completion gives, which PPO's ratio and DPO's reference compare against.
@@ -29,12 +31,15 @@ Letters: R rows, U prompts in one prefill, P prompt length, M max_new_tokens, V 
 from __future__ import annotations
 
 import itertools
+from collections import Counter
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
+from tqdm import tqdm
 
 from data.format import format_prompt
+from e2h import distributed as dist
 from e2h.grader import extract_answer, grade_answer
 from e2h.kv_cache import KVCache
 from e2h.model import Transformer
@@ -52,6 +57,35 @@ class Sample:
     tokens: list[int] = field(default_factory=list)   # new tokens, ending with EOS if produced
     logps: list[float] = field(default_factory=list)  # one per new token
     finished: bool = False                            # ended by EOS or stop_fn, not by length
+
+
+class Progress:
+    """A progress bar on rank 0: items done (``unit``/s) and the problems whose items are all
+    done, with their rate; ``problem_of[j]`` is the problem of item j."""
+
+    def __init__(self, what: str, problem_of: list, unit: str = "sample"):
+        self.problem_of, self.left, self.problems = problem_of, Counter(problem_of), 0
+        self.bar = tqdm(total=len(problem_of), desc=what, unit=unit, leave=False,
+                        dynamic_ncols=True, disable=not (dist.is_main() and problem_of))
+
+    def done(self, items: list[int]):
+        for j in items:
+            self.left[self.problem_of[j]] -= 1
+            self.problems += self.left[self.problem_of[j]] == 0
+        if items and not self.bar.disable:
+            rate = self.problems / max(self.bar.format_dict["elapsed"], 1e-9)
+            self.bar.set_postfix_str(f"{self.problems}/{len(self.left)} problems, "
+                                     f"{rate:.3g} problems/s", refresh=False)
+            self.bar.update(len(items))
+
+    def close(self):
+        self.bar.close()
+
+
+def pair_seeds(n_pairs: int, generator: torch.Generator | None = None) -> list[int]:
+    """One seed per (prompt, sample) pair, drawn from ``generator`` (None: torch's global one)."""
+    device = generator.device if generator is not None else "cpu"
+    return torch.randint(2**62, (n_pairs,), generator=generator, device=device).tolist()
 
 
 def prefill(model: Transformer, prompts: list[list[int]], dtype, device):
@@ -164,10 +198,11 @@ class _Rows:
                 if stop_fn(self.host_ids[r]):
                     self.done[r] = self.ended[r] = True
 
-    def harvest(self, samples: list) -> list[int]:
+    def harvest(self, samples: list, progress: Progress) -> list[int]:
         """Move the finished rows' sequences into ``samples``; return every free row."""
         finished = [r for r, (j, done) in enumerate(zip(self.pair, self.done.tolist()))
                     if j is not None and done]
+        progress.done([self.pair[r] for r in finished])
         if finished:
             index = torch.tensor(finished, device=self.count.device)
             for r, k, ids, logps, ended in zip(finished, self.count[index].tolist(),
@@ -190,13 +225,16 @@ class _Rows:
 def generate(model: Transformer, prompts: list[list[int]], max_new_tokens: int,
              temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
              n: int = 1, eos_id: int | None = None, stop_fn=None,
-             generator: torch.Generator | None = None, max_rows: int = MAX_ROWS) -> list[Sample]:
+             generator: torch.Generator | None = None, max_rows: int = MAX_ROWS,
+             seeds: list[int] | None = None) -> list[Sample]:
     """n samples for each prompt (token-id lists), prompt-major: result[b * n + i].
 
     A sequence stops at ``eos_id`` (kept as its last token), when ``stop_fn(new_ids)`` returns
     True for its new ids so far (e.g. a stop string in their text), or after
     ``max_new_tokens``. temperature 0 is greedy. ``generator`` seeds every sample's own stream
-    (module docstring); without it the seeds come from torch's global generator. At most
+    (module docstring); without it the seeds come from torch's global generator; ``seeds``
+    (one per pair, prompt-major) replaces both, so a share of a larger call's pairs samples
+    what that call would (e2h/evaluate.py spreads problems over ranks so). At most
     ``max_rows`` sequences decode at once.
     """
     if not prompts or any(len(p) == 0 for p in prompts):
@@ -209,16 +247,20 @@ def generate(model: Transformer, prompts: list[list[int]], max_new_tokens: int,
         raise ValueError(f"generate: longest prompt {P} + {max_new_tokens} new tokens exceeds "
                          f"max_seq_len {model.args.max_seq_len}")
     pairs = [b for b in range(len(prompts)) for _ in range(n)]    # pair j -> its prompt
-    seeds = None
-    if temperature > 0:
-        device = generator.device if generator is not None else "cpu"
-        seeds = torch.randint(2**62, (len(pairs),), generator=generator, device=device).tolist()
+    if temperature == 0:
+        seeds = None
+    elif seeds is None:
+        seeds = pair_seeds(len(pairs), generator)
+    elif len(seeds) != len(pairs):
+        raise ValueError(f"generate: {len(seeds)} seeds for {len(pairs)} (prompt, sample) pairs")
     was_training = model.training
     model.eval()
+    progress = Progress("sampling", pairs)
     try:
         return _stream(model, prompts, pairs, seeds, min(max_rows, len(pairs)), max_new_tokens,
-                       temperature, top_k, top_p, eos_id, stop_fn)
+                       temperature, top_k, top_p, eos_id, stop_fn, progress)
     finally:
+        progress.close()
         model.train(was_training)
 
 
@@ -228,7 +270,8 @@ def _check_every(device, stop_fn) -> int:
     return 1 if device.type == "cpu" or stop_fn is not None else CHECK_DONE_EVERY
 
 
-def _stream(model, prompts, pairs, seeds, R, M, temperature, top_k, top_p, eos_id, stop_fn):
+def _stream(model, prompts, pairs, seeds, R, M, temperature, top_k, top_p, eos_id, stop_fn,
+            progress):
     """The decode loop of ``generate``: one Sample per pair, in pair order."""
     weight = model.embed_tokens.weight
     device = weight.device
@@ -266,7 +309,7 @@ def _stream(model, prompts, pairs, seeds, R, M, temperature, top_k, top_p, eos_i
             rows.check_stop(token, active, stop_fn)
         free = []
         if step % check_every == 0:
-            free = rows.harvest(samples)
+            free = rows.harvest(samples, progress)
             if len(free) == len(rows.pair) and admitted == len(pairs):
                 return samples
             if admitted == len(pairs) and 2 * len(free) >= len(rows.pair):
@@ -289,13 +332,13 @@ def _stream(model, prompts, pairs, seeds, R, M, temperature, top_k, top_p, eos_i
 @torch.no_grad()
 def sample_solutions(policy, tok, problems: list[dict], *, n: int, temperature: float,
                      top_k: int | None, max_new_tokens: int, batch_size: int, generator=None,
-                     prompt_fn=format_prompt, answer_fn=extract_answer,
+                     seeds=None, prompt_fn=format_prompt, answer_fn=extract_answer,
                      stop_fn=None) -> list[dict]:
     """n sample records per problem (problem-major), graded against ``answer`` when present.
 
     All problems stream through one ``generate`` call on batch_size * n rows (continuous
     batching: a finished row takes the next sample). Sampling stops at EOS, which is not part
-    of the text.
+    of the text. ``generator`` / ``seeds``: see ``generate``.
     ``prompt_fn`` / ``answer_fn`` / ``stop_fn`` (see ``generate``) switch the format: the
     few-shot baseline uses its own.
     """
@@ -304,7 +347,7 @@ def sample_solutions(policy, tok, problems: list[dict], *, n: int, temperature: 
     prompts = [tok.encode(prompt_fn(p["question"]), bos=True) for p in problems]
     outs = generate(policy, prompts, max_new_tokens, temperature=temperature, top_k=top_k, n=n,
                     eos_id=tok.eos_id, stop_fn=stop_fn, generator=generator,
-                    max_rows=batch_size * n)
+                    max_rows=batch_size * n, seeds=seeds)
     samples = []
     for j, out in enumerate(outs):
         p = problems[j // n]

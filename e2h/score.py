@@ -23,6 +23,7 @@ import torch
 
 from data.format import STEP_SEP, difficulty, format_prompt, format_solution, score_positions
 from e2h.model import RewardModel
+from e2h.sample import Progress
 from e2h.sequences import collate, token_logps
 
 SPLITS = ("easy", "hard", "all")
@@ -39,13 +40,15 @@ def encode_completion(tok, question: str, completion: str) -> tuple[list[int], l
 
 @torch.no_grad()
 def score_completions(rm: RewardModel, tok, prompt_ids: list[list[int]],
-                      completions: list[list[int]], batch_size: int = 16) -> list[dict]:
+                      completions: list[list[int]], batch_size: int = 16,
+                      problem_of: list | None = None) -> list[dict]:
     """Step and outcome probabilities of N completions, ``batch_size`` sequences per forward.
 
     ``prompt_ids[i]`` + ``completions[i]`` is sequence i; it is right-padded, so padding never
     changes a real position's score under causal attention. Sequences are batched longest
     first to waste little on padding. Returns, in input order, dicts
-    {"step_scores": [p_1..p_K], "outcome_score": p | None}.
+    {"step_scores": [p_1..p_K], "outcome_score": p | None}. Rank 0 shows the progress
+    (``problem_of[i]``: the problem of sequence i, for the problems' rate; default one each).
     """
     if len(prompt_ids) != len(completions):
         raise ValueError(f"score_completions: {len(prompt_ids)} prompts for "
@@ -54,6 +57,7 @@ def score_completions(rm: RewardModel, tok, prompt_ids: list[list[int]],
     seqs = [list(p) + list(c) for p, c in zip(prompt_ids, completions)]
     order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i]))
     scores = [None] * len(seqs)
+    progress = Progress("scoring", problem_of or list(range(len(seqs))))
     for s in range(0, len(order), batch_size):
         rows = order[s:s + batch_size]
         tokens = collate([seqs[i] for i in rows], tok.pad_id).to(device)   # (B, T)
@@ -63,6 +67,8 @@ def score_completions(rm: RewardModel, tok, prompt_ids: list[list[int]],
             off = len(prompt_ids[i])
             scores[i] = {"step_scores": [p[off + k] for k in steps],
                          "outcome_score": p[off + answer] if answer is not None else None}
+        progress.done(rows)
+    progress.close()
     return scores
 
 
@@ -70,7 +76,8 @@ def score_samples(rm: RewardModel, tok, samples: list[dict], batch_size: int = 1
     """Fill in ``step_scores`` / ``outcome_score`` of every sample record (in place), one pass."""
     encoded = [encode_completion(tok, s["question"], s["completion"]) for s in samples]
     prompts, completions = [e[0] for e in encoded], [e[1] for e in encoded]
-    for s, sc in zip(samples, score_completions(rm, tok, prompts, completions, batch_size)):
+    ids = [s["id"] for s in samples]
+    for s, sc in zip(samples, score_completions(rm, tok, prompts, completions, batch_size, ids)):
         s.update(sc)
     return samples
 

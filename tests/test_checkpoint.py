@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
-from e2h.checkpoint import check_tokenizer, load_model, save_model
+from e2h.checkpoint import check_tokenizer, load_model, main, save_model
 from e2h.model import ModelArgs, RewardModel, Transformer
 from e2h.tokenizer import train_tokenizer
 
@@ -224,6 +224,51 @@ def test_sequence_classification_reward_model_loads_scored_like_hf(tmp_path):
     cfg_out = json.loads((tmp_path / "rm" / "config.json").read_text())
     assert cfg_out["architectures"] == ["LlamaForTokenClassification"]
     assert torch.equal(load_model(tmp_path / "rm")(TOKENS), rm(TOKENS))
+
+
+def test_two_label_token_classifier_is_a_prm_reading_label_1(tmp_path):
+    # TRL's PRM: AutoModelForTokenClassification with two labels, label 1 = "step is correct"
+    cfg = {**HF_CONFIG, "architectures": ["LlamaForTokenClassification"],
+           "id2label": {"0": "LABEL_0", "1": "LABEL_1"}}
+    sd = hf_state(cfg)
+    del sd["lm_head.weight"]
+    sd["score.weight"] = torch.zeros(2, 32, dtype=torch.bfloat16)
+    sd["score.bias"] = torch.tensor([0.5, 2.0], dtype=torch.bfloat16)   # logits (0.5, 2.0) everywhere
+    write_hf_checkpoint(tmp_path / "const", cfg, sd)
+    rm = load_model(tmp_path / "const", dtype=torch.float32)
+    # softmax(0.5, 2.0)[1] = e^2 / (e^0.5 + e^2) = 1 / (1 + e^-1.5) = 0.8175744761936437
+    p = torch.sigmoid(rm(TOKENS))
+    torch.testing.assert_close(p, torch.full_like(p, 0.8175744761936437), rtol=0, atol=1e-6)
+    sd["score.weight"] = (torch.randn(2, 32, generator=torch.Generator().manual_seed(1))
+                          ).to(torch.bfloat16)
+    write_hf_checkpoint(tmp_path / "trl", cfg, sd)
+    rm = load_model(tmp_path / "trl", dtype=torch.float32)
+    logits = hf_llama_hidden(sd, cfg, TOKENS[0]) @ sd["score.weight"].double().T + sd[
+        "score.bias"].double()                                          # (T, 2), HF's logits
+    torch.testing.assert_close(torch.sigmoid(rm(TOKENS)[0]).double(), logits.softmax(-1)[:, 1],
+                               rtol=0, atol=1e-5)                     # float32 trunk, as above
+
+
+def test_two_label_export_gives_the_same_probabilities_as_softmax_label_1(tmp_path):
+    rm = RewardModel(tiny())
+    torch.nn.init.normal_(rm.score.weight)
+    torch.nn.init.normal_(rm.score.bias)
+    save_model(rm, tmp_path / "rm")
+    (tmp_path / "rm" / "tokenizer.json").write_text("{}")
+    main(["--two-labels", str(tmp_path / "rm"), str(tmp_path / "trl")])
+    head = load_file(tmp_path / "trl" / "model.safetensors")
+    assert torch.equal(head["score.weight"][0], torch.zeros(32)) and head["score.bias"][0] == 0
+    cfg = json.loads((tmp_path / "trl" / "config.json").read_text())
+    assert (cfg["num_labels"], cfg["id2label"]) == (2, {"0": "incorrect", "1": "correct"})
+    assert (tmp_path / "trl" / "tokenizer.json").read_text() == "{}"
+    loaded = load_model(tmp_path / "trl")
+    logits = loaded.score(loaded.trunk.hidden(TOKENS))                 # (1, T, 2), HF's logits
+    torch.testing.assert_close(logits.softmax(-1)[..., 1], torch.sigmoid(rm(TOKENS)),
+                               rtol=0, atol=1e-6)
+    torch.testing.assert_close(loaded(TOKENS), rm(TOKENS), rtol=0, atol=1e-6)
+    with raises(ValueError, tmp_path / "rm" / "config.json", "a policy"):
+        save_model(tiny(), tmp_path / "rm")
+        main(["--two-labels", str(tmp_path / "rm"), str(tmp_path / "x")])
 
 
 @pytest.mark.parametrize("patch, words", [

@@ -1,6 +1,7 @@
 """e2h/distributed.py: one process without a process group, and two gloo ranks under torchrun
-(FSDP2 gradients, parameters gathered once for sampling, state export, a sharded run that
-matches one process, stops on a SIGTERM to torchrun and resumes on another number of ranks)."""
+(FSDP2 gradients, parameters gathered once for sampling, state export, e2h.evaluate spread over
+the ranks writing what one process writes, a sharded run that matches one process, stops on a
+SIGTERM to torchrun and resumes on another number of ranks)."""
 import json
 import os
 import subprocess
@@ -10,8 +11,12 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
+from data.format import format_prompt
 from e2h import distributed as dist
-from e2h.model import ModelArgs, Transformer
+from e2h import evaluate
+from e2h.checkpoint import save_model
+from e2h.model import ModelArgs, RewardModel, Transformer
+from e2h.tokenizer import train_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore", "PYTHONPATH": str(ROOT)}
@@ -98,15 +103,70 @@ gathered = dist.all_gather_objects([r] * (r + 1))
 if r == 0:
     print(json.dumps({"grad": grad, "frozen": frozen, "forward": forward, "greedy": greedy,
                       "state": state, "rm_export": rm_export, "sums": sums, "gathered": gathered}))
+from e2h import evaluate   # each rank samples and scores its share of the problems
+argv = json.loads(sys.argv[2])
+evaluate.main(argv[0])
+evaluate.main(argv[1])     # and re-scores its share of the samples
 dist.shutdown()
 '''
 
 
-def test_two_gloo_ranks_fsdp2_gradients_gathered_sampling_and_export(tmp_path):
+def evaluations(tmp_path, out: str) -> list[list[str]]:
+    """e2h.evaluate's two commands (sample, score and re-rank; re-score the samples) on five
+    problems with a tiny policy and a reward model whose head is not zero."""
+    m = tmp_path / "models"
+    if not m.exists():
+        questions = [f"Start at {k}. Add 5." for k in range(5)]
+        tok = train_tokenizer([format_prompt(q) + "x = 12\n\n# Answer\n\n12" for q in questions],
+                              m / "tokenizer.json", vocab_size=60)
+        torch.manual_seed(0)
+        policy = Transformer(ModelArgs.from_name("tiny", vocab_size=tok.vocab_size))
+        rm = RewardModel.from_policy(policy)
+        torch.nn.init.normal_(rm.score.weight)
+        save_model(policy, m / "policy")
+        save_model(rm, m / "rm")
+        (m / "problems.jsonl").write_text("".join(json.dumps(
+            {"id": f"p{k}", "question": q, "answer": "12", "level": 1 + k}) + "\n"
+            for k, q in enumerate(questions)))
+        # samples with steps and answers to score (a random policy writes neither)
+        (m / "samples.jsonl").write_text("".join(json.dumps(
+            {"id": f"p{k}", "question": q, "level": 1 + k, "answer": str(10 + j),
+             "correct": j == 2, "completion": f"x = {k}\n\nx + {j} = 1{j}\n\n# Answer\n\n1{j}"})
+            + "\n" for k, q in enumerate(questions) for j in range(3)))
+    common = ["--tokenizer", str(m / "tokenizer.json"), "--max-new-tokens", "6", "--n-subsets",
+              "2", "--device", "cpu"]
+    return [["--policy", str(m / "policy"), "--rm", str(m / "rm"), "--data",
+             str(m / "problems.jsonl"), "--n", "3", "--out", f"{tmp_path / out}/eval", *common],
+            ["--samples", str(m / "samples.jsonl"), "--rm", f"prm={m / 'rm'}",
+             "--confidence", str(m / "policy"), "--out", f"{tmp_path / out}/rescore", *common]]
+
+
+def evaluation_files(folder) -> dict:
+    table = json.loads((folder / "eval" / "table.json").read_text())
+    del table["args"]
+    return {"table": table, **{name: (folder / "eval" / name).read_text()
+                               for name in ("samples.jsonl", "greedy.jsonl")},
+            "rerank": (folder / "rescore" / "rerank.json").read_text()}
+
+
+def test_two_gloo_ranks_fsdp2_gradients_gathered_sampling_evaluate_and_export(tmp_path):
     script = tmp_path / "check.py"
     script.write_text(SCRIPT)
-    result = run(TORCHRUN + [str(script), str(tmp_path / "rm")])
-    out = json.loads(result.stdout.strip().splitlines()[-1])
+    for argv in evaluations(tmp_path, "one"):   # one process, as the reference
+        evaluate.main(argv)
+    result = run(TORCHRUN + [str(script), str(tmp_path / "rm"),
+                             json.dumps(evaluations(tmp_path, "two"))])
+    one, two = evaluation_files(tmp_path / "one"), evaluation_files(tmp_path / "two")
+    assert len(one["samples.jsonl"].splitlines()) == 15 and one["table"]["ns"] == [1, 2, 3]
+    assert len(json.loads(one["rerank"])["prm"]["methods"]["best_of_n"]["3"]["all"]) == 2
+    assert two == one
+    # rank 0 alone shows its progress: 3 problems of 5 (9 samples), 8 samples of 15 re-scored
+    bars = [x.strip() for x in result.stderr.replace("\r", "\n").splitlines()
+            if x.startswith(("sampling:", "scoring:"))]
+    assert any(x.startswith("sampling:") and " 0/9 [" in x and "sample/s" in x for x in bars)
+    assert any(x.startswith("scoring:") and " 0/8 [" in x for x in bars)
+    assert not [x for x in bars if any(f" 0/{k} [" in x for k in (2, 6, 7, 15))], bars
+    out = json.loads(next(x for x in result.stdout.splitlines() if x.startswith('{"grad"')))
     assert out["grad"] < 1e-6 and out["frozen"]
     assert out["forward"] < 1e-6 and out["greedy"]
     assert out["state"] == 0.0 and out["rm_export"] == 0.0

@@ -102,7 +102,7 @@ def test_sample_solutions_records(tok, monkeypatch):
     calls = []
 
     def fake_generate(model, prompts, max_new_tokens, temperature, top_k, n, eos_id, stop_fn, generator,
-                      max_rows):
+                      max_rows, seeds):
         calls.append((len(prompts), n, temperature, top_k, eos_id, max_rows))
         assert prompts == [tok.encode(format_prompt(p["question"]), bos=True) for p in PROBLEMS]
         # sample 0 answers 12 and ends with EOS; sample 1 is cut by the length limit

@@ -7,11 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from data.format import difficulty, is_easy, tokenize_rm, tokenize_sft
+from data.format import difficulty, format_solution, is_easy, tokenize_rm, tokenize_sft
 from data.prm800k import load_prm800k_raw, load_prm800k_steptree
 from data.readers import (load_gsm8k, load_math, load_math_shepherd, load_metamath,
                           math_validation_split, parse_level, read_jsonl, split_paragraphs,
                           write_jsonl)
+from data.sources import data_format, read_data
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -253,6 +254,33 @@ def test_math_shepherd(tmp_path):
     bad = {"input": "Q Step 1: a \u043a\u0438\nStep 2: b \u043a\u0438", "label": "Q Step 1: a +\nStep 2: c +"}
     with pytest.raises(ValueError, match=r"s\.jsonl:1: 'label' does not match 'input' at step 2"):
         load_math_shepherd(write_lines(tmp_path / "s.jsonl", [bad]))
+
+
+def test_trl_stepwise_rows_are_prm_examples_with_levels_from_math(tmp_path):
+    # TRL's PRM rows (its Math-Shepherd conversion keeps "Step k:" and the closing answer line)
+    rows = [{"prompt": "What is 2 + 3 * 4? ", "labels": [True, False, True],
+             "completions": ["Step 1: 3 * 4 = 12.", "Step 2: 2 + 12 = 15.", "The answer is: 15"]},
+            {"prompt": "Not a MATH problem", "completions": ["a"], "labels": [False]}]
+    path = write_lines(tmp_path / "trl_prm.jsonl", rows)
+    assert data_format(path) == "stepwise"
+    with pytest.raises(ValueError, match=r"trl_prm\.jsonl: stepwise PRM rows .* no level; give "
+                                         r"--math-problems"):
+        read_data([path])
+    math = write_lines(tmp_path / "math.jsonl", [{
+        "problem": "What is 2 + 3 * 4?", "solution": "$\\boxed{14}$", "answer": "14",
+        "subject": "Prealgebra", "level": "Level 2", "unique_id": "test/prealgebra/1.json"}])
+    first, second = read_data([path], math)["rm"]
+    assert (first["question"], first["level"], second["level"]) == ("What is 2 + 3 * 4?", 2, None)
+    assert (first["step_labels"], first["answer"], first["outcome_label"]) == ([1, 0, 1], None, None)
+    assert format_solution(first["steps"], first["answer"]) == (
+        "Step 1: 3 * 4 = 12.\n\nStep 2: 2 + 12 = 15.\n\nThe answer is: 15")
+    bad = [{"prompt": "Q", "completions": ["a", "b"], "labels": [True]},
+           {"prompt": "Q", "completions": ["a"], "labels": ["+"]},
+           {"prompt": [{"role": "user", "content": "Q"}], "completions": ["a"], "labels": [True]}]
+    for row, words in zip(bad, ["2 completions but 1 labels", "'labels' must be a list of true",
+                                "'prompt' must be a string"]):
+        with pytest.raises(ValueError, match=rf"b\.jsonl:1: {words}"):
+            read_data([write_lines(tmp_path / "b.jsonl", [row])], math)
 
 
 # ---------------------------------------------------------------------------- smoke path

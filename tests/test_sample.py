@@ -7,7 +7,8 @@ import torch.nn.functional as F
 import e2h.sample as sample_mod
 from e2h.kv_cache import KVCache
 from e2h.model import ModelArgs, Transformer
-from e2h.sample import Sample, filter_logits, generate, inverse_cdf
+from e2h import distributed as dist
+from e2h.sample import Progress, Sample, filter_logits, generate, inverse_cdf, pair_seeds
 
 PROMPTS = [[1, 5, 9], [1, 7, 3, 12, 40, 8, 2], [1, 30, 31, 32, 33]]   # lengths 3, 7, 5
 
@@ -158,6 +159,25 @@ def test_a_seed_reproduces_samples_whatever_the_number_of_rows(model):
                                    torch.tensor([s.logps for s in first]), rtol=0, atol=1e-5)
     assert [s.tokens for s in run(4, 12)] != [s.tokens for s in first]
     assert len({tuple(s.tokens) for s in first[:4]}) > 1           # independent draws
+    # a share of the prompts with its pairs' seeds samples what the whole call did (a rank's share)
+    seeds = pair_seeds(12, torch.Generator().manual_seed(3))
+    share = generate(model, PROMPTS[1:], max_new_tokens=6, n=4, seeds=seeds[4:])
+    assert [s.tokens for s in share] == [s.tokens for s in first[4:]]
+    with pytest.raises(ValueError, match="3 seeds for 8"):
+        generate(model, PROMPTS[1:], max_new_tokens=6, n=4, seeds=seeds[:3])
+
+
+def test_progress_counts_a_problem_when_its_last_sample_is_done(monkeypatch):
+    progress = Progress("sampling", [0, 0, 1, 2])      # problem of each sample
+    progress.done([0])
+    progress.done([])
+    assert (progress.problems, progress.bar.n) == (0, 1)
+    progress.done([2, 1])                               # problem 1, then problem 0 complete
+    assert (progress.problems, progress.bar.n) == (2, 3)
+    assert progress.bar.postfix.startswith("2/3 problems, ") and "problems/s" in progress.bar.postfix
+    progress.close()
+    monkeypatch.setattr(dist, "is_main", lambda: False)
+    assert Progress("sampling", [0]).bar.disable          # ranks other than 0 stay silent
 
 
 def test_inverse_cdf_by_hand():

@@ -9,6 +9,7 @@ import math
 import os
 import subprocess
 import sys
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
@@ -158,6 +159,12 @@ def test_rl_from_the_cached_policy_and_prm(runs, algo, extra, n_steps):
     policy = json.loads((runs / algo / "args.json").read_text())["policy"]
     assert changed(weights(policy), weights(runs / algo / "model"), "model.layers.0.mlp.up_proj.weight")
     check_metrics(runs / algo, n_steps, "lr" if algo == "ppo" else "learning_rate")   # TRL's keys
+    # the run's curves, written as it ends: the loss of every step and the algorithm's signals
+    svg = ET.parse(runs / algo / "curves.svg").getroot()
+    series = {g.get("data-key"): g.get("data-steps") for g in svg.iter()
+              if g.get("class") == "series"}
+    assert series["loss"] == ",".join(str(x["step"]) for x in steps(runs / algo))
+    assert {"ppo": "objective/kl", "dpo": "rewards/margins", "rest": "learning_rate"}[algo] in series
 
 # ----------------------------------------------------------------------------- resume, guards
 
