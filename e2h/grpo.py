@@ -137,6 +137,27 @@ def score_completion(tok, problem: dict, ids: list[int], probs: torch.Tensor, pr
             step_probs, grid, text)
 
 
+def rollout_metrics(grouped: torch.Tensor, prm: torch.Tensor, bonus: torch.Tensor, samples,
+                    texts: list[str], problems: list[dict]) -> dict:
+    """What a step's completions scored, under TRL GRPOTrainer's names; grouped rewards (N, G),
+    the rest one entry per completion."""
+    rewards = grouped.reshape(-1)
+    lengths = torch.tensor([len(s.tokens) for s in samples], dtype=torch.float32)   # EOS in
+    finished = torch.tensor([float(s.finished) for s in samples])
+    answers = [parse_solution(t)[1] for t in texts]
+    graded = [grade_answer(a, p["answer"]) for a, p in zip(answers, problems) if p.get("answer")]
+    return {"reward": rewards.mean().item(), "reward_std": rewards.std().item(),
+            "frac_reward_zero_std": (grouped == grouped[:, :1]).all(-1).float().mean().item(),
+            "rewards/prm/mean": prm.mean().item(), "rewards/prm/std": prm.std().item(),
+            "rewards/answer/mean": bonus.mean().item(), "rewards/answer/std": bonus.std().item(),
+            "completions/mean_length": lengths.mean().item(),
+            "completions/min_length": lengths.min().item(),
+            "completions/max_length": lengths.max().item(),
+            "completions/clipped_ratio": 1.0 - finished.mean().item(),   # cut by max_new_tokens
+            "answer/accuracy": sum(graded) / max(len(graded), 1),
+            "answer/format": sum(a is not None for a in answers) / len(answers)}
+
+
 @torch.no_grad()
 def sample_groups(policy, ref_model, reward_model, tok, problems: list[dict], *, group_size: int,
                   temperature: float, top_k: int | None, max_new_tokens: int, batch_size: int,
@@ -172,22 +193,8 @@ def sample_groups(policy, ref_model, reward_model, tok, problems: list[dict], *,
         advantages = group_advantages(rewards.view(-1, G), scale_rewards).view(-1, 1)
     advantages = advantages.to(device) * mask                               # (B, T-1)
 
-    grouped = rewards.view(-1, G)                                           # (N, G)
-    lengths = torch.tensor([len(s.tokens) for s in samples], dtype=torch.float32)
-    finished = torch.tensor([s.finished for s in samples])
-    answers = [parse_solution(x[5])[1] for x in parts]
-    graded = [grade_answer(a, problems[b // G]["answer"]) for b, a in enumerate(answers)
-              if problems[b // G].get("answer")]
-    metrics = {"reward": rewards.mean().item(), "reward_std": rewards.std().item(),
-               "frac_reward_zero_std": (grouped == grouped[:, :1]).all(-1).float().mean().item(),
-               "rewards/prm/mean": prm.mean().item(), "rewards/prm/std": prm.std().item(),
-               "rewards/answer/mean": bonus.mean().item(), "rewards/answer/std": bonus.std().item(),
-               "completions/mean_length": lengths.mean().item(),
-               "completions/min_length": lengths.min().item(),
-               "completions/max_length": lengths.max().item(),
-               "completions/clipped_ratio": 1.0 - finished.float().mean().item(),
-               "answer/accuracy": sum(graded) / max(len(graded), 1),
-               "answer/format": sum(a is not None for a in answers) / len(answers)}
+    metrics = rollout_metrics(rewards.view(-1, G), prm, bonus, samples,
+                              [x[5] for x in parts], [problems[b // G] for b in range(len(parts))])
     batch = {"tokens": tokens, "mask": mask, "logps": logps, "ref_logps": ref_logps,
              "advantages": advantages, "rewards": rewards.to(device), "temperature": temperature}
     return batch, metrics

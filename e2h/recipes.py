@@ -325,6 +325,9 @@ def train_ppo(run) -> dict:
 def train_grpo(run) -> dict:
     args, W = run.args, dist.world_size()
     G = args.group_size
+    if G < 2:
+        raise ValueError(f"--group-size {G}: GRPO needs at least 2 completions per problem "
+                         "(a group of one is its own baseline: every advantage is 0)")
     if args.rollouts % (G * W) or args.rollouts % args.batch_size or args.batch_size % W:
         raise ValueError(f"--rollouts {args.rollouts} must be a multiple of --group-size {G} x "
                          f"{W} ranks and of --batch-size {args.batch_size}, itself a multiple "
