@@ -1,4 +1,4 @@
-"""Train one stage of easy-to-hard generalization: sft, orm, prm, oprm, dpo, ppo or rest.
+"""Train one stage of easy-to-hard generalization: sft, orm, prm, oprm, dpo, ppo, rest or grpo.
 
     python train.py --algo sft                        # embedded default: synthetic curriculum, CPU
     torchrun --nproc_per_node=2 train.py --algo dpo   # trains the SFT and PRM stages it needs first
@@ -21,8 +21,8 @@ A stage that an algorithm needs and was not given is trained first into
 
 Every supervised algorithm (sft, the reward models, each DPO and ReST-EM iteration) runs the same
 loop (e2h/loop.py): a seeded permutation of the data per epoch, gradient accumulation up to the
-global batch, AdamW, warmup then cosine learning rate, gradient clipping; PPO alternates rollouts
-and updates through the same step bookkeeping. What each algorithm builds and trains on is in
+global batch, AdamW, warmup then cosine learning rate, gradient clipping; PPO and GRPO alternate
+rollouts and updates through the same step bookkeeping. What each algorithm builds and trains on is in
 e2h/recipes.py, its data in data/sources.py, its flags in e2h/flags.py, the regime defaults of
 unset flags in e2h/defaults.py; under torchrun, e2h/distributed.py shards every model with FSDP2.
 """
@@ -54,15 +54,17 @@ NOT_HASHED = ("out", "resume", "overwrite", "allow_changed_flags", "stop_after",
 # what a resume may change freely: those (but the closing evaluation's size) and how a batch is
 # split into micro-batches, which follows the number of ranks and changes only float rounding
 NEUTRAL = (*NOT_HASHED[:-1], "micro_batch_size")
-RL = ("dpo", "ppo", "rest")
+RL = ("dpo", "ppo", "rest", "grpo")
 # flags only some algorithms read: a stage's cache key leaves out the flags it never uses, so
 # changing DPO's beta (or its default) reuses the cached SFT and PRM stages
 USED_BY = {"beta": ("dpo",), "rpo_alpha": ("dpo",), "pair_gap": ("dpo",), "max_pairs": ("dpo",), "hard_gap": ("dpo",),
            "max_per_problem": ("rest",), "hard_threshold": ("rest",), "iterations": ("dpo", "rest"),
-           "ppo_steps": ("ppo",), "rollouts": ("ppo",), "kl_coef": ("ppo",), "clip": ("ppo",),
+           "ppo_steps": ("ppo",), "rollouts": ("ppo", "grpo"), "kl_coef": ("ppo", "grpo"),
+           "clip": ("ppo", "grpo"), "grpo_steps": ("grpo",), "group_size": ("grpo",),
+           "no_scale_rewards": ("grpo",), "process_advantages": ("grpo",),
            "value_clip": ("ppo",), "vf_coef": ("ppo",),
            "value_lr": ("ppo",), "value_warmup_steps": ("ppo",), "no_process_reward": ("ppo",),
-           "eval_every": ("ppo", "sft"), "answer_levels": RL, "reward_model": RL,
+           "eval_every": ("ppo", "sft", "grpo"), "answer_levels": RL, "reward_model": RL,
            "validation_data": RL,
            "samples": recipes.RM_ALGOS}
 
@@ -144,7 +146,7 @@ def run_in(out: Path, args, device) -> int:
     """The run of ``args`` in the folder ``out``, which this process holds."""
     # before any stage is trained for it: may this run use --out, and from which checkpoint
     resume_from, changes = runfolder.claim(out, args, NEUTRAL, pending=("policy", "reward_model"))
-    if args.algo in ("dpo", "ppo") or (args.algo == "rest" and args.hard_threshold is not None):
+    if args.algo in ("dpo", "ppo", "grpo") or (args.algo == "rest" and args.hard_threshold is not None):
         args.policy = args.policy or required_stage(args, "sft", "policy")
         args.reward_model = args.reward_model or required_stage(
             args, "prm", "reward-model", ["--policy", args.policy])

@@ -21,7 +21,12 @@ PAPER = {   # PAPER.md, Llemma-7B
     "rest": dict(lr=2e-5, batch_size=128, epochs=1, max_len=1024, iterations=2, n_samples=32,
                  top_k=40, temperature=1.0),
     "ppo": dict(lr=2e-5, batch_size=64, epochs=1, max_len=1024, ppo_steps=500, rollouts=512,
-                top_k=50, temperature=0.7, eval_every=10),   # validated every 10 steps
+                top_k=50, temperature=0.7, eval_every=10, kl_coef=0.01),   # validated every 10
+    # GRPO is not in the paper: DeepSeekMath's GRPO (Shao et al. 2024, Sec. 4.2) used lr 1e-6,
+    # beta 0.04, one update per batch; G = 8 is TRL's num_generations (DeepSeekMath: 64), and
+    # 512 completions per step and the validation cadence are the paper's PPO's
+    "grpo": dict(lr=1e-6, batch_size=64, epochs=1, max_len=1024, grpo_steps=500, rollouts=512,
+                 group_size=8, top_k=0, temperature=1.0, eval_every=10, kl_coef=0.04),
 }
 EMBEDDED = {   # the small preset from scratch on the synthetic curriculum, 2 CPU cores
     "sft": dict(lr=3e-3, batch_size=64, epochs=3, n_problems=3000),
@@ -37,13 +42,17 @@ EMBEDDED = {   # the small preset from scratch on the synthetic curriculum, 2 CP
     "rest": dict(lr=1e-4, batch_size=32, epochs=1, n_problems=200, iterations=2, n_samples=8,
                  top_k=0, temperature=1.0),
     "ppo": dict(lr=1e-5, batch_size=16, epochs=1, n_problems=200, ppo_steps=30, rollouts=64,
-                top_k=50, temperature=0.7, eval_every=10),
+                top_k=50, temperature=0.7, eval_every=10, kl_coef=0.01),
+    # provisional, not swept: PPO's lr and step budget (64 completions: 8 problems x G = 8),
+    # sampled at temperature 1 so that a group's completions differ
+    "grpo": dict(lr=1e-5, batch_size=16, epochs=1, n_problems=200, grpo_steps=30, rollouts=64,
+                 group_size=8, top_k=0, temperature=1.0, eval_every=10, kl_coef=0.01),
 }
 # Which synthetic problems each stage draws (data/synthetic.py's roles, disjoint by canonical
 # key): SFT and the reward models' samples share "sft" (in the paper PRM800K feeds both), RL
 # draws "rl", never a problem SFT saw; validation and test problems are their own roles.
 ROLE = {"sft": "sft", "orm": "sft", "prm": "sft", "oprm": "sft",
-        "dpo": "rl", "rest": "rl", "ppo": "rl"}
+        "dpo": "rl", "rest": "rl", "ppo": "rl", "grpo": "rl"}
 # OPRM trains on the union of ORM and PRM data, with the ORM's settings (PAPER.md); on the
 # embedded default every reward model samples its own data the same way
 PAPER["oprm"] = PAPER["orm"]
@@ -78,8 +87,8 @@ def fill_defaults(args):
     for key, value in {**COMMON[args.hparams], **table}.items():
         if getattr(args, key, None) is None:
             setattr(args, key, value)
-    if args.levels is None:   # PAPER.md: the best PPO row trains on all problems
-        levels = LEVELS if args.algo == "ppo" else EASY_LEVELS
+    if args.levels is None:   # PAPER.md: the best PPO row trains on all problems (GRPO too)
+        levels = LEVELS if args.algo in ("ppo", "grpo") else EASY_LEVELS
         args.levels = ",".join(map(str, levels))
     if args.answer_levels is None:
         args.answer_levels = ",".join(map(str, EASY_LEVELS))

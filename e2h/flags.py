@@ -15,7 +15,7 @@ import sys
 from e2h import defaults, recipes
 from e2h import distributed as dist
 
-ALGOS = ("sft", "orm", "prm", "oprm", "ppo", "dpo", "rest")
+ALGOS = ("sft", "orm", "prm", "oprm", "ppo", "dpo", "rest", "grpo")
 # what a run's args.json records about how its command treated the folder, not what it trained:
 # repeating the run from that file leaves them out (a repeat never resumes or overwrites)
 FOLDER_FLAGS = ("resume", "overwrite", "allow_changed_flags", "stop_after")
@@ -41,7 +41,7 @@ def non_negative(kind):
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="train.py", description="Train one stage of easy-to-hard "
-                                "generalization: sft, orm, prm, oprm, dpo, ppo or rest.")
+                                "generalization: sft, orm, prm, oprm, dpo, ppo, rest or grpo.")
     add, d = p.add_argument, defaults.describe   # d(flag): the paper's and the embedded defaults
     # algorithm and run
     add("--config", default=argparse.SUPPRESS, metavar="FILE.json", help="flags from a JSON "
@@ -70,9 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
     add("--preset", default="small", help="ModelArgs preset when no --model is given")
     add("--tokenizer", default=None, help="tokenizer.json (default: the one beside --policy or "
         "--model, else one trained on the synthetic corpus)")
-    add("--policy", default=None, help="SFT policy directory: what dpo/ppo/rest train and "
+    add("--policy", default=None, help="SFT policy directory: what dpo/ppo/rest/grpo train and "
         "orm/prm/oprm sample from (default: train the SFT stage first)")
-    add("--reward-model", default=None, help="easy-trained PRM directory for dpo/ppo (default: "
+    add("--reward-model", default=None, help="easy-trained PRM directory for dpo/ppo/grpo (default: "
         "train the PRM stage first)")
     add("--unfreeze-embeddings", action="store_true", help="also train embeddings, norms and LM "
         "head (the paper freezes them; a randomly initialized model always trains them)")
@@ -83,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("--math-problems", default=None, help="MATH problems jsonl: answers and levels for "
         "PRM800K / Math-Shepherd / stepwise rows, and problems to sample from")
     add("--levels", default=None, help="levels trained on, like 1,2,3, or all (default: 1,2,3; "
-        "ppo 1,2,3,4,5)")
+        "ppo and grpo 1,2,3,4,5)")
     add("--answer-levels", default=None, help="levels whose final answers RL may use "
         "(default: the easy levels 1,2,3)")
     add("--n-problems", type=non_negative(int), default=None,
@@ -92,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     # optimization
     add("--lr", type=positive(float), default=None, help="peak learning rate; " + d("lr"))
     add("--batch-size", type=positive(int), default=None, help="global batch of sequences "
-        "(pairs for dpo, minibatch for ppo); " + d("batch_size"))
+        "(pairs for dpo, minibatch for ppo and grpo); " + d("batch_size"))
     add("--micro-batch-size", type=positive(int), default=None, help="rows per rank and forward; "
         "gradient accumulation fills the global batch (default: batch / ranks)")
     add("--epochs", type=positive(float), default=None, help="epochs per phase; " + d("epochs"))
@@ -133,8 +133,9 @@ def build_parser() -> argparse.ArgumentParser:
     # ppo
     add("--ppo-steps", type=positive(int), default=None, help="PPO steps; " + d("ppo_steps"))
     add("--rollouts", type=positive(int), default=None, help="rollouts per PPO step; " + d("rollouts"))
-    add("--kl-coef", type=non_negative(float), default=0.01, help="PPO KL coefficient beta")
-    add("--clip", type=positive(float), default=0.2, help="PPO ratio clip")
+    add("--kl-coef", type=non_negative(float), default=None, help="PPO's KL coefficient; GRPO's "
+        "beta, the weight of the per-token k3 KL in its loss; " + d("kl_coef"))
+    add("--clip", type=positive(float), default=0.2, help="PPO and GRPO ratio clip")
     add("--value-clip", type=positive(float), default=0.2, help="PPO value clip")
     add("--value-lr", type=positive(float), default=None,
         help="PPO: the value model's learning rate, on --lr's schedule (default: --lr)")
@@ -142,6 +143,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="PPO: the first N steps train the value model only, the policy stays as it is")
     add("--vf-coef", type=non_negative(float), default=0.1, help="PPO value-loss coefficient")
     add("--no-process-reward", action="store_true", help="PPO on the final-answer reward only")
+    # grpo (also reads --rollouts, --kl-coef, --clip, --epochs: its passes over a batch)
+    add("--grpo-steps", type=positive(int), default=None, help="GRPO steps; " + d("grpo_steps"))
+    add("--group-size", type=positive(int), default=None, help="GRPO: completions per problem "
+        "(G); --rollouts completions per step make --rollouts / G problems; " + d("group_size"))
+    add("--no-scale-rewards", action="store_true", help="GRPO: advantages are reward - group "
+        "mean, not divided by the group's std (Dr. GRPO)")
+    add("--process-advantages", action="store_true", help="GRPO: per-token advantages from the "
+        "PRM's step scores normalised over the group (DeepSeekMath's process supervision)")
     # checkpoints and evaluation
     add("--save-every", type=non_negative(int), default=0,
         help="checkpoint every N steps (0: at the end of each phase only)")
@@ -149,10 +158,11 @@ def build_parser() -> argparse.ArgumentParser:
     add("--eval-problems", type=non_negative(int), default=None, help="synthetic problems per "
         "level for the closing greedy accuracy, 0: off; " + d("eval_problems"))
     add("--eval-every", type=non_negative(int), default=None,
-        help="sft, ppo: greedy validation every N steps and after the last; the best model "
+        help="sft, ppo, grpo: greedy validation every N steps and after the last; the best model "
         "becomes model/ (0: off); " + d("eval_every"))
-    add("--validation-data", default=None, help="ppo/dpo with real data: the test set (MATH500) "
-        "whose (subject, level) counts the validation split held out of --math-problems matches")
+    add("--validation-data", default=None, help="ppo/dpo/grpo with real data: the test set "
+        "(MATH500) whose (subject, level) counts the validation split held out of "
+        "--math-problems matches")
     return p
 
 

@@ -128,6 +128,8 @@ def run_steps(run, steps: int, start: int, optimizers, step, save, *, iteration:
             shown = {"loss": f"{record['loss']:.4f}"}
             if "objective/rlhf_reward" in record:
                 shown["reward"] = f"{record['objective/rlhf_reward']:.3f}"
+            elif "reward" in record:   # GRPO, TRL's name
+                shown["reward"] = f"{record['reward']:.3f}"
             bar.set_postfix(**shown, tok_s=f"{record['tokens_per_s']:.0f}")
             bar.update()
             saving = k + 1 == steps or (args.save_every and run.step % args.save_every == 0) \

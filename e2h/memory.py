@@ -80,6 +80,10 @@ def roles(st: Setup) -> tuple[dict[str, Model], list[str], dict[str, Model]]:
         if st.process_reward:
             models["reward"] = replace(e, trained=False)
         return models, ["policy", "value"], models
+    if st.algo == "grpo":   # no value model: the group is the baseline
+        models = {"policy": p, "reference": replace(p, trained=False),
+                  "reward": replace(e, trained=False)}
+        return models, ["policy"], models
     models = {"policy": p} | ({"evaluator": replace(e, trained=False)} if e else {})
     return models, ["policy"], models   # dpo, rest
 
@@ -135,19 +139,20 @@ def plan(st: Setup) -> dict:
 def _sample_state(st: Setup, samplers: dict[str, Model], rows: list, W: int, sp: int) -> int:
     """Bytes of the sampling phase (rows appended to ``rows``): samplers' state, the models
     gathered (PPO: the policy alone), the KV cache and decode logits, scoring forwards."""
-    gathered = ["policy"] if st.algo == "ppo" else list(samplers)
+    gathered = ["policy"] if st.algo in ("ppo", "grpo") else list(samplers)
     full = sum(samplers[n].counts()["total"] * sp for n in gathered) if st.fsdp else 0
-    b, n = st.sample_rows, 1 if st.algo in ("ppo", "sft") else st.n_samples
+    # ppo, grpo: --sample-batch-size rows in all, however many samples a prompt has
+    b, n = st.sample_rows, 1 if st.algo in ("ppo", "sft", "grpo") else st.n_samples
     # repeat_interleave(n) builds the n-fold cache while the prompts' one still exists
     cache = kv_cache(st.policy.args, b * n + (b if n > 1 else 0), st.seq_len, sp)
     decode = SCORING_COPIES * 4 * st.policy.args.vocab_size * b * n
-    score_rows = {"ppo": b, "dpo": 2 * b}.get(st.algo, 0)   # reference log-probs of whole rows
+    score_rows = {"ppo": b, "grpo": b, "dpo": 2 * b}.get(st.algo, 0)   # reference log-probs of whole rows
     scoring = SCORING_COPIES * 4 * st.policy.args.vocab_size * score_rows * st.seq_len
     rows += [("sampling: gathered " + " + ".join(gathered) + f" ({'bf16' if sp == 2 else 'fp32'})",
               full),
              (f"sampling: KV cache, {b * n} rows x {st.seq_len} slots", cache),
              ("sampling: logits of decoding / of scoring forwards", max(decode, scoring))]
-    if st.algo == "ppo":   # scoring runs after the policy is sharded again
+    if st.algo in ("ppo", "grpo"):   # scoring runs after the policy is sharded again
         return _state(samplers, W) + max(full + cache + decode, scoring)
     return _state(samplers, W) + full + max(cache + decode, scoring)
 
@@ -228,12 +233,12 @@ def setup_for(args, device) -> Setup:
     base = args.model if args.algo == "sft" else (args.model or args.policy) if rm_trunk else args.policy
     policy = model_of(base, args.preset, frozen_embeddings=frozen and base is not None)
     evaluator = None
-    if args.algo in ("dpo", "ppo") or (args.algo == "rest" and args.hard_threshold is not None):
+    if args.algo in ("dpo", "ppo", "grpo") or (args.algo == "rest" and args.hard_threshold is not None):
         evaluator = model_of(args.reward_model, args.preset, head="score", trained=False,
                              frozen_embeddings=frozen)
     compute = args.dtype if args.dtype != "auto" else ("bfloat16" if device.type == "cuda" else "float32")
     micro = args.micro_batch_size
-    if args.algo == "ppo":
+    if args.algo in ("ppo", "grpo"):
         micro = min(micro, args.batch_size // dist.world_size())
     return Setup(args.algo, policy, evaluator, world=dist.world_size(), fsdp=dist.is_distributed(),
                  compute_bytes=getattr(torch, compute).itemsize, micro_batch=micro,
@@ -270,7 +275,7 @@ def main(argv=None):
     policy = Model(ModelArgs.from_name(a.preset), frozen_embeddings=frozen)
     evaluator = Model(ModelArgs.from_name(a.evaluator or a.preset), head="score", trained=False,
                       lm_head=False, frozen_embeddings=frozen)
-    st = Setup(a.algo, policy, evaluator if a.algo in ("dpo", "ppo", "rerank") else None,
+    st = Setup(a.algo, policy, evaluator if a.algo in ("dpo", "ppo", "grpo", "rerank") else None,
                world=a.world, fsdp=a.algo != "rerank", compute_bytes=2 if a.dtype == "bfloat16" else 4,
                micro_batch=a.micro_batch_size or max(1, hp["batch_size"] // a.world),
                seq_len=a.max_len or hp["max_len"],

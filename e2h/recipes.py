@@ -1,6 +1,6 @@
 """One recipe per algorithm of train.py: which models it builds, what data it trains on, which
 phases it runs (PAPER.md "Generators", "Reward models", "RL"). Wiring only: the objectives live
-in sft.py, rm.py, dpo.py, rest.py and ppo.py, the step bookkeeping in loop.py.
+in sft.py, rm.py, dpo.py, rest.py, ppo.py and grpo.py, the step bookkeeping in loop.py.
 
 - sft: the supervised loop on SFT examples (easy levels).
 - orm / prm / oprm: sample solutions of easy problems from the policy when the data needs it
@@ -10,6 +10,8 @@ in sft.py, rm.py, dpo.py, rest.py and ppo.py, the step bookkeeping in loop.py.
 - dpo / rest: iterations of (sample -> build data -> one phase of the loop). An iteration's data
   is saved in <out>/data/ before its first step, so a resumed run trains on the same examples.
 - ppo: rollout then update, one PPO step at a time; greedy validation keeps the best model.
+- grpo: G completions per problem, group advantages, update (e2h/grpo.py), one step at a time;
+  validated and kept like PPO.
 
 Each returns a dict of closing numbers for train.py's summary line.
 """
@@ -24,7 +26,7 @@ import torch
 from data import sources, synthetic
 from data.format import EASY_LEVELS, HARD_LEVELS
 from e2h import distributed as dist
-from e2h import dpo, ppo, rest, rm, sft
+from e2h import dpo, grpo, ppo, rest, rm, sft
 from e2h.loop import NonFiniteLoss, batch_indices, phase_steps, run_steps, train_phase
 from e2h.defaults import ROLE
 from e2h.model import RewardModel
@@ -317,5 +319,62 @@ def train_ppo(run) -> dict:
     return closing(run, policy, best, before)
 
 
+# ----------------------------------------------------------------------------- grpo
+
+
+def train_grpo(run) -> dict:
+    args, W = run.args, dist.world_size()
+    G = args.group_size
+    if G < 2:
+        raise ValueError(f"--group-size {G}: GRPO needs at least 2 completions per problem "
+                         "(a group of one is its own baseline: every advantage is 0)")
+    if args.rollouts % (G * W) or args.rollouts % args.batch_size or args.batch_size % W:
+        raise ValueError(f"--rollouts {args.rollouts} must be a multiple of --group-size {G} x "
+                         f"{W} ranks and of --batch-size {args.batch_size}, itself a multiple "
+                         f"of the {W} ranks")
+    policy = load(run, args.policy)
+    reference = load(run, args.policy, trainable=False)
+    reward = load(run, args.reward_model, trainable=False)
+    opt = make_optimizer(policy, args)
+    run.restore(policy, [opt])
+    problems_ = problems(args)
+    steps = min(args.grpo_steps, args.max_steps) if args.max_steps else args.grpo_steps
+    start = run.phase_start(0)
+    start = steps if start is None else start
+    before, best = starting_point(run, policy)
+
+    def step(k: int) -> dict:
+        """G completions of each of this rank's share of step k's problems, then the update."""
+        mine = [problems_[i] for i in batch_indices(len(problems_), k, args.rollouts // G,
+                                                     args.seed)]
+        with run.autocast():
+            batch, metrics = grpo.sample_groups(
+                policy, reference, reward, run.tok, shard_of(mine), group_size=G,
+                temperature=args.temperature, top_k=args.top_k or None,
+                max_new_tokens=args.max_new_tokens, batch_size=args.sample_batch_size,
+                answer_levels=sources.parse_levels(args.answer_levels),
+                scale_rewards=not args.no_scale_rewards, process=args.process_advantages,
+                generator=generator_for(args.seed, "grpo", k, device=run.device))
+            metrics |= grpo.grpo_update(
+                policy, opt, batch, minibatch_size=args.batch_size // W,
+                microbatch_size=min(args.micro_batch_size, args.batch_size // W),
+                epochs=max(1, int(args.epochs)), clip=args.clip, beta=args.kl_coef,
+                max_grad_norm=args.grad_clip,
+                generator=generator_for(args.seed, "grpo-minibatches", k))
+        metrics = dist.all_reduce_mean(metrics)
+        if not math.isfinite(metrics["reward"]):
+            raise NonFiniteLoss(f"GRPO reward is {metrics['reward']}")
+        tokens = dist.all_reduce_sum({"tokens": batch["tokens"].numel()})["tokens"]
+        return {**metrics, "tokens": int(tokens)}
+
+    def save(k: int):
+        run.save(policy, [opt], {"iteration": 0, "phase_step": k + 1, "phase_steps": steps},
+                 export=policy)
+
+    run_steps(run, steps, start, [opt], step, save, desc="grpo",
+              evaluate=validation_every(run, policy, best if args.eval_every else None, steps))
+    return closing(run, policy, best, before)
+
+
 TRAIN = {"sft": train_sft, "orm": train_rm, "prm": train_rm, "oprm": train_rm, "dpo": train_dpo,
-         "rest": train_rest, "ppo": train_ppo}
+         "rest": train_rest, "ppo": train_ppo, "grpo": train_grpo}

@@ -67,7 +67,7 @@ def test_layers():
             assert deps <= {d for d in g if d.startswith("data.")} | {"e2h.grader"}, (m, deps)
         if m not in cli:            # nothing in the library imports a command-line module
             assert not deps & cli, (m, deps & cli)
-    for algo in ("e2h.sft", "e2h.rm", "e2h.dpo", "e2h.ppo", "e2h.rest"):
+    for algo in ("e2h.sft", "e2h.rm", "e2h.dpo", "e2h.ppo", "e2h.rest", "e2h.grpo"):
         assert not g[algo] & {"e2h.recipes", "e2h.run", "e2h.loop"}, algo
     for m in [m for m in g if m.startswith("e2h.kernels.")]:   # attention knows only tensors
         assert all(d.startswith("e2h.kernels.") for d in g[m]), (m, g[m])

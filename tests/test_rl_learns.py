@@ -6,6 +6,11 @@ the wrong token or a reference that moves with the policy would not.
 
 Rollouts stop after the answer's last token (max_new_tokens = its length), so nothing depends
 on the EOS token, which PPO does not train.
+
+GRPO learns from a PRM alone, on two hard questions the PRM scores at different levels
+(``OpinionatedPRM``): only a baseline from each problem's own group takes that level away. With
+the advantage's sign flipped, P(right) falls to about 0.1; with each group's mean and std taken
+from the other problem's group, it stays near 0.6 (both checked once by planting the bug).
 """
 import copy
 import random
@@ -14,7 +19,7 @@ import pytest
 import torch
 
 from data.format import format_prompt
-from e2h import dpo, rest
+from e2h import dpo, grpo, rest
 from e2h.model import ModelArgs, RewardModel, Transformer
 from e2h.ppo import ppo_update
 from e2h.rollout import rollout
@@ -50,9 +55,9 @@ def start(tok):
     return policy
 
 
-def p_right(policy, tok) -> float:
+def p_right(policy, tok, question: str = QUESTION) -> float:
     """P(RIGHT) / (P(RIGHT) + P(WRONG)) under the policy, from exact sequence log-probs."""
-    encoded = [encode_sft(tok, {"question": QUESTION, "completion": c}) for c in (RIGHT, WRONG)]
+    encoded = [encode_sft(tok, {"question": question, "completion": c}) for c in (RIGHT, WRONG)]
     batch = sft_batch([(t[:-1], m[:-1]) for t, m in encoded], tok.pad_id)   # without EOS
     with torch.no_grad():
         p = sequence_logps(policy, batch["tokens"], batch["loss_mask"]).exp()
@@ -112,3 +117,61 @@ def test_rest_learns_the_right_answer(tok, start):
         opt.step()
         opt.zero_grad()
     assert p_right(policy, tok) > 0.9
+
+
+# ----------------------------------------------------------------------------- grpo
+
+QUESTIONS = ("Pick the answer.", "Pick an answer, twice.")
+
+
+@pytest.fixture(scope="module")
+def two_questions(tmp_path_factory):
+    """A tokenizer of both questions and a policy SFT'd on both answers of each (P ~0.5)."""
+    texts = [format_prompt(q) + c for q in QUESTIONS for c in (RIGHT, WRONG)] * 3
+    tok = train_tokenizer(texts, tmp_path_factory.mktemp("tok2") / "tokenizer.json",
+                          vocab_size=70)
+    torch.manual_seed(0)
+    policy = Transformer(ModelArgs.from_name("tiny", vocab_size=tok.vocab_size))
+    batch = sft_batch([encode_sft(tok, {"question": q, "completion": c})
+                       for q in QUESTIONS for c in (RIGHT, WRONG)], tok.pad_id)
+    opt = torch.optim.AdamW(policy.parameters(), lr=1e-2)
+    for _ in range(40):
+        loss, _ = loss_fn(policy, batch)
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+    return tok, policy
+
+
+class OpinionatedPRM(torch.nn.Module):
+    """Logit +0.5 on the token "1", -0.5 on "2", +3 on every position of the second question's
+    rows: P = 0.62 / 0.38 on the first question, 0.97 / 0.92 on the second."""
+
+    def __init__(self, tok):
+        super().__init__()
+        self.one, self.two = tok.encode("1")[-1], tok.encode("2")[-1]
+        first = set(tok.encode(format_prompt(QUESTIONS[0])))
+        self.marker = next(t for t in tok.encode(format_prompt(QUESTIONS[1])) if t not in first)
+        self.unused = torch.nn.Parameter(torch.zeros(1))    # gives the module a device
+
+    def forward(self, tokens):                                              # (B, T) -> (B, T)
+        answer = 0.5 * ((tokens == self.one).float() - (tokens == self.two).float())
+        return answer + 3.0 * (tokens == self.marker).any(-1, keepdim=True).float()
+
+
+def test_grpo_learns_the_answer_the_prm_prefers(two_questions):
+    tok, start = two_questions
+    policy = copy.deepcopy(start)
+    reference = copy.deepcopy(start).requires_grad_(False)
+    problems = [{"id": str(i), "question": q, "answer": "1", "level": 5}    # hard: PRM alone
+                for i, q in enumerate(QUESTIONS)]
+    opt = torch.optim.AdamW(policy.parameters(), lr=1e-3)
+    for k in range(10):
+        batch, _ = grpo.sample_groups(policy, reference, OpinionatedPRM(tok), tok, problems,
+                                      group_size=8, temperature=1.0, top_k=None,
+                                      max_new_tokens=answer_tokens(tok), batch_size=16,
+                                      generator=torch.Generator().manual_seed(k))
+        grpo.grpo_update(policy, opt, batch, minibatch_size=8, epochs=2, clip=0.2, beta=0.01,
+                         max_grad_norm=1.0, generator=torch.Generator().manual_seed(k))
+    for q in QUESTIONS:
+        assert p_right(policy, tok, q) > 0.9, q

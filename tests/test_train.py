@@ -152,6 +152,7 @@ def test_samples_from_other_problems_are_refused(runs, tmp_path):
     ("dpo", ["--pair-gap", "0", "--iterations", "1"], 2),    # tiny models are never right: pair on PRM score
     ("rest", ["--levels", "all", "--hard-threshold", "0", "--iterations", "1"], 2),
     ("ppo", ["--rollouts", "4"], 2),
+    ("grpo", ["--rollouts", "4", "--group-size", "2", "--process-advantages"], 2),
 ])
 def test_rl_from_the_cached_policy_and_prm(runs, algo, extra, n_steps):
     result = ok(train("--algo", algo, "--out", runs / algo, *TINY, *extra))
