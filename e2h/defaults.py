@@ -29,7 +29,7 @@ PAPER = {   # PAPER.md, Llemma-7B
                  group_size=8, top_k=0, temperature=1.0, eval_every=10, kl_coef=0.04),
 }
 EMBEDDED = {   # the small preset from scratch on the synthetic curriculum, 2 CPU cores
-    "sft": dict(lr=3e-3, batch_size=64, epochs=3, n_problems=3000),
+    "sft": dict(lr=3e-3, batch_size=64, epochs=15, n_problems=300, eval_every=28),
     "prm": dict(lr=3e-4, batch_size=16, epochs=2, n_problems=300, n_samples=16, top_k=0,
                 temperature=1.0),
     # RL: chosen on the validation split (the study's SFT policies and PRMs of seeds 0 and 1, 300
