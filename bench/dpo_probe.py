@@ -51,7 +51,28 @@ def parse_args():
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--step-pairs", action="store_true",
                    help="cut each pair to the step where its solutions part (e2h.dpo.step_pair)")
+    p.add_argument("--clean-chosen", action="store_true",
+                   help="keep only pairs whose chosen side passes the program checker at every "
+                        "step (an upper bound on what an evaluator's filter can give)")
     return p.parse_args()
+
+
+def texts(e, tok):
+    """(prompt, {"chosen": text, "rejected": text}) of an encoded pair."""
+    prompt = tok.decode([t for t, m in zip(e["chosen_tokens"][1:], e["chosen_mask"][1:]) if not m])
+    side = {s: tok.decode([t for t, m in zip(e[f"{s}_tokens"], e[f"{s}_mask"]) if m and t != tok.eos_id])
+            for s in ("chosen", "rejected")}
+    return prompt, side
+
+
+def chosen_is_clean(e, tok) -> bool:
+    prompt, side = texts(e, tok)
+    question = prompt[prompt.index("Start at"):prompt.index("prime.") + len("prime.")]
+    start, menus = synthetic.parse_question(question)
+    answer = f"{synthetic.walks(start, menus)[0][-1][2]:02d}"
+    labels, outcome = synthetic.label_solution({"question": question, "answer": answer},
+                                               side["chosen"])
+    return outcome == 1 and len(labels) == synthetic.N_SLOTS and all(labels)
 
 
 def as_step_pairs(examples, tok, reference):
@@ -59,9 +80,7 @@ def as_step_pairs(examples, tok, reference):
     the reference log-probs of the starting policy."""
     pairs = []
     for e in examples:
-        prompt = tok.decode([t for t, m in zip(e["chosen_tokens"][1:], e["chosen_mask"][1:]) if not m])
-        side = {s: tok.decode([t for t, m in zip(e[f"{s}_tokens"], e[f"{s}_mask"]) if m and t != tok.eos_id])
-                for s in ("chosen", "rejected")}
+        prompt, side = texts(e, tok)
         pair = dpo.step_pair({"question": "", **side})
         c_tok, c_mask = tokenize_sft(tok, prompt + pair["prefix"], pair["chosen"], pair["eos"])
         r_tok, r_mask = tokenize_sft(tok, prompt + pair["prefix"], pair["rejected"], pair["eos"])
@@ -124,6 +143,8 @@ def main():
     before = load_model(args.policy).eval()
     after = copy.deepcopy(before).train()
     examples = [json.loads(line) for line in Path(args.pairs).read_text().splitlines()]
+    if args.clean_chosen:
+        examples = [e for e in examples if chosen_is_clean(e, tok)]
     if args.step_pairs:
         examples = as_step_pairs(examples, tok, before)
     freeze_embeddings(after)            # as train.py trains a pretrained policy
