@@ -1,5 +1,5 @@
 """The evaluation command: Easy / Hard / All tables of a generator, alone or re-ranked by
-evaluators (PAPER.md, "Re-ranking"; the MATH500 tables). The pipeline's three steps are
+evaluators (docs/paper.md, "Re-ranking"; the MATH500 tables). The pipeline's three steps are
 e2h/sample.py, e2h/score.py and e2h/rerank.py; this file only wires them to files.
 
 1. Sample N solutions per problem once (top-k 20, T 0.7 in the paper); greedy is a separate pass.

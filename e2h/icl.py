@@ -1,4 +1,4 @@
-"""The few-shot baseline (PAPER.md, "Generators", the ICL rows of Table 1).
+"""The few-shot baseline (docs/paper.md, "Generators", the ICL rows of Table 1).
 
 A 4-shot prompt in the Minerva style ("Problem:" / "Solution:" / "Final Answer: The final
 answer is $X$. I hope it is correct."), exemplars drawn from easy, hard or all levels, decoded

@@ -247,7 +247,8 @@ def setup_for(args, device) -> Setup:
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description="Per-GPU memory of an e2h run (PAPER.md settings).")
+    p = argparse.ArgumentParser(description="Per-GPU memory of an e2h run (the paper's settings, "
+                                "docs/paper.md).")
     p.add_argument("--algo", required=True, choices=(*PAPER, "rerank"))
     p.add_argument("--preset", default="llemma-7b", help="policy shape (e2h.model.PRESETS)")
     p.add_argument("--evaluator", default=None, help="reward / value model shape (default: --preset)")

@@ -1,5 +1,5 @@
 """One recipe per algorithm of train.py: which models it builds, what data it trains on, which
-phases it runs (PAPER.md "Generators", "Reward models", "RL"). Wiring only: the objectives live
+phases it runs (docs/paper.md "Generators", "Reward models", "RL"). Wiring only: the objectives live
 in sft.py, rm.py, dpo.py, rest.py and ppo.py, the step bookkeeping in loop.py.
 
 - sft: the supervised loop on SFT examples (easy levels).

@@ -1,11 +1,11 @@
 """Greedy accuracy of a policy during and after RL, and the best policy by validation accuracy.
 
-PAPER.md: PPO validates greedily every 10 steps and keeps the checkpoint with the best
+docs/paper.md: PPO validates greedily every 10 steps and keeps the checkpoint with the best
 validation accuracy; iterative DPO and ReST-EM here validate after every iteration the same way
 (the paper saw ReST-EM degrade at a third iteration). On the
 synthetic curriculum the validation and test problems are the curriculum's own disjoint splits
 (``--eval-problems`` per level); on real data the validation problems are held out of the
---math-problems pool with MATH500's (subject, level) counts (``--validation-data``, PAPER.md
+--math-problems pool with MATH500's (subject, level) counts (``--validation-data``, docs/paper.md
 "Data"), and RL never trains on them.
 
 A run's best policy lives in <out>/best/ (HF layout) with best.json saying where it came from;
