@@ -15,7 +15,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TINY = ["--preset", "tiny", "--max-steps", "2", "--n-problems", "2", "--eval-problems", "0",
         "--batch-size", "4", "--max-new-tokens", "24", "--sample-batch-size", "8"]
 
@@ -168,9 +168,9 @@ SFT = ["--algo", "sft", "--preset", "tiny", "--n-problems", "4", "--batch-size",
 
 def test_sigterm_then_resume_ends_with_exactly_the_uninterrupted_weights(runs):
     ok(train(*SFT, "--out", runs / "whole"))
-    # a scheduler's SIGTERM as step 1 ends (tests/signal_at.py): saved at once, though
+    # a scheduler's SIGTERM as step 1 ends (tests/infra/signal_at.py): saved at once, though
     # --save-every 2 would not save it
-    stopped = train("1", "self", *SFT, "--out", runs / "parts", script="tests/signal_at.py")
+    stopped = train("1", "self", *SFT, "--out", runs / "parts", script="tests/infra/signal_at.py")
     assert stopped.returncode == 143, stopped.stderr[-2000:]
     assert stopped.stderr.strip().splitlines()[-1] == (
         f"SIGTERM: stopped at step 1, checkpoint {runs / 'parts' / 'checkpoints' / 'step_000001'}; "

@@ -14,7 +14,7 @@ from e2h.checkpoint import load_model
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from test_rl_iterations import RUN, models, params, spy  # noqa: E402,F401  (the fixture too)
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 import train  # noqa: E402
 
