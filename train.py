@@ -2,7 +2,7 @@
 
     python train.py --algo sft                        # embedded default: synthetic curriculum, CPU
     torchrun --nproc_per_node=2 train.py --algo dpo   # trains the SFT and PRM stages it needs first
-    torchrun --nproc_per_node=8 train.py --algo sft --model llemma_7b \\
+    torchrun --nproc_per_node=8 train.py --algo sft --model path/to/llemma_7b \\
         --data prm800k/phase1_train_steptree.jsonl --math-problems math/math_train_12k.jsonl
 
 A run folder (--out, default runs/<algo>) belongs to one run (e2h/runfolder.py). It holds

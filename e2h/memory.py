@@ -258,7 +258,7 @@ def main(argv=None):
                    "(default: the paper's batch / --world, as train.py; DPO: pairs)")
     p.add_argument("--max-len", type=int, default=None, help="tokens per row (default: the paper's)")
     p.add_argument("--sample-batch-size", type=int, default=None, help="prompts per generate "
-                   "call (default: train.py's 16; rerank: evaluate.py's --batch-size 8)")
+                   "call (default: train.py's 16; rerank: evaluate.py's --sample-batch-size 8)")
     p.add_argument("--n-samples", type=int, default=None, help="samples per prompt (default: the "
                    "paper's; rerank 16)")
     p.add_argument("--unfreeze-embeddings", action="store_true")

@@ -279,7 +279,7 @@ def train_ppo(run) -> dict:
     steps = min(args.ppo_steps, args.max_steps) if args.max_steps else args.ppo_steps
     start = run.phase_start(0)
     start = steps if start is None else start
-    before, best = starting_point(run, policy)
+    before, best = starting_point(run, policy, validated=bool(args.eval_every))
 
     def step(k: int) -> dict:
         """One rollout per problem of this rank's share of step k's problems, then the update."""
@@ -313,7 +313,7 @@ def train_ppo(run) -> dict:
         run.save(both, opts, meta, export=policy)
 
     run_steps(run, steps, start, opts, step, save, desc="ppo", lr_key="lr",
-              evaluate=validation_every(run, policy, best if args.eval_every else None, steps))
+              evaluate=validation_every(run, policy, best, steps))
     return closing(run, policy, best, before)
 
 

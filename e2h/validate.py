@@ -100,12 +100,16 @@ class Best:
                 f" / {self.info['validation_all_acc']:.1f})")
 
 
-def starting_point(run, policy) -> tuple[dict, Best]:
+def starting_point(run, policy, validated: bool = True) -> tuple[dict, Best | None]:
     """Before RL: the starting policy's test accuracy (for the closing table) and a Best that
     already holds the starting policy with its validation accuracy, so that a run whose every
     checkpoint validates lower ends with the policy it started from. On a resume past step 0
-    the start was offered then (best.json remembers the winner)."""
-    before, best = starting_accuracy(run, policy), Best(run)
+    the start was offered then (best.json remembers the winner). ``validated`` False (PPO with
+    --eval-every 0): no Best, the run ends with its last policy."""
+    before = starting_accuracy(run, policy)
+    if not validated:
+        return before, None
+    best = Best(run)
     if run.step == 0:
         acc = accuracy(run, policy, "validation")
         if acc:

@@ -6,7 +6,7 @@ import torch
 
 from data.format import format_prompt
 from e2h.checkpoint import save_model
-from e2h.evaluate import main, read_problems
+from e2h.evaluate import default_tokenizer, main, parse_args, read_problems
 from e2h.model import ModelArgs, RewardModel, Transformer
 from e2h.rerank import format_table, rerank_table
 from e2h.sample import sample_solutions
@@ -57,6 +57,7 @@ def test_command_line(tok, tmp_path):
     policy = Transformer(ModelArgs.from_name("tiny", vocab_size=tok.vocab_size))
     save_model(policy, tmp_path / "policy")
     save_model(RewardModel.from_policy(policy), tmp_path / "rm")
+    (tmp_path / "policy" / "tokenizer.json").write_bytes(tok.path.read_bytes())   # as train.py
     data = tmp_path / "problems.jsonl"
     data.write_text("".join(json.dumps(p) + "\n" for p in PROBLEMS))
     records = tmp_path / "rm_records.jsonl"
@@ -65,7 +66,7 @@ def test_command_line(tok, tmp_path):
                                            "level": level}) + "\n"
                                for level in (2, 5) for y in (0, 1)))
     out = tmp_path / "out"
-    main(["--policy", str(tmp_path / "policy"), "--rm", str(tmp_path / "rm"), "--data", str(data), "--tokenizer", str(tok.path),
+    main(["--policy", str(tmp_path / "policy"), "--rm", str(tmp_path / "rm"), "--data", str(data),
           "--n", "2", "--max-new-tokens", "8", "--out", str(out), "--device", "cpu",
           "--n-subsets", "2", "--rm-records", str(records)])
     samples = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
@@ -81,6 +82,24 @@ def test_command_line(tok, tmp_path):
     assert auc["easy"] == auc["hard"] == {"step_auc": 0.5, "n_steps": 2, "outcome_auc": 0.5,
                                           "n_outcomes": 2}
     assert auc["all"]["n_steps"] == 4
+
+
+def test_the_tokenizer_is_the_one_beside_the_models(tmp_path):
+    for name in ("policy", "rm"):
+        (tmp_path / name).mkdir()
+    args = parse_args(["--policy", str(tmp_path / "policy"), "--data", "d.jsonl",
+                       "--rm", str(tmp_path / "rm"), "--out", str(tmp_path / "out")])
+    assert args.tokenizer is None and args.sample_batch_size == 8
+    with pytest.raises(ValueError, match=r"--tokenizer not given and no tokenizer.json in "
+                                         r"\S+policy, \S+rm: give --tokenizer"):
+        default_tokenizer(args)
+    (tmp_path / "rm" / "tokenizer.json").write_text("{}")
+    assert default_tokenizer(args) == str(tmp_path / "rm" / "tokenizer.json")
+    (tmp_path / "policy" / "tokenizer.json").write_text("{}")   # the policy's comes first
+    assert default_tokenizer(args) == str(tmp_path / "policy" / "tokenizer.json")
+    rescore = parse_args(["--samples", "s.jsonl", "--rm", f"prm={tmp_path / 'rm'}",
+                          "--out", str(tmp_path / "out")])
+    assert default_tokenizer(rescore) == str(tmp_path / "rm" / "tokenizer.json")
 
 
 def test_command_line_needs_a_job(tmp_path):

@@ -208,6 +208,17 @@ def test_bad_flags_are_argparse_errors(argv, message):
     assert message in result.stderr and "usage:" in result.stderr
 
 
+def test_a_preset_name_given_as_model_says_to_use_preset(tmp_path, monkeypatch):
+    from e2h.run import check_model_dir
+    monkeypatch.chdir(tmp_path)   # no folder of that name here
+    with pytest.raises(ValueError, match=r"^--model llemma_7b: not a folder \(an HF Llama directory "
+                                         r"with config.json\); for a random model of the preset "
+                                         r"'llemma-7b' use --preset llemma-7b$"):
+        check_model_dir("model", "llemma_7b")
+    with pytest.raises(ValueError, match=r"config.json\)$"):   # --policy has no preset to offer
+        check_model_dir("policy", "llemma-7b")
+
+
 def test_missing_file_empty_data_and_oversized_tokenizer_are_one_line_errors(runs, init_model):
     from data.format import format_prompt
     from data.synthetic import make_split, reference_completion
