@@ -1,4 +1,4 @@
-"""The study: the paper's findings (PAPER.md, "Results to reproduce") in miniature, one command.
+"""The study: the paper's findings (docs/paper.md, "Results to reproduce") in miniature, one command.
 
     python study.py                 # the full study on the synthetic curriculum, 3 seeds
     python study.py --quick         # every stage on tiny settings (CI; numbers meaningless)

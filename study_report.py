@@ -1,5 +1,5 @@
 """The study's report: every number of a seed, mean ± std over seeds, the findings F1-F5 with
-the rules that decide them, and report.md / results.json (PAPER.md, "Results to reproduce").
+the rules that decide them, and report.md / results.json (docs/paper.md, "Results to reproduce").
 
 Each finding is a difference measured problem by problem on the same test problems
 (study_paired), with its spread over seeds and a 95% bootstrap interval over problems. The

@@ -2,22 +2,13 @@
 
     python train.py --algo sft                        # embedded default: synthetic curriculum, CPU
     torchrun --nproc_per_node=2 train.py --algo dpo   # trains the SFT and PRM stages it needs first
-    torchrun --nproc_per_node=8 train.py --algo sft --model llemma_7b \\
+    torchrun --nproc_per_node=8 train.py --algo sft --model path/to/llemma_7b \\
         --data prm800k/phase1_train_steptree.jsonl --math-problems math/math_train_12k.jsonl
 
-A run folder (--out, default runs/<algo>) belongs to one run (e2h/runfolder.py). It holds
-args.json (the settings, written once; --resume refuses other flags unless --allow-changed-flags),
-metrics.jsonl (one line per optimizer step), checkpoints/step_N/ (HF weights and the sharded
-training state with their checksums; --resume continues from the newest intact one), data/ (the
-examples it trained on; a reward model's sampled solutions in data/samples.jsonl, which --samples
-lets another reward model label), model/, the final weights in the HF layout with their
-tokenizer.json (the --policy or --reward-model of the next stage), curves.svg (the loss, learning
-rate and the algorithm's own signals against the step; `python -m e2h.curves` overlays runs) and
-done.json, written last.
-`train.py --config <out>/args.json --out NEW` repeats a run (e2h/flags.py).
-A stage that an algorithm needs and was not given is trained first into
-<out>/../cache/<stage>-<hash of its settings>, and reused by later runs. An expected failure
-(a bad flag, file or record, a full disk, a NaN loss) ends with one line naming it (e2h/errors.py).
+The final weights land in <out>/model/ (default --out: runs/<algo>), the --policy or
+--reward-model of the next stage; a stage an algorithm needs and was not given is trained first
+and cached. A run also draws curves.svg (`python -m e2h.curves` overlays runs).
+The run folder, resuming, stopping and failures: docs/runs.md.
 
 Every supervised algorithm (sft, the reward models, each DPO and ReST-EM iteration) runs the same
 loop (e2h/loop.py): a seeded permutation of the data per epoch, gradient accumulation up to the

@@ -7,7 +7,7 @@ per forward.
 
 Sampling is timed three ways, in alternation, on the same problems: without continuous
 batching (``static_generate`` below, the sampler before it: every sample of a call in one batch
-that decodes until its longest sample ends), ``--batch-size`` problems per call; with it
+that decodes until its longest sample ends), ``--sample-batch-size`` problems per call; with it
 (``e2h.sample.generate``: ``--max-rows`` rows, each refilled as its sample ends, the tail
 compacted) on the same calls; and with it streaming every problem through one call, which is
 what continuous batching is for. All draw every sample from the same seeded stream, so they
@@ -123,7 +123,7 @@ def main():
     p.add_argument("--problems", type=int, default=10, help="problems (spread over levels 1-5)")
     p.add_argument("--n", type=int, default=16, help="samples per problem")
     p.add_argument("--max-new-tokens", type=int, default=96, help="longest completion")
-    p.add_argument("--batch-size", type=int, default=5, help="problems per generate call")
+    p.add_argument("--sample-batch-size", type=int, default=5, help="problems per generate call")
     p.add_argument("--max-rows", type=int, default=None,
                    help="rows of continuous batching (default: generate's own)")
     p.add_argument("--rm-batch-size", type=int, default=32, help="sequences per reward-model forward")
@@ -169,8 +169,8 @@ def main():
     streaming = lambda *a, **kw: generate(*a, **{**kw, **rows})  # noqa: E731
     # (name, sampler, problems per generate call): the sampler before continuous batching,
     # generate on the same calls, and generate streaming every problem through one call
-    runs = [("static", static_generate, args.batch_size),
-            ("continuous", streaming, args.batch_size),
+    runs = [("static", static_generate, args.sample_batch_size),
+            ("continuous", streaming, args.sample_batch_size),
             ("continuous, one call", streaming, len(problems))]
     t0 = time.perf_counter()
     for _, sampler, _ in runs:
@@ -206,10 +206,10 @@ def main():
     if not args.skip_unshared:
         # every sample its own prompt copy: N prefills per problem instead of one
         repeated = [q for q in problems for _ in range(args.n)]
-        batch_size, args.batch_size = args.batch_size, args.batch_size * args.n
+        batch_size, args.sample_batch_size = args.sample_batch_size, args.sample_batch_size * args.n
         _, t_unshared = timed(lambda: sample(repeated, 1, streaming, len(repeated)), device,
                               args.repeats)
-        args.batch_size = batch_size
+        args.sample_batch_size = batch_size
         print(f"unshared prefill: sample {t_unshared:.2f} s ({t_unshared / t_sample:.2f}x the shared time)")
 
 

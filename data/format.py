@@ -1,6 +1,6 @@
 """The paper's text format, and tokenization with per-token loss masks and labels.
 
-Every stage (SFT, reward models, sampling, RL) reads and writes one format (PAPER.md, "Text
+Every stage (SFT, reward models, sampling, RL) reads and writes one format (docs/paper.md, "Text
 format"):
 
     # Question\\n\\n{problem}\\n\\n# Solution\\n\\n{step 1}\\n\\n{step 2}\\n\\n...\\n\\n# Answer\\n\\n{answer}</s>

@@ -1,4 +1,4 @@
-"""PRM800K (human step ratings -1/0/+1) as SFT and PRM examples; PAPER.md, "Data".
+"""PRM800K (human step ratings -1/0/+1) as SFT and PRM examples; docs/paper.md, "Data".
 
 Each rated step is judged given its *chosen prefix*: the steps the labeller kept before it.
 - PRM example, one per rated step: steps = prefix + [step], step_labels = [None] * len(prefix)

@@ -1,6 +1,6 @@
 """Readers for the real data sets, producing the canonical records of ``data/format.py``.
 
-PAPER.md, "Data": MATH (MATH500 test set, the 12k training pool, a validation split matched to
+docs/paper.md, "Data": MATH (MATH500 test set, the 12k training pool, a validation split matched to
 MATH500), MetaMathQA (solutions ending "The answer is: X"), Math-Shepherd (steps ending in the
 tag "ки", labelled "+"/"-"), TRL's stepwise PRM rows (``{"prompt", "completions": [step, ...],
 "labels": [bool, ...]}``, what TRL's PRM trainer reads) and GSM8K (answers after "#### "). PRM800K is in ``data/prm800k.py``.
@@ -153,7 +153,7 @@ def load_math(path, strict: bool = False) -> list[dict]:
 def math_validation_split(train_problems, test_problems, seed: int = 0):
     """Hold out of the training pool a validation set with the test set's (subject, level) counts.
 
-    PAPER.md: a 500-problem validation set matched to MATH500 is held out of RL. Returns
+    docs/paper.md: a 500-problem validation set matched to MATH500 is held out of RL. Returns
     (train, validation); both keep the pool's order, and they do not overlap.
     """
     wanted = Counter((p["subject"], p["level"]) for p in test_problems)

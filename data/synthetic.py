@@ -13,7 +13,7 @@ positions and 5 - L do-nothing ones (``+0/-0`` or ``-0/+0``: either keeps the va
 reference solution writes one step per slot, ``43-6=37``, then ``# Answer`` and the final
 value; values have two digits (``03``), operands one. Prompt and solution have the same layout
 and length at every level, so a hard problem is more real choices, never an unseen length or
-position (a level written as "L operations" fails: CURRICULUM.md).
+position (a level written as "L operations" fails: docs/curriculum.md, "Difficulty as length").
 
 Why a walk on primes: checking a written step is easier than choosing it, as in the paper's
 mathematics. A step is right iff it starts from the previous value, uses an operation on its

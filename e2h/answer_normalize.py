@@ -1,6 +1,6 @@
 """MATH answer normalization: the canonical string form the grader compares first.
 
-PAPER.md, "Grading": answers are compared under MATH normalization. Equal normal forms are
+docs/paper.md, "Grading": answers are compared under MATH normalization. Equal normal forms are
 equal answers; ``e2h.grader.equivalent`` decides the rest (values, structure). A box inside an
 answer is unwrapped, and several boxes (`\\boxed{2}, \\boxed{3}`) are one answer, their list.
 """

@@ -1,4 +1,4 @@
-"""Hugging Face Llama checkpoints: load (Llemma, or what e2h wrote) and save (PAPER.md, "Models").
+"""Hugging Face Llama checkpoints: load (Llemma, or what e2h wrote) and save (docs/paper.md, "Models").
 
 Layout: ``config.json`` plus ``model.safetensors``, or shards ``model-0000i-of-0000N.safetensors``
 listed in ``model.safetensors.index.json``. A tensor's key is ``"model." + parameter name``,

@@ -1,6 +1,6 @@
 """Hyper-parameter defaults, written once: every unset flag of train.py takes its value here.
 
-Two regimes (PAPER.md): ``PAPER`` holds the 7B hyper-parameters and applies when pretrained
+Two regimes (docs/paper.md): ``PAPER`` holds the 7B hyper-parameters and applies when pretrained
 weights (--model) or real data are given; ``EMBEDDED`` holds what a small model trained from
 scratch on the synthetic curriculum needs to learn in a few CPU minutes (far larger learning
 rates, small batches, fewer samples). Flags that are the same in both regimes (DPO's beta,
@@ -11,7 +11,7 @@ from __future__ import annotations
 from data.format import EASY_LEVELS, LEVELS
 from e2h import distributed as dist
 
-PAPER = {   # PAPER.md, Llemma-7B
+PAPER = {   # docs/paper.md, Llemma-7B
     "sft": dict(lr=2e-5, batch_size=128, epochs=3, max_len=768),
     "prm": dict(lr=2e-5, batch_size=128, epochs=2, max_len=768),
     "orm": dict(lr=2e-5, batch_size=128, epochs=2, max_len=1024, n_samples=32, top_k=20,
@@ -53,7 +53,7 @@ EMBEDDED = {   # the small preset from scratch on the synthetic curriculum, 2 CP
 # draws "rl", never a problem SFT saw; validation and test problems are their own roles.
 ROLE = {"sft": "sft", "orm": "sft", "prm": "sft", "oprm": "sft",
         "dpo": "rl", "rest": "rl", "ppo": "rl", "grpo": "rl"}
-# OPRM trains on the union of ORM and PRM data, with the ORM's settings (PAPER.md); on the
+# OPRM trains on the union of ORM and PRM data, with the ORM's settings (docs/paper.md); on the
 # embedded default every reward model samples its own data the same way
 PAPER["oprm"] = PAPER["orm"]
 EMBEDDED["orm"] = EMBEDDED["oprm"] = EMBEDDED["prm"]
@@ -87,7 +87,7 @@ def fill_defaults(args):
     for key, value in {**COMMON[args.hparams], **table}.items():
         if getattr(args, key, None) is None:
             setattr(args, key, value)
-    if args.levels is None:   # PAPER.md: the best PPO row trains on all problems (GRPO too)
+    if args.levels is None:   # docs/paper.md: the best PPO row trains on all problems (GRPO too)
         levels = LEVELS if args.algo in ("ppo", "grpo") else EASY_LEVELS
         args.levels = ",".join(map(str, levels))
     if args.answer_levels is None:

@@ -1,4 +1,4 @@
-"""Iterative DPO against the easy-trained evaluator (PAPER.md, "RL", DPO; Rafailov et al. 2023).
+"""Iterative DPO against the easy-trained evaluator (docs/paper.md, "RL", DPO; Rafailov et al. 2023).
 
 Loss on summed completion log-probs (Rafailov et al. 2023, Eq. 7):
 

@@ -1,5 +1,5 @@
 """The evaluation command: Easy / Hard / All tables of a generator, alone or re-ranked by
-evaluators (PAPER.md, "Re-ranking"; the MATH500 tables). The pipeline's three steps are
+evaluators (docs/paper.md, "Re-ranking"; the MATH500 tables). The pipeline's three steps are
 e2h/sample.py, e2h/score.py and e2h/rerank.py; this file only wires them to files.
 
 1. Sample N solutions per problem once (top-k 20, T 0.7 in the paper); greedy is a separate pass.
@@ -20,12 +20,12 @@ rank r taking problems r, r + W, ...; each rank samples and scores its share, th
 gathered back in problem order, and every sample keeps the seed it has in one process, so the
 files are the ones one process writes. The held-out ROC-AUC is computed by every rank; rank 0
 writes the files.
-Usage:
+Usage (the tokenizer is the tokenizer.json in the model folders unless --tokenizer says otherwise):
 
-    python -m e2h.evaluate --policy DIR --rm DIR --data FILE --tokenizer PATH --n 16 --out DIR
-    python -m e2h.evaluate --rm DIR --rm-records FILE --tokenizer PATH --out DIR
+    python -m e2h.evaluate --policy DIR --rm DIR --data FILE --n 16 --out DIR
+    python -m e2h.evaluate --rm DIR --rm-records FILE --out DIR
     python -m e2h.evaluate --samples FILE --rm prm=DIR orm=DIR --confidence DIR \\
-        --rm-records FILE --tokenizer PATH --out DIR
+        --rm-records FILE --out DIR
     torchrun --nproc_per_node 8 -m e2h.evaluate --policy DIR --rm DIR --data FILE ...
 
 Letters: N samples per problem.
@@ -48,6 +48,7 @@ from e2h import folderlock
 from e2h.checkpoint import check_tokenizer, load_model
 from e2h.errors import guard
 from e2h.files import write_text
+from e2h.flags import ShowDefaults
 from e2h.rerank import format_table, rerank_table
 from e2h.rm import prm_examples
 from e2h.run import check_model_dir
@@ -83,58 +84,81 @@ def positive(text: str) -> int:
     return value
 
 
-def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def build_parser() -> argparse.ArgumentParser:
+    first_paragraph = " ".join(__doc__.split("\n\n")[0].split())
+    parser = argparse.ArgumentParser(prog="python -m e2h.evaluate", description=first_paragraph,
+                                     formatter_class=ShowDefaults)
+    add = parser.add_argument
     # models and data
-    parser.add_argument("--policy", default=None, help="generator checkpoint directory")
-    parser.add_argument("--rm", nargs="+", default=None, metavar="[NAME=]DIR",
-                        help="reward model checkpoint directory (omit: greedy and majority only); "
-                             "with --samples, one or more NAME=DIR")
-    parser.add_argument("--data", default=None,
-                        help="problems jsonl (canonical records, or MATH500 as shipped)")
-    parser.add_argument("--rm-records", default=None,
-                        help="held-out RM records jsonl: report the RM's step / outcome ROC-AUC")
-    parser.add_argument("--samples", default=None,
-                        help="re-score these saved sample records (a samples.jsonl) instead of sampling")
-    parser.add_argument("--confidence", default=None,
-                        help="with --samples: the generator whose smallest token probability is "
-                             "scored as a baseline")
-    parser.add_argument("--synthetic-problems", default=None,
-                        help="with --samples: the synthetic problems; the first 4 samples of each, "
-                             "labelled by the program checker, are the held-out RM records")
-    parser.add_argument("--tokenizer", required=True, help="tokenizer.json (or its directory)")
-    parser.add_argument("--out", required=True, help="output directory")
-    parser.add_argument("--limit", type=positive, default=None, help="only the first LIMIT problems")
+    add("--policy", default=None, help="generator checkpoint directory (default: none, nothing "
+        "is sampled)")
+    add("--rm", nargs="+", default=None, metavar="[NAME=]DIR",
+        help="reward model checkpoint directory; with --samples, one or more NAME=DIR (default: "
+             "none, greedy and majority voting only)")
+    add("--data", default=None, help="problems jsonl (canonical records, or MATH500 as shipped); "
+        "needed with --policy (default: none)")
+    add("--rm-records", default=None, help="held-out RM records jsonl: report the RM's step / "
+        "outcome ROC-AUC (default: none)")
+    add("--samples", default=None, help="re-score these saved sample records (a samples.jsonl) "
+        "instead of sampling (default: none, sample from --policy)")
+    add("--confidence", default=None, help="with --samples: the generator whose smallest token "
+        "probability is scored as a baseline (default: none)")
+    add("--synthetic-problems", default=None, help="with --samples: the synthetic problems; the "
+        "first 4 samples of each, labelled by the program checker, are the held-out RM records "
+        "(default: none)")
+    add("--tokenizer", default=None, help="tokenizer.json or its directory (default: the "
+        "tokenizer.json in the --policy folder, else in the first --rm or the --confidence folder)")
+    add("--out", required=True, help="output directory")
+    add("--limit", type=positive, default=None, help="only the first LIMIT problems (default: all)")
     # sampling
-    parser.add_argument("--n", type=positive, default=16, help="samples per problem (N)")
-    parser.add_argument("--temperature", type=float, default=0.7, help="sampling temperature")
-    parser.add_argument("--top-k", type=int, default=20, help="top-k sampling (0: off)")
-    parser.add_argument("--max-new-tokens", type=positive, default=512, help="longest completion")
-    parser.add_argument("--batch-size", type=positive, default=8, help="problems per generate call")
-    parser.add_argument("--rm-batch-size", type=positive, default=16, help="sequences per RM forward")
-    parser.add_argument("--no-greedy", action="store_true", help="skip the greedy pass")
+    add("--n", type=positive, default=16, help="samples per problem (N)")
+    add("--temperature", type=float, default=0.7, help="sampling temperature")
+    add("--top-k", type=int, default=20, help="top-k sampling (0: off)")
+    add("--max-new-tokens", type=positive, default=512, help="longest completion")
+    add("--sample-batch-size", type=positive, default=8, help="problems per generate call (N "
+        "samples each; the greedy pass takes N times as many)")
+    add("--rm-batch-size", type=positive, default=16, help="sequences per RM forward")
+    add("--no-greedy", action="store_true", help="skip the greedy pass")
     # re-ranking
-    parser.add_argument("--n-subsets", type=positive, default=32, help="random subsets per n")
-    parser.add_argument("--seed", type=int, default=0, help="seed for sampling and subsets")
+    add("--n-subsets", type=positive, default=32, help="random subsets per n")
+    add("--seed", type=int, default=0, help="seed for sampling and subsets")
     # run
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
-                        help="torch device (under torchrun: each rank's own GPU, else the CPU)")
-    parser.add_argument("--dtype", default=None, choices=["float32", "bfloat16"], help="model dtype")
+    add("--device", default=None, help="torch device (default: cuda when available, else cpu; under "
+        "torchrun each rank's own GPU)")
+    add("--dtype", default=None, choices=["float32", "bfloat16"], help="model dtype (default: "
+        "the dtype the checkpoint is stored in)")
+    return parser
+
+
+def parse_args(argv=None):
+    parser = build_parser()
     args = parser.parse_args(argv)
+    args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if args.samples is not None:
         if not args.rm or not all("=" in x for x in args.rm):
             parser.error("--samples needs --rm NAME=DIR [NAME=DIR ...]")
-        return args
-    if args.rm is not None and len(args.rm) > 1:
-        parser.error("several --rm need --samples")
-    args.rm = args.rm[0] if args.rm else None
-    if args.policy is None and args.rm_records is None:
-        parser.error("nothing to do: give --policy and --data, and/or --rm and --rm-records")
-    if args.policy is not None and args.data is None:
-        parser.error("--policy needs --data")
-    if args.rm_records is not None and args.rm is None:
-        parser.error("--rm-records needs --rm")
+    else:
+        if args.rm is not None and len(args.rm) > 1:
+            parser.error("several --rm need --samples")
+        args.rm = args.rm[0] if args.rm else None
+        if args.policy is None and args.rm_records is None:
+            parser.error("nothing to do: give --policy and --data, and/or --rm and --rm-records")
+        if args.policy is not None and args.data is None:
+            parser.error("--policy needs --data")
+        if args.rm_records is not None and args.rm is None:
+            parser.error("--rm-records needs --rm")
     return args
+
+
+def default_tokenizer(args) -> str:
+    """The tokenizer.json saved beside the models (train.py writes one into every model/)."""
+    rms = [x.split("=", 1)[-1] for x in args.rm] if isinstance(args.rm, list) else [args.rm]
+    folders = [f for f in (args.policy, *rms, args.confidence) if f]
+    for folder in folders:
+        if (Path(folder) / "tokenizer.json").is_file():
+            return str(Path(folder) / "tokenizer.json")
+    raise ValueError("--tokenizer not given and no tokenizer.json in "
+                     + (", ".join(folders) or "a model folder") + ": give --tokenizer")
 
 
 def check_models(args):
@@ -154,9 +178,10 @@ def load(path, tok, dtype, device):
 
 def main(argv=None):
     args = parse_args(argv)
+    check_models(args)
+    args.tokenizer = args.tokenizer or default_tokenizer(args)
     dist.say(json.dumps(vars(args)))
     args.device = dist.init() if dist.world_size() > 1 else torch.device(args.device)
-    check_models(args)
     # one evaluation per folder, claimed by rank 0 before it writes (a refusal there ends them all)
     lock = folderlock.held(args.out) if dist.is_main() else contextlib.nullcontext()
     try:
@@ -201,12 +226,12 @@ def sample_and_rerank(args):
         if not args.no_greedy:
             greedy = sample_solutions(policy, tok, mine, n=1, temperature=0.0, top_k=None,
                                       max_new_tokens=args.max_new_tokens,
-                                      batch_size=args.batch_size * args.n)   # rows as sampling
+                                      batch_size=args.sample_batch_size * args.n)   # rows as sampling
         samples = sample_solutions(policy, tok, mine, n=args.n, temperature=args.temperature,
                                    top_k=args.top_k or None, max_new_tokens=args.max_new_tokens,
                                    seeds=[seeds[i * args.n + k] for i in share
                                           for k in range(args.n)],
-                                   batch_size=args.batch_size)
+                                   batch_size=args.sample_batch_size)
         del policy
     if args.rm:                                       # 2. score once; held-out ROC-AUC
         rm = load(args.rm, tok, dtype, args.device)

@@ -21,6 +21,18 @@ ALGOS = ("sft", "orm", "prm", "oprm", "ppo", "dpo", "rest", "grpo")
 FOLDER_FLAGS = ("resume", "overwrite", "allow_changed_flags", "stop_after")
 
 
+class ShowDefaults(argparse.HelpFormatter):
+    """--help of every e2h command: a flag's fixed default follows its help; a flag whose value
+    is filled in later (default None) says in its own help how ("default: ...")."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if (not action.option_strings or "default:" in text or action.default is None
+                or action.default is False or action.default == argparse.SUPPRESS):
+            return text
+        return text + " (default: %(default)s)"
+
+
 def positive(kind):
     def parse(text):
         value = kind(text)
@@ -40,8 +52,9 @@ def non_negative(kind):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="train.py", description="Train one stage of easy-to-hard "
-                                "generalization: sft, orm, prm, oprm, dpo, ppo, rest or grpo.")
+    p = argparse.ArgumentParser(prog="train.py", formatter_class=ShowDefaults, description="Train "
+                                "one stage of easy-to-hard generalization: sft, orm, prm, oprm, "
+                                "dpo, ppo, rest or grpo.")
     add, d = p.add_argument, defaults.describe   # d(flag): the paper's and the embedded defaults
     # algorithm and run
     add("--config", default=argparse.SUPPRESS, metavar="FILE.json", help="flags from a JSON "
@@ -81,7 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
         "Math-Shepherd, TRL's stepwise PRM rows, PRM800K, canonical SFT/RM/problem records "
         "(default: synthetic)")
     add("--math-problems", default=None, help="MATH problems jsonl: answers and levels for "
-        "PRM800K / Math-Shepherd / stepwise rows, and problems to sample from")
+        "PRM800K / Math-Shepherd / stepwise rows, and problems to sample from (default: none; "
+        "the synthetic curriculum has its own)")
     add("--levels", default=None, help="levels trained on, like 1,2,3, or all (default: 1,2,3; "
         "ppo and grpo 1,2,3,4,5)")
     add("--answer-levels", default=None, help="levels whose final answers RL may use "
@@ -100,7 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="share of the steps with linear warmup; " + d("warmup_ratio"))
     add("--min-lr-ratio", type=non_negative(float), default=0.0, help="cosine ends at this * lr")
     add("--weight-decay", type=non_negative(float), default=0.0, help="AdamW weight decay")
-    add("--betas", type=float, nargs=2, default=[0.9, 0.95], help="AdamW betas (paper: 0.9 0.95)")
+    add("--betas", type=float, nargs=2, default=[0.9, 0.95], help="AdamW betas (the paper's)")
     add("--grad-clip", type=non_negative(float), default=1.0, help="max gradient norm (0: off)")
     # scale and precision
     add("--dtype", default="auto", choices=("auto", "float32", "bfloat16"), help="compute dtype "
@@ -116,7 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("--max-new-tokens", type=positive(int), default=None,
         help="longest sampled solution; " + d("max_new_tokens"))
     add("--samples", default=None, help="orm/prm/oprm: label these graded samples (an RM run's "
-        "<out>/data/samples.jsonl) instead of sampling --policy again")
+        "<out>/data/samples.jsonl) instead of sampling --policy again (default: sample --policy)")
     add("--sample-batch-size", type=positive(int), default=16, help="problems per generate call")
     # dpo and rest
     add("--iterations", type=positive(int), default=None, help="dpo/rest iterations; " + d("iterations"))
@@ -129,7 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="DPO: pair hard problems on the PRM score alone with this gap (default: skip them)")
     add("--max-per-problem", type=positive(int), default=10, help="ReST-EM solutions kept per problem")
     add("--hard-threshold", type=float, default=None,
-        help="ReST-EM: also keep hard solutions whose PRM score reaches this (trains a PRM if needed)")
+        help="ReST-EM: also keep hard solutions whose PRM score reaches this (trains a PRM if needed; "
+        "default: off, easy problems only)")
     # ppo
     add("--ppo-steps", type=positive(int), default=None, help="PPO steps; " + d("ppo_steps"))
     add("--rollouts", type=positive(int), default=None, help="rollouts per PPO step; " + d("rollouts"))
@@ -158,11 +173,13 @@ def build_parser() -> argparse.ArgumentParser:
     add("--eval-problems", type=non_negative(int), default=None, help="synthetic problems per "
         "level for the closing greedy accuracy, 0: off; " + d("eval_problems"))
     add("--eval-every", type=non_negative(int), default=None,
-        help="sft, ppo, grpo: greedy validation every N steps and after the last; the best model "
-        "becomes model/ (0: off); " + d("eval_every"))
+        help="sft, ppo, grpo: greedy validation every N steps and after the last; the best "
+        "policy so far is kept in <out>/best/ (best.json says which) and becomes model/ at the "
+        "end (0: off, model/ is the last policy; dpo and rest validate after every iteration); "
+        + d("eval_every"))
     add("--validation-data", default=None, help="ppo/dpo/grpo with real data: the test set "
         "(MATH500) whose (subject, level) counts the validation split held out of "
-        "--math-problems matches")
+        "--math-problems matches (default: none, no validation on real data)")
     return p
 
 

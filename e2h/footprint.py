@@ -2,7 +2,7 @@
 its KV cache. The pieces e2h/memory.py adds up into the plan of a run.
 
 Activations are what autograd saves, counted op by op from e2h/model.py, e2h/sft.py and
-e2h/rm.py (tests/test_memory.py checks the count against the tensors autograd saves): per
+e2h/rm.py (tests/infra/test_memory.py checks the count against the tensors autograd saves): per
 block the fp32 inputs of both norms and their rsqrt, the normed inputs of the projections,
 q, k, v, the attention output and its log-sum-exp, the four FFN intermediates; outside the
 blocks RoPE's cos and sin, the final norm, the fp32 logits and the loss's own. A frozen norm

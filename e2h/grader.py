@@ -1,6 +1,6 @@
 """MATH final-answer extraction and equivalence, without a computer-algebra system.
 
-PAPER.md, "Text format" / "Grading": the final answer is the text after the last `# Answer`
+docs/paper.md, "Text format" / "Grading": the final answer is the text after the last `# Answer`
 heading (else the last `\\boxed{}`), compared with the reference answer under MATH
 normalization. The same grader gives the final-answer reward of the RL methods on easy problems.
 

@@ -1,4 +1,4 @@
-"""config.json and the other JSON files of a Hugging Face Llama folder, both ways (PAPER.md,
+"""config.json and the other JSON files of a Hugging Face Llama folder, both ways (docs/paper.md,
 "Models"): HF LlamaConfig keys to ``ModelArgs`` and back, the architectures e2h reads (a causal
 LM, a token-classification reward model with one label, or two as TRL's PRMs have, a one-label
 sequence classifier), RoPE in both key sets (e2h/rope.py), and the generation / tokenizer

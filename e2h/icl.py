@@ -1,4 +1,4 @@
-"""The few-shot baseline (PAPER.md, "Generators", the ICL rows of Table 1).
+"""The few-shot baseline (docs/paper.md, "Generators", the ICL rows of Table 1).
 
 A 4-shot prompt in the Minerva style ("Problem:" / "Solution:" / "Final Answer: The final
 answer is $X$. I hope it is correct."), exemplars drawn from easy, hard or all levels, decoded
@@ -21,6 +21,7 @@ from data.format import EASY_LEVELS, HARD_LEVELS, LEVELS
 from data.readers import load_math, write_jsonl
 from e2h.checkpoint import load_model
 from e2h.errors import guard
+from e2h.flags import ShowDefaults
 from e2h.grader import extract_answer
 from e2h.rerank import accuracy_by_split
 from e2h.sample import sample_solutions
@@ -89,19 +90,28 @@ def evaluate_icl(model, tok, problems: list[dict], exemplars: list[dict], *, max
     return samples, accuracy_by_split(samples)
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m e2h.icl", description=__doc__.split("\n")[0],
+                                formatter_class=ShowDefaults)
     p.add_argument("--model", required=True, help="HF Llama directory (the untrained base model)")
     p.add_argument("--math", required=True, help="MATH train problems jsonl: the exemplar pool")
     p.add_argument("--test", required=True, help="MATH problems jsonl to answer (MATH500)")
-    p.add_argument("--tokenizer", required=True, help="tokenizer.json")
+    p.add_argument("--tokenizer", default=None, help="tokenizer.json (default: the one in the "
+                   "--model folder)")
     p.add_argument("--out", required=True, help="folder for icl.json and icl_samples.jsonl")
     p.add_argument("--limit", type=int, default=0, help="only the first LIMIT test problems (0: all)")
     p.add_argument("--max-new-tokens", type=int, default=512, help="longest continuation")
     p.add_argument("--seed", type=int, default=0, help="which exemplars are drawn")
-    p.add_argument("--batch-size", type=int, default=8, help="problems per generate call")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    args = p.parse_args(argv)
+    p.add_argument("--sample-batch-size", type=int, default=8, help="problems per generate call")
+    p.add_argument("--device", default=None, help="torch device (default: cuda when available, "
+                   "else cpu)")
+    return p
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    args.tokenizer = args.tokenizer or str(Path(args.model) / "tokenizer.json")
     dtype = torch.bfloat16 if args.device.startswith("cuda") else torch.float32
     model = load_model(args.model, dtype=dtype, device=args.device).eval()
     exemplars = pick_exemplars(load_math(args.math), "easy", 4, random.Random(args.seed))
@@ -109,7 +119,7 @@ def main(argv=None):
     with torch.no_grad():
         samples, acc = evaluate_icl(model, Tokenizer(args.tokenizer), problems, exemplars,
                                     max_new_tokens=args.max_new_tokens,
-                                    batch_size=args.batch_size)
+                                    batch_size=args.sample_batch_size)
     out = Path(args.out)
     write_jsonl(out / "icl_samples.jsonl", samples)
     write_jsonl(out / "icl.json", [{"greedy": acc}])   # one line: the JSON object, atomically

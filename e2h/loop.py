@@ -10,14 +10,8 @@ scheduler state) after clipping the global gradient norm.
 
 PPO's steps (a rollout batch and its updates) run through the same ``run_steps``: learning
 rate, the non-finite stop, the metrics line, the progress bar and the save cadence live only
-here. The non-finite stop keeps the last checkpoint a good one: a step whose loss or gradient
-norm is not finite updates nothing and nothing is saved after it; the checkpoint holding the
-weights that produced it (saved right after the previous step, whose update blew them up to
-huge but finite values) is set aside as ``.nonfinite``; and weights that are not finite are
-never saved.
-
-A phase is identified by its iteration number; a checkpoint records (iteration, step within
-the phase, steps in the phase), which is all a resumed run needs to skip finished phases.
+here. What a non-finite step stops and sets aside, and what a resume skips: docs/runs.md,
+"Failures".
 """
 from __future__ import annotations
 

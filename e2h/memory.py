@@ -252,7 +252,8 @@ def setup_for(args, device) -> Setup:
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description="Per-GPU memory of an e2h run (PAPER.md settings).")
+    p = argparse.ArgumentParser(description="Per-GPU memory of an e2h run (the paper's settings, "
+                                "docs/paper.md).")
     p.add_argument("--algo", required=True, choices=(*PAPER, "rerank"))
     p.add_argument("--preset", default="llemma-7b", help="policy shape (e2h.model.PRESETS)")
     p.add_argument("--evaluator", default=None, help="reward / value model shape (default: --preset)")
@@ -262,7 +263,7 @@ def main(argv=None):
                    "(default: the paper's batch / --world, as train.py; DPO: pairs)")
     p.add_argument("--max-len", type=int, default=None, help="tokens per row (default: the paper's)")
     p.add_argument("--sample-batch-size", type=int, default=None, help="prompts per generate "
-                   "call (default: train.py's 16; rerank: evaluate.py's --batch-size 8)")
+                   "call (default: train.py's 16; rerank: evaluate.py's --sample-batch-size 8)")
     p.add_argument("--n-samples", type=int, default=None, help="samples per prompt (default: the "
                    "paper's; rerank 16)")
     p.add_argument("--unfreeze-embeddings", action="store_true")

@@ -1,4 +1,4 @@
-"""A Llama-style decoder, written out in full (PAPER.md, "Models").
+"""A Llama-style decoder, written out in full (docs/paper.md, "Models").
 
 Pre-norm blocks ``h = x + attn(norm(x))``, ``out = h + ffn(norm(h))``, SwiGLU feed-forward
 ``down(silu(gate(x)) * up(x))``, rotary position embeddings, grouped-query attention, no biases.

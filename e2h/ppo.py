@@ -1,4 +1,4 @@
-"""PPO against the easy-trained process reward model (PAPER.md, "RL", PPO; AlpacaFarm-style).
+"""PPO against the easy-trained process reward model (docs/paper.md, "RL", PPO; AlpacaFarm-style).
 
 Policy and frozen reference start from the SFT model; the value model starts from the reward
 model (a ``RewardModel``: its per-token head is the value head); the reward model is frozen.

@@ -1,5 +1,5 @@
 """One recipe per algorithm of train.py: which models it builds, what data it trains on, which
-phases it runs (PAPER.md "Generators", "Reward models", "RL"). Wiring only: the objectives live
+phases it runs (docs/paper.md "Generators", "Reward models", "RL"). Wiring only: the objectives live
 in sft.py, rm.py, dpo.py, rest.py, ppo.py and grpo.py, the step bookkeeping in loop.py.
 
 - sft: the supervised loop on SFT examples (easy levels).
@@ -281,7 +281,7 @@ def train_ppo(run) -> dict:
     steps = min(args.ppo_steps, args.max_steps) if args.max_steps else args.ppo_steps
     start = run.phase_start(0)
     start = steps if start is None else start
-    before, best = starting_point(run, policy)
+    before, best = starting_point(run, policy, validated=bool(args.eval_every))
 
     def step(k: int) -> dict:
         """One rollout per problem of this rank's share of step k's problems, then the update."""
@@ -315,7 +315,7 @@ def train_ppo(run) -> dict:
         run.save(both, opts, meta, export=policy)
 
     run_steps(run, steps, start, opts, step, save, desc="ppo", lr_key="lr",
-              evaluate=validation_every(run, policy, best if args.eval_every else None, steps))
+              evaluate=validation_every(run, policy, best, steps))
     return closing(run, policy, best, before)
 
 

@@ -1,4 +1,4 @@
-"""Re-ranking N sampled solutions with an evaluator (PAPER.md, "Re-ranking").
+"""Re-ranking N sampled solutions with an evaluator (docs/paper.md, "Re-ranking").
 
 - Majority voting: the most frequent final answer.
 - Weighted voting: W(a) = sum of score_i over samples i whose answer is equivalent to a, with

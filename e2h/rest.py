@@ -1,4 +1,4 @@
-"""ReST-EM: fine-tuning on the generator's own correct solutions (PAPER.md, "RL", ReST-EM;
+"""ReST-EM: fine-tuning on the generator's own correct solutions (docs/paper.md, "RL", ReST-EM;
 Singh et al. 2023, "Beyond Human Data").
 
 One iteration:

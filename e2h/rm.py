@@ -1,4 +1,4 @@
-"""Reward models (evaluators): ORM, PRM and OPRM (PAPER.md, "Reward models").
+"""Reward models (evaluators): ORM, PRM and OPRM (docs/paper.md, "Reward models").
 
 A reward model (``e2h.model.RewardModel``) is the language model's trunk with its LM head
 replaced by a zero-initialized linear head that gives one logit per position; p = sigmoid(logit).

@@ -1,4 +1,4 @@
-"""PPO's experience: sample one solution per problem, then score it token by token (PAPER.md,
+"""PPO's experience: sample one solution per problem, then score it token by token (docs/paper.md,
 "RL", PPO): the process reward from the PRM at each step delimiter, the terminal reward from
 the grader where the answer may be used, the KL penalty against the reference, the value
 model's estimates, and the advantages GAE makes of them (the pieces are in e2h/ppo.py).

@@ -26,7 +26,7 @@ from e2h import trainstate
 from e2h.checkpoint import check_tokenizer
 from e2h.hf_config import LM_ARCH, read_config
 from e2h.files import disk_errors, write_text
-from e2h.model import ModelArgs, RewardModel, Transformer
+from e2h.model import PRESETS, ModelArgs, RewardModel, Transformer
 from e2h.runfolder import LOG, read_log
 from e2h.sample import sample_solutions
 from e2h.sft import freeze_embeddings
@@ -163,7 +163,11 @@ def check_model_dir(flag: str, path, reward: bool | None = None):
     (``reward``: a reward model; False: a policy; None: either), read from its config.json."""
     path = Path(path)
     if not path.is_dir():
-        raise ValueError(f"--{flag} {path}: not a folder (an HF Llama directory with config.json)")
+        preset = str(path).replace("_", "-")
+        hint = (f"; for a random model of the preset {preset!r} use --preset {preset}"
+                if flag == "model" and preset in PRESETS else "")
+        raise ValueError(f"--{flag} {path}: not a folder (an HF Llama directory with config.json)"
+                         + hint)
     _, arch, _ = read_config(path)
     is_rm = arch != LM_ARCH
     if reward is not None and is_rm != reward:

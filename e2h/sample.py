@@ -1,7 +1,7 @@
 """KV-cache sampling with continuous batching: a fixed number of rows, each refilled as it ends.
 
 Step 1 of the pipeline. Every stage that samples from a generator (ORM data, re-ranking, PPO
-rollouts, DPO and ReST-EM pairs; PAPER.md "Reward models", "Re-ranking", "RL") calls
+rollouts, DPO and ReST-EM pairs; docs/paper.md "Reward models", "Re-ranking", "RL") calls
 ``generate``; ``sample_solutions`` turns its ids into graded sample records.
 
 - The B * n (prompt, sample) pairs stream through ``max_rows`` rows of one KVCache, allocated

@@ -1,5 +1,5 @@
 """Step 2 of the pipeline, scoring: an evaluator reads a probability off each step of a sampled
-solution (PAPER.md, "Reward models" and "Re-ranking"), and ROC-AUC says how well those
+solution (docs/paper.md, "Reward models" and "Re-ranking"), and ROC-AUC says how well those
 probabilities tell right from wrong.
 
 - A step score sits at the first token of each "\\n\\n" that ends a step, the outcome score at

@@ -1,4 +1,4 @@
-"""The generators: supervised fine-tuning and few-shot prompting (PAPER.md, "Generators").
+"""The generators: supervised fine-tuning and few-shot prompting (docs/paper.md, "Generators").
 
 SFT is next-token cross-entropy on the target tokens of each example, the completion and its
 EOS; BOS and the prompt are masked (the masks come from ``data.format.tokenize_sft``):

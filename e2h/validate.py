@@ -1,11 +1,11 @@
 """Greedy accuracy of a policy during and after RL, and the best policy by validation accuracy.
 
-PAPER.md: PPO validates greedily every 10 steps and keeps the checkpoint with the best
+docs/paper.md: PPO validates greedily every 10 steps and keeps the checkpoint with the best
 validation accuracy; iterative DPO and ReST-EM here validate after every iteration the same way
 (the paper saw ReST-EM degrade at a third iteration). On the
 synthetic curriculum the validation and test problems are the curriculum's own disjoint splits
 (``--eval-problems`` per level); on real data the validation problems are held out of the
---math-problems pool with MATH500's (subject, level) counts (``--validation-data``, PAPER.md
+--math-problems pool with MATH500's (subject, level) counts (``--validation-data``, docs/paper.md
 "Data"), and RL never trains on them.
 
 A run's best policy lives in <out>/best/ (HF layout) with best.json saying where it came from;
@@ -100,12 +100,16 @@ class Best:
                 f" / {self.info['validation_all_acc']:.1f})")
 
 
-def starting_point(run, policy) -> tuple[dict, Best]:
+def starting_point(run, policy, validated: bool = True) -> tuple[dict, Best | None]:
     """Before RL: the starting policy's test accuracy (for the closing table) and a Best that
     already holds the starting policy with its validation accuracy, so that a run whose every
     checkpoint validates lower ends with the policy it started from. On a resume past step 0
-    the start was offered then (best.json remembers the winner)."""
-    before, best = starting_accuracy(run, policy), Best(run)
+    the start was offered then (best.json remembers the winner). ``validated`` False (PPO with
+    --eval-every 0): no Best, the run ends with its last policy."""
+    before = starting_accuracy(run, policy)
+    if not validated:
+        return before, None
+    best = Best(run)
     if run.step == 0:
         acc = accuracy(run, policy, "validation")
         if acc:

@@ -5,7 +5,6 @@ import random
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 import e2h.dpo as dpo
 from data.format import format_prompt
@@ -121,27 +120,6 @@ def examples():
              "rejected_tokens": [1, 5, 6, 9, 2], "rejected_mask": [0, 0, 0, 1, 1]},
             {"chosen_tokens": [1, 10, 11, 2], "chosen_mask": [0, 0, 1, 1],
              "rejected_tokens": [1, 10, 12, 13, 14, 15, 2], "rejected_mask": [0, 0, 1, 1, 1, 1, 1]}]
-
-
-def test_sequence_logps_sums_completion_tokens(model):
-    batch = collate_pairs(examples(), pad_id=0)
-    got = sequence_logps(model, batch["tokens"], batch["loss_mask"])
-    with torch.no_grad():
-        for row, e in enumerate([examples()[0]["chosen_tokens"], examples()[1]["chosen_tokens"],
-                                 examples()[0]["rejected_tokens"],
-                                 examples()[1]["rejected_tokens"]]):
-            mask = batch["loss_mask"][row, :len(e)].tolist()
-            logps = F.log_softmax(model(torch.tensor([e]))[0], -1)       # alone, no padding
-            expected = sum(logps[t - 1, e[t]] for t in range(1, len(e)) if mask[t])
-            # sums of ~20 nats: fp32 spacing there is 2e-6, so the 1e-6 budget is relative
-            torch.testing.assert_close(got[row], expected, rtol=1e-6, atol=1e-6)
-
-
-def test_zero_completion_tokens_is_an_error(model):
-    tokens = torch.tensor([[1, 5, 6, 2], [1, 5, 6, 2]])
-    loss_mask = torch.tensor([[0, 0, 1, 1], [1, 0, 0, 0]])   # row 1: only BOS, never a target
-    with pytest.raises(ValueError, match="sequence 1 has no completion tokens"):
-        sequence_logps(model, tokens, loss_mask)
 
 
 def test_cached_reference_is_the_starting_model(model):

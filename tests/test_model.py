@@ -1,4 +1,5 @@
-"""The hand-written Llama: norms, RoPE, GQA, causality, caches with rows of different lengths, presets."""
+"""The hand-written Llama: norms, RoPE, GQA, causality, caches with rows of different lengths, presets;
+the reward model's zero-initialized head."""
 import ast
 import math
 from pathlib import Path
@@ -7,7 +8,7 @@ import pytest
 import torch
 
 from e2h.kv_cache import KVCache
-from e2h.model import ModelArgs, RMSNorm, Transformer, apply_rope, rope_cos_sin
+from e2h.model import ModelArgs, RewardModel, RMSNorm, Transformer, apply_rope, rope_cos_sin
 
 
 @pytest.fixture(scope="module")
@@ -102,24 +103,6 @@ def test_rows_of_a_cache_filled_to_different_lengths_equal_each_row_alone(model)
     assert cache.lengths.tolist() == [4, 6] and cache.length == 6
 
 
-def test_cache_insert_keep_clear_and_overflow(model):
-    source = KVCache(model.args, 2, 3, torch.float32, "cpu")
-    model(torch.tensor([[1, 2, 3], [4, 5, 6]]), cache=source)
-    cache = KVCache(model.args, 3, 4, torch.float32, "cpu")
-    # rows 2 and 0 take source row 1, row 1 takes source row 0 (filled to 2 of its 3 slots)
-    cache.insert(torch.tensor([2, 0, 1]), source, torch.tensor([1, 1, 0]), torch.tensor([3, 3, 2]))
-    assert cache.k[0].shape == (3, 2, 4, 8) and cache.lengths.tolist() == [3, 2, 3]
-    assert torch.equal(cache.k[1][0, :, :3], source.k[1][1]) and torch.equal(cache.k[1][2], cache.k[1][0])
-    assert torch.equal(cache.v[0][1, :, :3], source.v[0][0]) and cache.length == 3
-    cache.keep(torch.tensor([2, 1]))
-    assert cache.lengths.tolist() == [3, 2] and torch.equal(cache.v[1][0, :, :3], source.v[1][1])
-    cache.clear(torch.tensor([0]))
-    assert cache.lengths.tolist() == [0, 2] and cache.length == 2
-    model(torch.zeros(2, 2, dtype=torch.long), cache=cache)
-    with pytest.raises(ValueError, match="5 slots needed, only 4 allocated"):
-        model(torch.zeros(2, 1, dtype=torch.long), cache=cache)
-
-
 def test_parameter_names_mirror_hf_llama(model):
     names = set(dict(model.named_parameters()))
     assert {"embed_tokens.weight", "norm.weight", "lm_head.weight",
@@ -141,3 +124,32 @@ def test_model_never_imports_torch_distributed():
     modules = [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
     modules += [n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
     assert "torch" in modules and not any(m.startswith("torch.distributed") for m in modules)
+
+
+def tiny_rm(vocab_size=64):
+    torch.manual_seed(0)
+    return RewardModel(Transformer(ModelArgs.from_name("tiny", vocab_size=vocab_size)))
+
+
+def test_zero_init_head_gives_one_half_everywhere():
+    rm = tiny_rm()
+    tokens = torch.randint(0, 64, (2, 7))
+    p = torch.sigmoid(rm(tokens))
+    assert p.shape == (2, 7) and p.dtype == torch.float32
+    assert torch.equal(p, torch.full((2, 7), 0.5))
+    assert not rm.trunk.lm_head.weight.requires_grad      # unused: frozen
+    # a bf16 policy gives a bf16 head; the logits still come out in float32
+    bf16 = RewardModel.from_policy(Transformer(ModelArgs.from_name("tiny")).bfloat16())
+    assert bf16.score.weight.dtype == torch.bfloat16
+    assert torch.equal(torch.sigmoid(bf16(tokens)), torch.full((2, 7), 0.5))
+
+
+def test_from_policy_copies_the_trunk():
+    policy = Transformer(ModelArgs.from_name("tiny"))
+    rm = RewardModel.from_policy(policy)
+    assert rm.trunk is not policy
+    assert torch.equal(rm.trunk.layers[0].mlp.up_proj.weight, policy.layers[0].mlp.up_proj.weight)
+    with torch.no_grad():
+        rm.trunk.layers[0].mlp.up_proj.weight.add_(1.0)
+    assert not torch.equal(rm.trunk.layers[0].mlp.up_proj.weight, policy.layers[0].mlp.up_proj.weight)
+    assert policy.lm_head.weight.requires_grad             # the policy is left alone

@@ -1,14 +1,17 @@
 """KV-cache sampling with continuous batching against full forwards without a cache and against
-each prompt sampled alone, on the tiny preset in float32."""
+each prompt sampled alone, on the tiny preset in float32; graded sample records."""
 import pytest
 import torch
 import torch.nn.functional as F
 
 import e2h.sample as sample_mod
+from data.format import format_prompt
 from e2h.kv_cache import KVCache
 from e2h.model import ModelArgs, Transformer
 from e2h import distributed as dist
-from e2h.sample import Progress, Sample, filter_logits, generate, inverse_cdf, pair_seeds
+from e2h.sample import (Progress, Sample, filter_logits, generate, inverse_cdf, pair_seeds,
+                        sample_solutions)
+from e2h.tokenizer import train_tokenizer
 
 PROMPTS = [[1, 5, 9], [1, 7, 3, 12, 40, 8, 2], [1, 30, 31, 32, 33]]   # lengths 3, 7, 5
 
@@ -267,3 +270,37 @@ def test_the_cache_holds_the_autocast_dtype(model, monkeypatch):
         generate(model, [[1, 5, 6]], 3, temperature=0.0)
     generate(model, [[1, 5, 6]], 3, temperature=0.0)
     assert dtypes[0] == torch.bfloat16 and dtypes[-1] == torch.float32
+
+
+@pytest.fixture(scope="module")
+def tok(tmp_path_factory):
+    corpus = [format_prompt("Start at 7.") + "7 + 5 = 12\n\n# Answer\n\n12"] * 20
+    return train_tokenizer(corpus, tmp_path_factory.mktemp("tok") / "tokenizer.json", vocab_size=60)
+
+
+PROBLEMS = [{"id": "a", "question": "Start at 7.", "answer": "12", "level": 1},
+            {"id": "b", "question": "Start at 8.", "answer": "13", "level": 4},
+            {"id": "c", "question": "Start at 9.", "answer": "14", "level": 5}]
+
+
+def test_sample_solutions_records(tok, monkeypatch):
+    calls = []
+
+    def fake_generate(model, prompts, max_new_tokens, temperature, top_k, n, eos_id, stop_fn, generator,
+                      max_rows, seeds):
+        calls.append((len(prompts), n, temperature, top_k, eos_id, max_rows))
+        assert prompts == [tok.encode(format_prompt(p["question"]), bos=True) for p in PROBLEMS]
+        # sample 0 answers 12 and ends with EOS; sample 1 is cut by the length limit
+        return [Sample(tok.encode("7 + 5 = 12\n\n# Answer\n\n12", eos=True)) if i % 2 == 0
+                else Sample(tok.encode("7 + 5 = 1")) for i in range(len(prompts) * n)]
+
+    monkeypatch.setattr(sample_mod, "generate", fake_generate)
+    samples = sample_solutions(None, tok, PROBLEMS, n=2, temperature=0.7, top_k=20,
+                               max_new_tokens=512, batch_size=2)
+    # every problem streams through one call, on batch_size x n rows
+    assert calls == [(3, 2, 0.7, 20, tok.eos_id, 4)]
+    assert [x["id"] for x in samples] == ["a", "a", "b", "b", "c", "c"]        # problem-major
+    assert samples[0]["completion"] == "7 + 5 = 12\n\n# Answer\n\n12"          # no EOS text
+    assert [x["answer"] for x in samples[:2]] == ["12", None]
+    assert [x["correct"] for x in samples] == [True, False, False, False, False, False]
+    assert [x["level"] for x in samples[::2]] == [1, 4, 5]

@@ -18,7 +18,7 @@ from e2h.checkpoint import save_model
 from e2h.model import ModelArgs, RewardModel, Transformer
 from e2h.tokenizer import train_tokenizer
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore", "PYTHONPATH": str(ROOT)}
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
 
@@ -187,8 +187,8 @@ def test_two_ranks_match_one_and_a_sigterm_to_torchrun_resumes_on_one(tmp_path):
     one, two = tmp_path / "one", tmp_path / "two"
     run([sys.executable, *SFT, "--out", str(one)])
     # two ranks, each one micro-batch of 2 per step; a scheduler's SIGTERM to torchrun as step 1
-    # ends (tests/signal_at.py), which torchrun forwards to both ranks: they save step 1 and stop
-    stopped = subprocess.run(TORCHRUN + ["tests/signal_at.py", "1", "launcher", *SFT[1:], "--out",
+    # ends (tests/infra/signal_at.py), which torchrun forwards to both ranks: they save step 1 and stop
+    stopped = subprocess.run(TORCHRUN + ["tests/infra/signal_at.py", "1", "launcher", *SFT[1:], "--out",
                                          str(two)], cwd=ROOT, env=ENV, capture_output=True,
                              text=True, timeout=240)
     assert stopped.returncode != 0

@@ -17,7 +17,7 @@ from e2h.model import ModelArgs, RewardModel, Transformer
 from e2h.sequences import sequence_logps
 from e2h.tokenizer import Tokenizer, train_tokenizer
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 import train  # noqa: E402
 

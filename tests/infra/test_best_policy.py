@@ -14,7 +14,7 @@ from e2h.checkpoint import load_model
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from test_rl_iterations import RUN, models, params, spy  # noqa: E402,F401  (the fixture too)
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 import train  # noqa: E402
 
@@ -74,3 +74,12 @@ def test_ppo_validates_the_start_too(models, tmp_path, monkeypatch, capsys, alls
     assert json.loads((tmp_path / "ppo/best/best.json").read_text())["step"] == kept_step
     same = torch.equal(weights(tmp_path / "ppo/model"), weights(models / "policy"))
     assert same == (kept_step == 0)
+
+
+def test_ppo_without_validation_ends_with_its_last_policy(models, tmp_path, monkeypatch, capsys):
+    script(monkeypatch, [90.0])                     # were the start validated, it would win
+    assert train.main(["--algo", "ppo", "--out", str(tmp_path / "ppo"), *VALIDATED,
+                       "--policy", str(models / "policy"), "--reward-model", str(models / "rm"),
+                       "--ppo-steps", "2", "--rollouts", "2", "--eval-every", "0"]) == 0
+    assert not (tmp_path / "ppo/best").exists()
+    assert not torch.equal(weights(tmp_path / "ppo/model"), weights(models / "policy"))

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CHECKS = ["setup", "kernel", "attention", "decode", "decode_compile", "sft", "evaluate", "ppo",
           "dpo"]
 HEAD = "| check | status | seconds | result |"

@@ -1,7 +1,7 @@
 """train.py sent a real stop signal as step STEP is logged: a scheduler's SIGTERM at a known step.
 
-    python tests/signal_at.py STEP {self,launcher} [train.py flags]
-    torchrun ... tests/signal_at.py STEP launcher [train.py flags]
+    python tests/infra/signal_at.py STEP {self,launcher} [train.py flags]
+    torchrun ... tests/infra/signal_at.py STEP launcher [train.py flags]
 
 ``self``: the process signals itself. ``launcher``: rank 0 signals its parent, torchrun, which
 forwards the signal to every rank, and waits until the signal has reached it, so the ranks stop
@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 import train  # noqa: E402
 from e2h import distributed as dist  # noqa: E402
 from e2h import preemption  # noqa: E402

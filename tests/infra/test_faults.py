@@ -22,7 +22,7 @@ import train
 from e2h import errors, evaluate, trainstate
 from e2h.errors import guard
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 T = ["--algo", "sft", "--preset", "tiny", "--batch-size", "8", "--n-problems", "4",
      "--eval-problems", "0", "--epochs", "10"]
 

@@ -188,7 +188,7 @@ def test_train_refuses_a_run_that_cannot_fit(tmp_path):
     import subprocess
     import sys
     from pathlib import Path
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     result = subprocess.run([sys.executable, "train.py", "--algo", "sft", "--preset", "llemma-34b",
                              "--out", str(tmp_path / "run")], cwd=root, capture_output=True,
                             text=True, timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
@@ -221,7 +221,7 @@ def test_return_freed_memory_maps_large_tensors(env):
     with return_freed_memory each gets its own mapping and the heap does not grow. A user's
     MALLOC_MMAP_THRESHOLD_ is left as it is."""
     run = subprocess.run([sys.executable, "-c", HEAP_PROBE], capture_output=True, text=True,
-                         cwd=Path(__file__).resolve().parents[1], env={**os.environ, **env})
+                         cwd=Path(__file__).resolve().parents[2], env={**os.environ, **env})
     if platform.libc_ver()[0] != "glibc":
         pytest.skip("needs glibc")
     applied, grown = run.stdout.split()

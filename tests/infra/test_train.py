@@ -16,7 +16,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TINY = ["--preset", "tiny", "--max-steps", "2", "--n-problems", "2", "--eval-problems", "0",
         "--batch-size", "4", "--max-new-tokens", "24", "--sample-batch-size", "8"]
 
@@ -176,9 +176,9 @@ SFT = ["--algo", "sft", "--preset", "tiny", "--n-problems", "4", "--batch-size",
 
 def test_sigterm_then_resume_ends_with_exactly_the_uninterrupted_weights(runs):
     ok(train(*SFT, "--out", runs / "whole"))
-    # a scheduler's SIGTERM as step 1 ends (tests/signal_at.py): saved at once, though
+    # a scheduler's SIGTERM as step 1 ends (tests/infra/signal_at.py): saved at once, though
     # --save-every 2 would not save it
-    stopped = train("1", "self", *SFT, "--out", runs / "parts", script="tests/signal_at.py")
+    stopped = train("1", "self", *SFT, "--out", runs / "parts", script="tests/infra/signal_at.py")
     assert stopped.returncode == 143, stopped.stderr[-2000:]
     assert stopped.stderr.strip().splitlines()[-1] == (
         f"SIGTERM: stopped at step 1, checkpoint {runs / 'parts' / 'checkpoints' / 'step_000001'}; "
@@ -214,6 +214,17 @@ def test_bad_flags_are_argparse_errors(argv, message):
     result = train(*argv)
     assert result.returncode == 2
     assert message in result.stderr and "usage:" in result.stderr
+
+
+def test_a_preset_name_given_as_model_says_to_use_preset(tmp_path, monkeypatch):
+    from e2h.run import check_model_dir
+    monkeypatch.chdir(tmp_path)   # no folder of that name here
+    with pytest.raises(ValueError, match=r"^--model llemma_7b: not a folder \(an HF Llama directory "
+                                         r"with config.json\); for a random model of the preset "
+                                         r"'llemma-7b' use --preset llemma-7b$"):
+        check_model_dir("model", "llemma_7b")
+    with pytest.raises(ValueError, match=r"config.json\)$"):   # --policy has no preset to offer
+        check_model_dir("policy", "llemma-7b")
 
 
 def test_missing_file_empty_data_and_oversized_tokenizer_are_one_line_errors(runs, init_model):

@@ -2,11 +2,12 @@
 imports only the layers below it, a stage's cache key holds only the flags it uses, and no
 top-level name of the repository is taken by the packages a Hugging Face user has installed."""
 import ast
+import re
 import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("e2h", "data")
 
 
@@ -131,3 +132,42 @@ def test_no_top_level_name_is_installed_by_transformers_or_trl():
     ours |= {p.name for p in ROOT.iterdir() if p.is_dir() and any(p.glob("*.py"))}
     assert {"e2h", "data", "train", "study", "bench", "tests"} <= ours
     assert not ours & HF_IMPORT_NAMES, sorted(ours & HF_IMPORT_NAMES)
+
+
+def cited_docs() -> list[tuple[str, str, list[str]]]:
+    """(citing file, cited docs page, the section names quoted right after it) of every docs
+    page the code and the docs cite: a docstring's `docs/paper.md, "RL", PPO` gives ["RL"],
+    `docs/paper.md "Text format" / "Grading"` gives both names."""
+    found = []
+    for path in sorted([*ROOT.rglob("*.py"), *ROOT.rglob("*.md")]):
+        rel = path.relative_to(ROOT)
+        if rel.parts[0].startswith(".") or rel.parts[0] == "runs" or path == Path(__file__):
+            continue
+        text = path.read_text()
+        for m in re.finditer(r"docs/[\w-]+\.md", text):
+            rest, names = text[m.end():], []
+            sep = re.match(r"[,:]?\s*", rest)
+            # a quoted name may wrap onto the next line of a docstring
+            while sep and (q := re.match(r'"([^"\n]+(?:\n[^"\n]+)?)"', rest[sep.end():])):
+                names.append(" ".join(q.group(1).split()))
+                rest = rest[sep.end() + q.end():]
+                sep = re.match(r"\s*(?:,|/|;|and)\s*(?=\")", rest)
+            found.append((str(rel), m.group(), names))
+    return found
+
+
+def headings(path: Path) -> list[str]:
+    """The Markdown headings of ``path``, outside fenced code blocks."""
+    text = re.sub(r"^```.*?^```", "", path.read_text(), flags=re.S | re.M)
+    return [h.strip() for h in re.findall(r"^#+ (.+)$", text, re.M)]
+
+
+def test_every_cited_doc_and_section_exists():
+    cited = cited_docs()
+    assert len(cited) >= 40 and sum(map(len, (names for _, _, names in cited))) >= 40
+    for where, doc, names in cited:
+        assert (ROOT / doc).is_file(), f"{where} cites {doc}, which does not exist"
+        titles = headings(ROOT / doc)
+        for name in names:   # "Reward models" names the section "Reward models (evaluators)"
+            assert any(t == name or t.startswith(name + " (") for t in titles), \
+                f'{where} cites {doc}, "{name}": no such section'
