@@ -34,6 +34,8 @@ PANELS = [
     ("PPO KL", [("kl", ("objective/kl",))]),
     ("PPO approximate KL", [("approxkl", ("policy/approxkl_avg",))]),
     ("PPO value loss", [("value loss", ("loss/value_avg",))]),
+    ("GRPO reward", [("reward", ("reward",)), ("reward std", ("reward_std",))]),
+    ("GRPO KL", [("kl", ("kl",))]),
     ("DPO reward margin", [("margin", ("rewards/margins",))]),
     ("DPO reward accuracy", [("accuracy", ("rewards/accuracies",))]),
     ("RM held-out AUC", [(f"{split} {level}", (f"final/{split}_{level}_auc",))

@@ -61,7 +61,7 @@ def test_evaluate_icl_greedy_with_the_few_shot_prompt(monkeypatch):
     seen = []
 
     def fake_generate(model, prompts, max_new_tokens, temperature, top_k, n, eos_id, stop_fn, generator,
-                      max_rows):
+                      max_rows, seeds):
         seen.append((temperature, n))
         out = []
         for p in prompts:
