@@ -55,6 +55,8 @@ USED_BY = {"beta": ("dpo",), "rpo_alpha": ("dpo",), "pair_gap": ("dpo",), "max_p
            "no_scale_rewards": ("grpo",), "process_advantages": ("grpo",),
            "value_clip": ("ppo",), "vf_coef": ("ppo",),
            "value_lr": ("ppo",), "value_warmup_steps": ("ppo",), "no_process_reward": ("ppo",),
+           "u": ("ppo",), "step_bonus": ("ppo",), "hard_reward": ("ppo",),
+           "format_penalty": ("ppo",), "gamma": ("ppo",), "lam": ("ppo",),
            "eval_every": ("ppo", "sft", "grpo"), "answer_levels": RL, "reward_model": RL,
            "validation_data": RL,
            "samples": recipes.RM_ALGOS}

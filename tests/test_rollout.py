@@ -4,7 +4,7 @@ Stand-in models whose outputs depend only on the position make each read positio
 reference gives uniform logits (log-prob -log V for every token), the value model 0.1 * t at
 position t, the reward model p(t) = sigmoid(0.5 t - 10). Two rollouts of one solution text, on
 an easy problem (its answer may be used) and on a hard one (it may not). Grid index g holds
-token g + 1 (module docstring of e2h/ppo.py).
+token g + 1 (module docstring of e2h/ppo.py); the scoring is `e2h.ppo.score_rollouts`.
 """
 import math
 
@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from data.format import format_prompt
-from e2h.rollout import score_rollouts
+from e2h.ppo import score_rollouts
 from e2h.sample import Sample
 from e2h.tokenizer import train_tokenizer
 
