@@ -52,12 +52,12 @@ from pathlib import Path
 
 import numpy as np
 
-from e2h.errors import guard
+from e2h.infra.errors import guard
 from study_inputs import real_files, write_inputs, write_real_inputs
 from study_report import EVALUATORS, write_report
 from study_runner import Job, lock, run_jobs
 
-DONE = "done.json"   # what train.py writes last in its run folder (e2h/runfolder.py)
+DONE = "done.json"   # what train.py writes last in its run folder (e2h/infra/runfolder.py)
 
 FULL = dict(preset="small", half_preset="small-half", sft_steps=500, sft_batch=32, sft_lr=2e-3,
             eval_problems=100, rm_lr=3e-4, rm_steps=900, orm_steps=300, rm_problems=600,

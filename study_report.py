@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from e2h.files import write_json, write_text
+from e2h.infra.files import write_json, write_text
 from study_figures import write_figures
 from study_paired import (bootstrap, greedy_gap, greedy_hits, method_gap, points, rerank_hits,
                           split_gap)

@@ -37,7 +37,7 @@ import torch.nn.functional as F
 
 from data.format import (EASY_LEVELS, STEP_SEP, format_prompt, format_solution, parse_solution,
                          tokenize_sft)
-from e2h.distributed import gathered
+from e2h.infra.distributed import gathered
 from e2h.sample import sample_solutions
 from e2h.score import sample_score, score_samples
 from e2h.sequences import collate, sequence_logps

@@ -13,7 +13,7 @@ import json
 import sys
 
 from e2h import defaults, ppo, recipes
-from e2h import distributed as dist
+from e2h.infra import distributed as dist
 
 ALGOS = ("sft", "orm", "prm", "oprm", "ppo", "dpo", "rest", "grpo")
 # what a run's args.json records about how its command treated the folder, not what it trained:

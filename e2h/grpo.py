@@ -46,7 +46,7 @@ from collections import defaultdict
 import torch
 
 from data.format import EASY_LEVELS, format_prompt, parse_solution, score_positions
-from e2h.distributed import clip_grad_norm, gathered
+from e2h.infra.distributed import clip_grad_norm, gathered
 from e2h.dpo import pair_score
 from e2h.grader import grade_answer
 from e2h.ppo import masked_mean, ppo_policy_loss

@@ -40,7 +40,7 @@ from dataclasses import dataclass
 import torch
 
 from data.format import EASY_LEVELS, format_prompt, parse_solution
-from e2h.distributed import clip_grad_norm, gathered
+from e2h.infra.distributed import clip_grad_norm, gathered
 from e2h.grader import grade_answer
 from e2h.sample import generate
 from e2h.sequences import forward_rows, token_logps, trajectories

@@ -28,12 +28,12 @@ import torch
 
 from data import sources, synthetic
 from data.format import EASY_LEVELS, HARD_LEVELS
-from e2h import distributed as dist
+from e2h.infra import distributed as dist
 from e2h import dpo, grpo, ppo, rest, rm, sft
 from e2h.loop import NonFiniteLoss, batch_indices, phase_steps, run_steps, train_phase
 from e2h.defaults import ROLE
 from e2h.model import RewardModel
-from e2h.sharded import load_into
+from e2h.hf.sharded import load_into
 from e2h.run import (cached_records, encode_all, finish, generator_for, load, load_or_init,
                      make_optimizer, max_len, on_every_rank, prepare, rng_for, sample,
                      shard_of)

@@ -22,7 +22,7 @@ from functools import partial
 import torch
 
 from data.format import EASY_LEVELS
-from e2h.distributed import gathered
+from e2h.infra.distributed import gathered
 from e2h.sample import sample_solutions
 from e2h.score import sample_score, score_samples
 from e2h.sft import loss_fn, sft_batch

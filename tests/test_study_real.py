@@ -18,7 +18,7 @@ pytestmark = pytest.mark.skipif(not (DATA / "math" / "math500_test.jsonl").is_fi
 def test_quick_real_study(tmp_path):
     sys.path.insert(0, str(ROOT))
     import torch
-    from e2h.checkpoint import save_model
+    from e2h.hf.checkpoint import save_model
     from e2h.model import ModelArgs, Transformer
     torch.manual_seed(0)
     base = tmp_path / "base"
