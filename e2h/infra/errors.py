@@ -1,4 +1,4 @@
-"""How the commands (train.py, e2h.evaluate, e2h.icl, study.py) fail: one line and an exit code.
+"""How the commands (train.py, e2h.evaluate, e2h.icl, the study) fail: one line and an exit code.
 
 An expected failure (a bad flag, file, record or key; a folder that cannot be written; a full
 disk; a non-finite loss; a rank that stopped answering) is an exception whose message names
@@ -60,7 +60,7 @@ def one_line(e: BaseException) -> str | None:
 
 
 def _dist():
-    """e2h.infra.distributed when the command runs it (study.py, a process manager, never imports
+    """e2h.infra.distributed when the command runs it (the study, a process manager, never imports
     torch); without it there is one process."""
     return sys.modules.get("e2h.infra.distributed")
 

@@ -7,7 +7,7 @@ gets. The file is written in place and never removed or replaced: the lock belon
 file's inode, so a new file under the same name would be a second, free lock.
 
 Used by train.py for its run folder (e2h/infra/runfolder.py), by e2h.evaluate for its output folder
-and by study.py for its runs folder (study_runner.py). Imports no torch (study.py must not).
+and by the study for its runs folder (study/runner.py). Imports no torch (the study must not).
 """
 from __future__ import annotations
 

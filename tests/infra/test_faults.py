@@ -529,9 +529,9 @@ def test_the_table_goes_up_to_n_itself():
 
 
 def test_a_stage_is_done_only_by_a_readable_marker(tmp_path):
-    import study
+    from study import main as study
     from e2h.infra import runfolder
-    from study_runner import Job, lock, run_jobs
+    from study.runner import Job, lock, run_jobs
     assert study.DONE == runfolder.DONE   # train.py's marker, the one the study waits for
     marker = tmp_path / "table.json"
     marker.write_text("")   # what an in-place write killed at its start leaves
@@ -563,15 +563,15 @@ def test_evaluate_marks_done_last(models, tmp_path, capsys, monkeypatch):
 
 
 def test_failed_stage_is_one_line_and_a_second_runner_is_refused(tmp_path):
-    from study_runner import Job, lock, run_jobs
+    from study.runner import Job, lock, run_jobs
     fd = lock(tmp_path)
     try:
-        with pytest.raises(errors.Failed, match=r"in use by another study.py or stages it started \(pid \d+ on "):
+        with pytest.raises(errors.Failed, match=r"in use by another study or stages it started \(pid \d+ on "):
             lock(tmp_path)
         job = Job("seed0/bad", [sys.executable, "-c", "import sys; sys.exit('error: --lr: bad')"],
                   tmp_path / "never.json")
         with pytest.raises(errors.Failed, match=r"stage seed0/bad failed \(exit 1\): error: --lr: "
-                                                r"bad \(log: .*seed0_bad.log\); running study.py again"):
+                                                r"bad \(log: .*seed0_bad.log\); running python -m study again"):
             run_jobs([job], 1, tmp_path / "logs", fd)
     finally:
         os.close(fd)
@@ -581,7 +581,7 @@ RUNNER = """
 import sys
 sys.path.insert(0, {root!r})
 from pathlib import Path
-from study_runner import Job, lock, run_jobs
+from study.runner import Job, lock, run_jobs
 runs = Path({runs!r})
 stage = [sys.executable, "-c", "import os, time; open({pid!r}, 'w').write(str(os.getpid())); time.sleep(60)"]
 run_jobs([Job("s", stage, runs / "done.json")], 1, runs / "logs", lock(runs))
@@ -599,7 +599,7 @@ def alive(pid: int) -> bool:
 
 @pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
 def test_ending_the_runner_ends_its_stages(tmp_path, how):
-    from study_runner import lock
+    from study.runner import lock
     pid_file = tmp_path / "stage.pid"
     code = RUNNER.format(root=str(ROOT), runs=str(tmp_path / "runs"), pid=str(pid_file))
     runner = subprocess.Popen([sys.executable, "-c", code])

@@ -92,7 +92,7 @@ def test_layers():
 
 
 def test_study_imports_no_torch():
-    code = "import sys; sys.path.insert(0, '.'); import study; print('torch' in sys.modules)"
+    code = "import sys; sys.path.insert(0, '.'); import study.main; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "False"

@@ -1,5 +1,5 @@
 """The study's figures as SVG text: accuracy against N (the paper's Figures 3-4) and grouped bars
-for Tables 1 and 2, drawn from the ``summary`` that study_report.py writes into results.json.
+for Tables 1 and 2, drawn from the ``summary`` that study/report.py writes into results.json.
 
 Why by hand: the design card allows no plotting library, and an SVG is only text (the drawing
 pieces are e2h/svg.py, which the training curves share). It is written byte for byte the same
