@@ -15,7 +15,8 @@ loop (e2h/loop.py): a seeded permutation of the data per epoch, gradient accumul
 global batch, AdamW, warmup then cosine learning rate, gradient clipping; PPO and GRPO alternate
 rollouts and updates through the same step bookkeeping. What each algorithm builds and trains on is in
 e2h/recipes.py, its data in data/sources.py, its flags in e2h/flags.py, the regime defaults of
-unset flags in e2h/defaults.py; under torchrun, e2h/distributed.py shards every model with FSDP2.
+unset flags in e2h/defaults.py; under torchrun, e2h/infra/distributed.py shards every model with
+FSDP2.
 """
 from __future__ import annotations
 
@@ -25,12 +26,13 @@ import sys
 import time
 from pathlib import Path
 
-from e2h import curves, host, memory, recipes, runfolder, trainstate
-from e2h import distributed as dist
-from e2h.errors import Interrupted, guard
+from e2h import curves, memory, recipes
+from e2h.infra import host, runfolder, trainstate
+from e2h.infra import distributed as dist
+from e2h.infra.errors import Interrupted, guard
 from e2h.flags import ALGOS, get_args
-from e2h.files import write_json
-from e2h.preemption import Preempted
+from e2h.infra.files import write_json
+from e2h.infra.preemption import Preempted
 from e2h.run import Run, Stopped, check_model_dir, setup_tokenizer
 from e2h.tokenizer import Tokenizer
 
@@ -55,6 +57,8 @@ USED_BY = {"beta": ("dpo",), "rpo_alpha": ("dpo",), "pair_gap": ("dpo",), "max_p
            "no_scale_rewards": ("grpo",), "process_advantages": ("grpo",),
            "value_clip": ("ppo",), "vf_coef": ("ppo",),
            "value_lr": ("ppo",), "value_warmup_steps": ("ppo",), "no_process_reward": ("ppo",),
+           "u": ("ppo",), "step_bonus": ("ppo",), "hard_reward": ("ppo",),
+           "format_penalty": ("ppo",), "gamma": ("ppo",), "lam": ("ppo",),
            "eval_every": ("ppo", "sft", "grpo"), "answer_levels": RL, "reward_model": RL,
            "validation_data": RL,
            "samples": recipes.RM_ALGOS}

@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from data import synthetic  # noqa: E402
 from data.format import tokenize_sft  # noqa: E402
 from e2h import dpo  # noqa: E402
-from e2h.checkpoint import load_model  # noqa: E402
+from e2h.hf.checkpoint import load_model  # noqa: E402
 from e2h.sample import sample_solutions  # noqa: E402
 from e2h.sft import freeze_embeddings  # noqa: E402
 from e2h.tokenizer import Tokenizer  # noqa: E402

@@ -51,8 +51,8 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import e2h.sample as sample_mod  # noqa: E402
-from e2h.checkpoint import hf_params  # noqa: E402
-from e2h.hf_config import hf_config  # noqa: E402
+from e2h.hf.checkpoint import hf_params  # noqa: E402
+from e2h.hf.hf_config import hf_config  # noqa: E402
 from e2h.model import ModelArgs, Transformer  # noqa: E402
 
 HF_SHAPE = dict(dim=128, n_layers=3, n_heads=8, n_kv_heads=2, ffn_dim=352, vocab_size=32016,

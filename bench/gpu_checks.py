@@ -4,7 +4,7 @@ entry-point runs in bench/gpu_runs.py.
 
 Each ``check_NAME(ctx)`` returns {"ok", "summary", "details"} (details: Markdown lines) and
 may ``ctx.save`` a partial result first, which is what the table shows if the check is killed
-at its budget. Only the stable pieces are imported: e2h.model, e2h.sample, e2h.distributed.
+at its budget. Only the stable pieces are imported: e2h.model, e2h.sample, e2h.infra.distributed.
 
 Letters: B batch, T tokens, P prompt tokens, N new tokens.
 """
@@ -189,7 +189,7 @@ def check_sft(ctx: Ctx) -> dict:
     of a TinyLlama-1.1B shape, bf16 compute over fp32 master weights, FSDP2 on one rank."""
     import torch.nn.functional as F
 
-    from e2h import distributed as dist
+    from e2h.infra import distributed as dist
     from e2h.model import ModelArgs, Transformer
     os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(free_port()))

@@ -6,7 +6,7 @@
 - ppo, dpo: `python train.py --algo ppo` (two steps) and `--algo dpo` (one step) from small
   random checkpoints: both finish and every logged loss is finite.
 
-Only the command lines and the Hugging Face checkpoint layout (e2h/checkpoint.py) are relied
+Only the command lines and the Hugging Face checkpoint layout (e2h/hf/checkpoint.py) are relied
 on, so the code behind them may move. Random models need help to give DPO its pairs: pairs
 need samples whose reward-model scores differ, and a sample is scored only at its step
 delimiters ("\\n\\n"); the small tokenizer here holds "\\n\\n" as one of about 300 tokens, so
@@ -134,7 +134,7 @@ def write_checkpoints(model, policy_dir: Path, rm_dir: Path, max_shard_bytes: in
     import torch
     from safetensors.torch import save_file
 
-    from e2h.hf_config import RM_ARCH, hf_config
+    from e2h.hf.hf_config import RM_ARCH, hf_config
     trunk = {"model." + n: p.detach() for n, p in model.named_parameters() if n != "lm_head.weight"}
     shards, size = [[]], 0
     for key, t in trunk.items():
@@ -193,12 +193,12 @@ def scratch(work: Path) -> Path:
 
 def run_module_timed(module: str, argv: list[str], device) -> tuple[float, float]:
     """Run ``python -m module argv`` in this process: (wall seconds, seconds inside
-    e2h.checkpoint.load_model)."""
+    e2h.hf.checkpoint.load_model)."""
     import runpy
 
     import torch
 
-    import e2h.checkpoint as checkpoint
+    import e2h.hf.checkpoint as checkpoint
     plain, loading = checkpoint.load_model, [0.0]
 
     def timed_load(*args, **kwargs):

@@ -16,8 +16,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from e2h import latex_eval  # noqa: E402
-from e2h.answer_normalize import normalize_answer  # noqa: E402
+from e2h.grader import latex_eval  # noqa: E402
+from e2h.grader.answer_normalize import normalize_answer  # noqa: E402
 from e2h.grader import extract_answer, grade_answer  # noqa: E402
 
 MATH500 = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "math" / "math500_test.jsonl"

@@ -2,7 +2,7 @@
 
 For each shape, a random Llama checkpoint is written in bf16 (safetensors), then
 ``torchrun --nproc_per_node W train.py --algo sft --model <it> --max-steps 2`` runs on gloo
-ranks: the checkpoint read shard by shard (e2h/sharded.py), float32 master weights and compute,
+ranks: the checkpoint read shard by shard (e2h/hf/sharded.py), float32 master weights and compute,
 embeddings / norms / LM head frozen as the paper trains, 2 micro-batches of 1 x --max-len
 tokens per rank and step (gradient accumulation: gradients and activations peak together),
 a checkpoint and the HF export at the end. Each rank records its peak resident set (VmHWM,
@@ -56,7 +56,8 @@ def status(field: str) -> int:
 def child(out: Path, argv: list[str]):
     """One torchrun rank: train.py as __main__, its plan recorded, the resident memory the
     first model's shards take, VmHWM written at the end."""
-    from e2h import memory, sharded
+    from e2h import memory
+    from e2h.hf import sharded
     record, setup_for, place = {}, memory.setup_for, sharded.place
 
     def recording(args, device):
@@ -88,9 +89,9 @@ def child(out: Path, argv: list[str]):
 def load_child(out: Path, how: str, ckpt: Path):
     """One rank loading ``ckpt`` and sharding it, nothing else: ``eager`` as e2h did before
     (checkpoint.load_model in fp32 on every rank, then FSDP2), ``sharded`` as it does now."""
-    from e2h import distributed as dist
-    from e2h import sharded
-    from e2h.checkpoint import load_model
+    from e2h.infra import distributed as dist
+    from e2h.hf import sharded
+    from e2h.hf.checkpoint import load_model
     dist.init()
     before = status("VmRSS")
     if how == "eager":
@@ -143,7 +144,7 @@ def make_inputs(work: Path, max_len: int) -> tuple[Path, Path]:
 
 
 def make_checkpoint(path: Path, shape: dict) -> int:
-    from e2h.checkpoint import save_model
+    from e2h.hf.checkpoint import save_model
     from e2h.model import Transformer
     torch.manual_seed(0)
     with torch.device("meta"):

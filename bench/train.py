@@ -6,7 +6,7 @@ CPU: the "small" preset in float32 (the embedded default), synthetic-length sequ
 
 CUDA: a ~1B-parameter Llama shape (TinyLlama 1.1B: dim 2048, 22 layers, 32 heads, 4 KV heads,
 FFN 5632, vocab 32000), T = 2048, bf16 compute with fp32 master weights under FSDP2 on one GPU
-(e2h.distributed.shard: fully_shard per block then the root, MixedPrecisionPolicy bf16), every
+(e2h.infra.distributed.shard: fully_shard per block then the root, MixedPrecisionPolicy bf16), every
 parameter trained. MFU = achieved FLOP/s / peak bf16 FLOP/s with the PaLM / torchtitan count
 per token: 6 * (parameters - embedding) + 12 * layers * dim * T (attention counted in full,
 not halved for causality).
@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from e2h import distributed as dist  # noqa: E402
+from e2h.infra import distributed as dist  # noqa: E402
 from e2h.model import ModelArgs, Transformer  # noqa: E402
 from e2h.sft import loss_fn  # noqa: E402
 

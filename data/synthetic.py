@@ -36,7 +36,7 @@ as a wrong step where the walk can no longer go on; steps beyond the fifth are w
 outcome label is final-answer correctness (``e2h.grader.grade_answer``): with one walk per
 problem, a solution whose steps are all right has the right answer.
 
-Measurements (model "small", 0.83M parameters, tokenizer vocab 128; ``study.py``'s settings,
+Measurements (model "small", 0.83M parameters, tokenizer vocab 128; ``python -m study``'s settings,
 seeds 0-2; results/report.md has every number):
 - easy SFT (500 steps of batch 32 on levels 1-3) greedy 66.2 +- 4.8 / 31.5 +- 3.6 % (easy /
   hard, 100 test problems per level). 64 samples at T 0.7, top-k 20 on 30 test problems per

@@ -22,10 +22,10 @@ from pathlib import Path
 from xml.sax.saxutils import quoteattr
 
 from e2h import svg
-from e2h.errors import guard
-from e2h.files import write_text
+from e2h.infra.errors import guard
+from e2h.infra.files import write_text
 
-LOG = "metrics.jsonl"   # e2h/runfolder.py's LOG
+LOG = "metrics.jsonl"   # e2h/infra/runfolder.py's LOG
 # (panel title, series: (label, keys; the first key a run logged is its series))
 PANELS = [
     ("loss", [("loss", ("loss",))]),

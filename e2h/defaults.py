@@ -9,7 +9,7 @@ PPO's clip, ...) have their default in train.py's parser, and nowhere else.
 from __future__ import annotations
 
 from data.format import EASY_LEVELS, LEVELS
-from e2h import distributed as dist
+from e2h.infra import distributed as dist
 
 PAPER = {   # docs/paper.md, Llemma-7B
     "sft": dict(lr=2e-5, batch_size=128, epochs=3, max_len=768),

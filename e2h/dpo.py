@@ -22,20 +22,22 @@ chosen solution's probability too; the NLL term keeps the correct solution likel
 
     loss = DPO loss + alpha * (-logps_w / |y_w|)        (|y_w|: the chosen completion's tokens)
 
-Iterations: sample -> pairs -> one epoch, K times; each iteration's reference is the model it
-starts from. Reference log-probs are computed once per iteration, before any step, and carried
+Iterations: sample -> pairs -> one epoch, K times (``iteration``); each iteration's reference is
+the model it starts from. Reference log-probs are computed once per iteration, before any step, and carried
 in the examples, so no reference model sits in memory while DPO trains.
 
 Letters: B pairs, T tokens, V vocab.
 """
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 import torch.nn.functional as F
 
 from data.format import (EASY_LEVELS, STEP_SEP, format_prompt, format_solution, parse_solution,
                          tokenize_sft)
-from e2h.distributed import gathered
+from e2h.infra.distributed import gathered
 from e2h.sample import sample_solutions
 from e2h.score import sample_score, score_samples
 from e2h.sequences import collate, sequence_logps
@@ -221,3 +223,21 @@ def dpo_iteration_data(policy, rm, tok, problems: list[dict], rng, *, n: int, te
     metrics = {"dpo/pairs": len(pairs), "dpo/problems_paired": len({p["id"] for p in pairs}),
                "answer/accuracy": sum(graded) / max(len(graded), 1)}
     return examples, metrics
+
+
+def iteration(it: int, sample_pairs, train_epoch, *, beta: float, rpo_alpha: float, gap: float,
+              pad_id: int):
+    """Iteration ``it`` of iterative DPO, as e2h/recipes.py's ``train_dpo`` runs it K times.
+
+    1. sample -> pairs: ``sample_pairs(it)`` is ``dpo_iteration_data`` on the policy as the
+       iteration starts (its log-probs become this iteration's reference), every rank on its
+       share of the problems; the pairs are saved before training, so a resumed run reuses them.
+    2. one epoch of the DPO loss on the pairs: ``train_epoch(pairs, collate, loss_fn)``.
+    """
+    pairs = sample_pairs(it)
+    if not pairs:
+        raise ValueError(f"dpo iteration {it}: no preference pairs (no problem had two samples "
+                         f"whose scores differ by more than --pair-gap {gap}); a policy that is "
+                         "never right needs more SFT or a smaller gap")
+    train_epoch(pairs, partial(collate_pairs, pad_id=pad_id),
+                partial(loss_fn, beta=beta, rpo_alpha=rpo_alpha))

@@ -43,11 +43,11 @@ import torch
 
 from data import synthetic
 from data.readers import numbered_rows, read_jsonl, write_jsonl
-from e2h import distributed as dist
-from e2h import folderlock
-from e2h.checkpoint import check_tokenizer, load_model
-from e2h.errors import guard
-from e2h.files import write_text
+from e2h.infra import distributed as dist
+from e2h.infra import folderlock
+from e2h.hf.checkpoint import check_tokenizer, load_model
+from e2h.infra.errors import guard
+from e2h.infra.files import write_text
 from e2h.flags import ShowDefaults
 from e2h.rerank import format_table, rerank_table
 from e2h.rm import prm_examples

@@ -12,8 +12,8 @@ import argparse
 import json
 import sys
 
-from e2h import defaults, recipes
-from e2h import distributed as dist
+from e2h import defaults, ppo, recipes
+from e2h.infra import distributed as dist
 
 ALGOS = ("sft", "orm", "prm", "oprm", "ppo", "dpo", "rest", "grpo")
 # what a run's args.json records about how its command treated the folder, not what it trained:
@@ -158,6 +158,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="PPO: the first N steps train the value model only, the policy stays as it is")
     add("--vf-coef", type=non_negative(float), default=0.1, help="PPO value-loss coefficient")
     add("--no-process-reward", action="store_true", help="PPO on the final-answer reward only")
+    r = ppo.Rewards   # PPO's reward constants (e2h/ppo.py), the paper's values by default
+    add("--u", type=float, default=r.u, help="PPO: upper bound u of the min-shaped process reward")
+    add("--step-bonus", type=float, default=r.step_bonus,
+        help="PPO: process reward added per solution, step_bonus / K on each of its K steps")
+    add("--hard-reward", type=float, default=r.hard_reward,
+        help="PPO: terminal reward of a hard problem, whose answer may not be used")
+    add("--format-penalty", type=non_negative(float), default=r.format_penalty,
+        help="PPO: subtracted from the terminal reward when \"# Answer\" or the answer is missing")
+    add("--gamma", type=non_negative(float), default=r.gamma, help="PPO: GAE discount")
+    add("--lam", type=non_negative(float), default=r.lam, help="PPO: GAE lambda")
     # grpo (also reads --rollouts, --kl-coef, --clip, --epochs: its passes over a batch)
     add("--grpo-steps", type=positive(int), default=None, help="GRPO steps; " + d("grpo_steps"))
     add("--group-size", type=positive(int), default=None, help="GRPO: completions per problem "

@@ -32,7 +32,8 @@ then a clipped update with a per-token KL to a frozen reference inside the loss.
   --max-new-tokens.
 
 Deliberate differences from TRL's GRPOTrainer: the EOS token is input but not trained (the
-token grid of e2h's PPO, e2h/rollout.py); the old log-probs are the sampler's. No value model.
+token grid of e2h's PPO, ``e2h.sequences.trajectories``); the old log-probs are the sampler's.
+No value model.
 
 Letters: N problems, G completions per problem, B = N * G completions (problem-major: row
 n * G + g is completion g of problem n), T tokens. Per-token tensors are (B, T-1): entry t
@@ -45,13 +46,12 @@ from collections import defaultdict
 import torch
 
 from data.format import EASY_LEVELS, format_prompt, parse_solution, score_positions
-from e2h.distributed import clip_grad_norm, gathered
+from e2h.infra.distributed import clip_grad_norm, gathered
 from e2h.dpo import pair_score
 from e2h.grader import grade_answer
 from e2h.ppo import masked_mean, ppo_policy_loss
-from e2h.rollout import _forward, _trajectories
 from e2h.sample import generate
-from e2h.sequences import token_logps
+from e2h.sequences import forward_rows, token_logps, trajectories
 
 # ----------------------------------------------------------------------------- pure pieces
 
@@ -124,7 +124,7 @@ def score_completion(tok, problem: dict, ids: list[int], probs: torch.Tensor, pr
     """(reward, PRM score, answer 1/0, step probabilities, step grid positions, text) of one
     sampled completion ``ids``; ``probs`` (T-1,) are the PRM's probabilities on its row's grid
     (entry t: token t+1). The answer counts only where it may be used (0 elsewhere)."""
-    ids = ids[:-1] if len(ids) > 1 and ids[-1] == tok.eos_id else ids      # as _trajectories
+    ids = ids[:-1] if len(ids) > 1 and ids[-1] == tok.eos_id else ids      # as trajectories
     steps, answer_at = score_positions(tok, ids)
     grid = [prompt_len - 1 + c for c in steps]                              # completion c: P-1+c
     step_probs = probs[grid].tolist()
@@ -175,12 +175,13 @@ def sample_groups(policy, ref_model, reward_model, tok, problems: list[dict], *,
         samples = generate(policy, prompts, max_new_tokens, temperature=temperature, top_k=top_k,
                            n=G, eos_id=tok.eos_id, generator=generator, max_rows=batch_size)
     prompts = [p for p in prompts for _ in range(G)]                        # one per completion
-    tokens, mask, logps, *_ = _trajectories(tok, prompts, samples)
+    tokens, mask, logps, *_ = trajectories(tok, prompts, samples)
     tokens, mask, logps = tokens.to(device), mask.to(device), logps.to(device)
     # same temperature as sampling: the KL compares the distributions actually sampled from
-    ref_logps = _forward(lambda x: token_logps(ref_model(x), x, temperature), tokens, batch_size)
-    probs = _forward(lambda x: torch.sigmoid(reward_model(x)[:, 1:].float()), tokens,
-                     batch_size).cpu()                                      # (B, T-1)
+    ref_logps = forward_rows(lambda x: token_logps(ref_model(x), x, temperature), tokens,
+                             batch_size)
+    probs = forward_rows(lambda x: torch.sigmoid(reward_model(x)[:, 1:].float()), tokens,
+                         batch_size).cpu()                                      # (B, T-1)
     parts = [score_completion(tok, problems[b // G], list(s.tokens), probs[b], len(prompts[b]),
                               answer_levels) for b, s in enumerate(samples)]
     rewards, prm, bonus = (torch.tensor([x[i] for x in parts]) for i in range(3))   # (B,)

@@ -19,8 +19,8 @@ import torch
 
 from data.format import EASY_LEVELS, HARD_LEVELS, LEVELS
 from data.readers import load_math, write_jsonl
-from e2h.checkpoint import load_model
-from e2h.errors import guard
+from e2h.hf.checkpoint import load_model
+from e2h.infra.errors import guard
 from e2h.flags import ShowDefaults
 from e2h.grader import extract_answer
 from e2h.rerank import accuracy_by_split

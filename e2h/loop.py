@@ -22,9 +22,9 @@ from collections import defaultdict
 import torch
 from tqdm import tqdm
 
-from e2h import distributed as dist
-from e2h import preemption, trainstate
-from e2h.errors import NonFiniteLoss
+from e2h.infra import distributed as dist
+from e2h.infra import preemption, trainstate
+from e2h.infra.errors import NonFiniteLoss
 
 
 def lr_at(step: int, steps: int, args) -> float:
@@ -86,7 +86,7 @@ def run_steps(run, steps: int, start: int, optimizers, step, save, *, iteration:
     checkpoint at the end of the phase, every --save-every steps and at --stop-after.
     ``lr_key`` names the learning rate in the metrics line: TRL's Trainer-based trainers log
     "learning_rate", its PPO trainer "lr".
-    A stop signal (e2h/preemption.py) waits for the end of the step it arrives in; there every
+    A stop signal (e2h/infra/preemption.py) waits for the end of the step it arrives in; there every
     rank learns whether any was signalled, the run saves (unless it just did) and raises
     ``Preempted``.
     """

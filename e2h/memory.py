@@ -8,7 +8,7 @@ What is counted follows what e2h does:
   model, AdamW's two fp32 moments (8) of the trained parameters, fp32 gradients (4) while a step
   runs. A pretrained model trains with embeddings, norms and LM head frozen (the paper;
   sft.freeze_embeddings); a reward model built on a policy keeps its unused LM head, frozen.
-- activations of one micro-batch (rows x --max-len tokens): e2h/footprint.py, what autograd
+- activations of one micro-batch (rows x --max-len tokens): e2h/infra/footprint.py, what autograd
   saves counted op by op, plus the backward's largest temporaries.
 - FSDP2's working set: the root's parameters (embeddings, final norm, head) stay gathered from
   forward to backward; one block gathered, the next prefetched, its gradients reduced in fp32.
@@ -16,7 +16,7 @@ What is counted follows what e2h does:
 - sampling: ``distributed.gathered`` unshards each sampling model whole on every rank, in the
   compute dtype; the KV cache holds 2 x layers x rows x kv heads x head dim x slots; a scoring
   forward over the vocabulary holds about four fp32 copies of its logits.
-- export: rank 0 gathers one tensor at a time (e2h/sharded.py); runtime: what a process holds
+- export: rank 0 gathers one tensor at a time (e2h/hf/sharded.py); runtime: what a process holds
   before any model (CUDA context: an assumed 0.75 GiB; CPU: the process's resident memory).
 Peak = state + runtime + the largest phase (train, sample, export). Worst case: every sequence
 --max-len long, gradients alive with the activations (gradient accumulation; with one
@@ -30,10 +30,10 @@ import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from e2h.hf_config import LM_ARCH, read_config
-from e2h.host import resident_bytes
+from e2h.hf.hf_config import LM_ARCH, read_config
+from e2h.infra.host import resident_bytes
 from e2h.defaults import COMMON, PAPER
-from e2h.footprint import Model, activation_peak, kv_cache
+from e2h.infra.footprint import Model, activation_peak, kv_cache
 from e2h.model import ModelArgs
 
 GiB = 2**30
@@ -227,7 +227,7 @@ def for_run(args, device) -> tuple[str, bool]:
 def setup_for(args, device) -> Setup:
     """The Setup of a train.py run from its parsed flags (defaults filled) on ``device``."""
     import torch
-    from e2h import distributed as dist
+    from e2h.infra import distributed as dist
     frozen = not args.unfreeze_embeddings
     rm_trunk = args.algo in ("orm", "prm", "oprm")
     base = args.model if args.algo == "sft" else (args.model or args.policy) if rm_trunk else args.policy

@@ -15,7 +15,7 @@ long-context RoPE scalings (linear, dynamic, llama3, yarn) are in e2h/rope.py.
 Attention goes through ``e2h.kernels.attend``: the Triton kernel on CUDA, PyTorch on CPU.
 ``RewardModel`` is the same trunk with a one-logit head in place of the LM head: the reward
 models (ORM, PRM, OPRM) and PPO's value model.
-Nothing here is distributed: sharding (e2h/distributed.py) wraps the model from outside.
+Nothing here is distributed: sharding (e2h/infra/distributed.py) wraps the model from outside.
 
 Letters: B batch, T new tokens, S cache slots, H query heads, Hkv key/value heads, D head dim,
 C model dim, V vocab.

@@ -7,9 +7,11 @@ in sft.py, rm.py, dpo.py, rest.py, ppo.py and grpo.py, the step bookkeeping in l
   (ORM labels by final answer; on the synthetic curriculum PRM labels come from the program
   checker, the stand-in for PRM800K's human raters), then the loop on a zero-initialized
   reward head over the base model's trunk (the policy's when no --model is given).
-- dpo / rest: iterations of (sample -> build data -> one phase of the loop). An iteration's data
-  is saved in <out>/data/ before its first step, so a resumed run trains on the same examples.
-- ppo: rollout then update, one PPO step at a time; greedy validation keeps the best model.
+- dpo / rest: iterations of (sample -> build data -> one phase of the loop), each spelled out
+  by dpo.iteration / rest.iteration. An iteration's data is saved in <out>/data/ before its
+  first step, so a resumed run trains on the same examples.
+- ppo: ppo.ppo_step (rollout then update), one PPO step at a time; greedy validation keeps the
+  best model.
 - grpo: G completions per problem, group advantages, update (e2h/grpo.py), one step at a time;
   validated and kept like PPO.
 
@@ -17,6 +19,7 @@ Each returns a dict of closing numbers for train.py's summary line.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 from functools import partial
@@ -25,13 +28,12 @@ import torch
 
 from data import sources, synthetic
 from data.format import EASY_LEVELS, HARD_LEVELS
-from e2h import distributed as dist
+from e2h.infra import distributed as dist
 from e2h import dpo, grpo, ppo, rest, rm, sft
 from e2h.loop import NonFiniteLoss, batch_indices, phase_steps, run_steps, train_phase
 from e2h.defaults import ROLE
 from e2h.model import RewardModel
-from e2h.rollout import rollout
-from e2h.sharded import load_into
+from e2h.hf.sharded import load_into
 from e2h.run import (cached_records, encode_all, finish, generator_for, load, load_or_init,
                      make_optimizer, max_len, on_every_rank, prepare, rng_for, sample,
                      shard_of)
@@ -200,10 +202,12 @@ def validate(run, policy, best: Best, it: int):
     best.offer(policy, acc, {"iteration": it + 1, "step": run.step})
 
 
-def iterate(run, policy, phase) -> dict:
-    """The loop DPO and ReST-EM share. For each iteration not finished yet, ``phase(it, start)``
-    builds that iteration's data and returns (examples, collate, loss_fn); an iteration begun
-    from its first step gets a fresh optimizer; greedy validation after each keeps the best."""
+def iterate(run, policy, iteration) -> dict:
+    """The loop DPO and ReST-EM share. For each iteration not finished yet,
+    ``iteration(it, start, train_epoch)`` (``dpo.iteration`` / ``rest.iteration`` bound to this
+    run) builds that iteration's data and trains on it through ``train_epoch(examples,
+    collate, loss_fn)``: one phase of the loop, with a fresh optimizer for an iteration begun
+    from its first step. Greedy validation after each iteration keeps the best policy."""
     args = run.args
     opt = make_optimizer(policy, args)
     run.restore(policy, [opt])
@@ -212,9 +216,12 @@ def iterate(run, policy, phase) -> dict:
         start = run.phase_start(it)
         if start is None:
             continue
-        examples, collate, loss_fn = phase(it, start)
-        opt = opt if start > 0 else make_optimizer(policy, args)
-        train_phase(run, policy, opt, examples, collate, loss_fn, iteration=it)
+
+        def train_epoch(examples, collate, loss_fn):
+            nonlocal opt
+            opt = opt if start > 0 else make_optimizer(policy, args)
+            train_phase(run, policy, opt, examples, collate, loss_fn, iteration=it)
+        iteration(it, start, train_epoch)
         validate(run, policy, best, it)
     return closing(run, policy, best, before)
 
@@ -225,20 +232,18 @@ def train_dpo(run) -> dict:
     evaluator = load(run, args.reward_model, trainable=False)
     problems_ = problems(args)
 
-    def phase(it: int, start: int):
+    def sample_pairs(it: int) -> list[dict]:
         def build(mine):   # the reference log-probs are the policy's as the iteration starts
             return dpo.dpo_iteration_data(
                 policy, evaluator, tok, mine, rng_for(args.seed, "dpo", it), gap=args.pair_gap,
                 max_pairs=args.max_pairs, hard_gap=args.hard_gap,
                 **sampling(args, "dpo", it, run.device))
-        examples = iteration_data(run, it, build, problems_, policy, evaluator)
-        if not examples:
-            raise ValueError(f"dpo iteration {it}: no preference pairs (no problem had two samples "
-                             f"whose scores differ by more than --pair-gap {args.pair_gap}); a "
-                             "policy that is never right needs more SFT or a smaller gap")
-        return (examples, partial(dpo.collate_pairs, pad_id=tok.pad_id),
-                partial(dpo.loss_fn, beta=args.beta, rpo_alpha=args.rpo_alpha))
-    return iterate(run, policy, phase)
+        return iteration_data(run, it, build, problems_, policy, evaluator)
+
+    def iteration(it: int, start: int, train_epoch):
+        dpo.iteration(it, sample_pairs, train_epoch, beta=args.beta, rpo_alpha=args.rpo_alpha,
+                      gap=args.pair_gap, pad_id=tok.pad_id)
+    return iterate(run, policy, iteration)
 
 
 def train_rest(run) -> dict:
@@ -248,21 +253,31 @@ def train_rest(run) -> dict:
     evaluator = load(run, args.reward_model, trainable=False) if scored else None
     problems_ = problems(args)
 
-    def phase(it: int, start: int):
+    def sample_kept(it: int) -> list[dict]:
         def build(mine):   # E-step: sample from the latest policy
             return rest.rest_iteration_data(
                 policy, tok, mine, rng_for(args.seed, "rest", it),
                 max_per_problem=args.max_per_problem, rm=evaluator,
                 hard_threshold=args.hard_threshold, **sampling(args, "rest", it, run.device))
-        records = iteration_data(run, it, build, problems_, policy, *([evaluator] if scored else []))
-        examples = encode_all(lambda r: sft.encode_sft(tok, r, max_len(run, policy)), records,
+        return iteration_data(run, it, build, problems_, policy, *([evaluator] if scored else []))
+
+    def iteration(it: int, start: int, train_epoch):
+        def encode(records):
+            return encode_all(lambda r: sft.encode_sft(tok, r, max_len(run, policy)), records,
                               f"ReST-EM iteration {it} (no sample was kept)")
-        if start == 0 and it > 0 and rest.RESTART_FROM_BASE:   # M-step from the SFT model
-            load_into(policy, load_or_init(args.policy, args, tok))   # this rank's rows only
-        return examples, partial(sft.sft_batch, pad_id=tok.pad_id), sft.loss_fn
-    return iterate(run, policy, phase)
+
+        def restart():   # M-step from the SFT model; a resumed iteration keeps its checkpoint
+            if start == 0:
+                load_into(policy, load_or_init(args.policy, args, tok))   # this rank's rows only
+        rest.iteration(it, sample_kept, encode, restart, train_epoch, pad_id=tok.pad_id)
+    return iterate(run, policy, iteration)
 
 # ----------------------------------------------------------------------------- ppo
+
+
+def ppo_shaping(args) -> ppo.Rewards:
+    """PPO's reward constants from their flags (--u, --step-bonus, ..., --gamma, --lam)."""
+    return ppo.Rewards(**{f.name: getattr(args, f.name) for f in dataclasses.fields(ppo.Rewards)})
 
 
 def train_ppo(run) -> dict:
@@ -287,21 +302,19 @@ def train_ppo(run) -> dict:
         """One rollout per problem of this rank's share of step k's problems, then the update."""
         mine = [problems_[i] for i in batch_indices(len(problems_), k, args.rollouts, args.seed)]
         with run.autocast():
-            batch, metrics = rollout(
-                policy, reference, value, reward, run.tok, shard_of(mine),
-                temperature=args.temperature, top_k=args.top_k or None,
-                max_new_tokens=args.max_new_tokens, kl_coef=args.kl_coef,
-                process_reward=reward is not None,
+            batch, metrics = ppo.ppo_step(
+                policy, reference, value, reward, *opts, run.tok, shard_of(mine),
+                shaping=ppo_shaping(args), kl_coef=args.kl_coef,
                 answer_levels=sources.parse_levels(args.answer_levels),
-                batch_size=args.sample_batch_size,
-                generator=generator_for(args.seed, "ppo", k, device=run.device))
-            metrics |= ppo.ppo_update(
-                policy, value, *opts, batch, minibatch_size=args.batch_size // W,
+                temperature=args.temperature, top_k=args.top_k or None,
+                max_new_tokens=args.max_new_tokens, sample_batch_size=args.sample_batch_size,
+                minibatch_size=args.batch_size // W,
                 microbatch_size=min(args.micro_batch_size, args.batch_size // W),
                 epochs=max(1, int(args.epochs)), clip=args.clip, value_clip=args.value_clip,
                 vf_coef=args.vf_coef, max_grad_norm=args.grad_clip,
                 train_policy=k >= args.value_warmup_steps,
-                generator=generator_for(args.seed, "ppo-minibatches", k))
+                generator=generator_for(args.seed, "ppo", k, device=run.device),
+                minibatch_generator=generator_for(args.seed, "ppo-minibatches", k))
         metrics = dist.all_reduce_mean(metrics)
         loss = metrics["loss/policy_avg"] + args.vf_coef * metrics["loss/value_avg"]
         if not math.isfinite(metrics["objective/rlhf_reward"]):

@@ -13,16 +13,19 @@ The paper runs 2 iterations (a 3rd degraded).
 Restarting: the paper leaves open whether each M-step starts from the base SFT model or from
 the previous iteration's model. The original ReST-EM restarts from the base, which keeps
 errors of one iteration from compounding; that is the default here (``RESTART_FROM_BASE``,
-applied in e2h/recipes.py). Sampling always uses the latest model either way.
+applied in ``iteration``). Sampling always uses the latest model either way.
 """
 from __future__ import annotations
+
+from functools import partial
 
 import torch
 
 from data.format import EASY_LEVELS
-from e2h.distributed import gathered
+from e2h.infra.distributed import gathered
 from e2h.sample import sample_solutions
 from e2h.score import sample_score, score_samples
+from e2h.sft import loss_fn, sft_batch
 
 RESTART_FROM_BASE = True
 
@@ -81,3 +84,19 @@ def rest_iteration_data(policy, tok, problems: list[dict], rng, *, n: int, tempe
                "rest/problems_kept": len({r["id"] for r in records}),
                "answer/accuracy": sum(graded) / max(len(graded), 1)}
     return records, metrics
+
+
+def iteration(it: int, sample_kept, encode, restart, train_epoch, *, pad_id: int):
+    """Iteration ``it`` of ReST-EM, as e2h/recipes.py's ``train_rest`` runs it K times.
+
+    E-step: ``sample_kept(it)`` is ``rest_iteration_data`` on the latest policy, every rank on
+    its share of the problems (the kept records are saved before training, so a resumed run
+    reuses them); ``encode`` turns them into SFT examples.
+    M-step: from the second iteration on, ``restart()`` puts the SFT model's weights back
+    (``RESTART_FROM_BASE``), then one epoch of the SFT loss on the kept solutions:
+    ``train_epoch(examples, collate, loss_fn)``.
+    """
+    examples = encode(sample_kept(it))
+    if it > 0 and RESTART_FROM_BASE:
+        restart()
+    train_epoch(examples, partial(sft_batch, pad_id=pad_id), loss_fn)

@@ -21,16 +21,16 @@ import torch
 from data import synthetic
 from data.format import format_prompt
 from data.readers import write_jsonl
-from e2h import distributed as dist
-from e2h import trainstate
-from e2h.checkpoint import check_tokenizer
-from e2h.hf_config import LM_ARCH, read_config
-from e2h.files import disk_errors, write_text
+from e2h.infra import distributed as dist
+from e2h.infra import trainstate
+from e2h.hf.checkpoint import check_tokenizer
+from e2h.hf.hf_config import LM_ARCH, read_config
+from e2h.infra.files import disk_errors, write_text
 from e2h.model import PRESETS, ModelArgs, RewardModel, Transformer
-from e2h.runfolder import LOG, read_log
+from e2h.infra.runfolder import LOG, read_log
 from e2h.sample import sample_solutions
 from e2h.sft import freeze_embeddings
-from e2h.sharded import lazy_model, place
+from e2h.hf.sharded import lazy_model, place
 from e2h.tokenizer import Tokenizer, train_tokenizer
 
 

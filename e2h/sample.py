@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from data.format import format_prompt
-from e2h import distributed as dist
+from e2h.infra import distributed as dist
 from e2h.grader import extract_answer, grade_answer
 from e2h.kv_cache import KVCache
 from e2h.model import Transformer

@@ -1,11 +1,11 @@
 """SVG drawn as text, without a plotting library: the pieces the study's figures
-(study_figures.py) and the training curves (e2h/curves.py) share.
+(study/figures.py) and the training curves (e2h/curves.py) share.
 
 A figure is a list of SVG elements joined by ``document``: ``start`` (the root, a white
 background, the title), then per plot ``axes`` (gridlines with their labels, the frame, the
 axis labels; it returns the map from a value to its y pixel, upward), lines and points, and a
 ``legend``. Pixels are written to 0.01, so the same numbers give the same bytes and a figure
-diffs in git. No torch here: study.py, which imports no torch, draws with it.
+diffs in git. No torch here: the study, which imports no torch, draws with it.
 """
 from __future__ import annotations
 

@@ -20,7 +20,7 @@ from tokenizers import Regex
 from tokenizers import Tokenizer as _HFTokenizer
 from tokenizers import decoders, models, pre_tokenizers, processors, trainers
 
-from e2h.files import disk_errors
+from e2h.infra.files import disk_errors
 
 SPECIALS = ["<unk>", "<s>", "</s>"]
 HF_FILES = ("tokenizer_config.json", "special_tokens_map.json")

@@ -18,12 +18,12 @@ from pathlib import Path
 
 from data import readers, sources
 from data.format import difficulty
-from e2h import distributed as dist
-from e2h import preemption, trainstate
-from e2h.files import write_json, write_text
+from e2h.infra import distributed as dist
+from e2h.infra import preemption, trainstate
+from e2h.infra.files import write_json, write_text
 from e2h.rerank import accuracy_by_split
 from e2h.run import finish, load_or_init, sample
-from e2h.sharded import load_into
+from e2h.hf.sharded import load_into
 
 
 def validation_split(args) -> tuple[set, list[dict]]:

@@ -1,9 +1,9 @@
-"""Comparing answer values (e2h.answer_values): decimals to the digits they show, exact
+"""Comparing answer values (e2h.grader.answer_values): decimals to the digits they show, exact
 rationals exactly, equations up to a factor."""
 import cmath
 
-from e2h.answer_values import equations_equal, values_equal
-from e2h.latex_eval import evaluate
+from e2h.grader.answer_values import equations_equal, values_equal
+from e2h.grader.latex_eval import evaluate
 
 
 def test_decimal_rule():

@@ -8,7 +8,7 @@ import xml.etree.ElementTree as ET
 import pytest
 
 from e2h.curves import curves_svg, main, read_metrics, write_curves
-from e2h.errors import guard
+from e2h.infra.errors import guard
 from e2h.svg import nice_range
 
 SVG = "{http://www.w3.org/2000/svg}"

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from data.format import format_prompt
-from e2h.checkpoint import save_model
+from e2h.hf.checkpoint import save_model
 from e2h.evaluate import default_tokenizer, main, parse_args, read_problems
 from e2h.model import ModelArgs, RewardModel, Transformer
 from e2h.rerank import format_table, rerank_table

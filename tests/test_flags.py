@@ -68,3 +68,15 @@ def test_the_readme_commands_use_flags_that_exist_and_models_that_are_folders():
         for flag, value in zip(words, words[1:]):
             if flag == "--model":             # a preset name there is a preset, not a folder
                 assert value.replace("_", "-") not in PRESETS, f"README: --model {value}"
+
+
+def test_ppo_reward_constants_come_from_their_flags():
+    from e2h import ppo, recipes
+    # the defaults are the dataclass's (written once): the paper's u = 0.5, gamma = lambda = 1
+    assert recipes.ppo_shaping(flags.get_args(["--algo", "ppo"])) == ppo.Rewards()
+    assert ppo.Rewards() == ppo.Rewards(u=0.5, step_bonus=0.25, hard_reward=0.25,
+                                        format_penalty=1.0, gamma=1.0, lam=1.0)
+    args = flags.get_args(["--algo", "ppo", "--u", "0.4", "--step-bonus", "0.1", "--hard-reward",
+                           "0.3", "--format-penalty", "0.5", "--gamma", "0.9", "--lam", "0.8"])
+    assert recipes.ppo_shaping(args) == ppo.Rewards(u=0.4, step_bonus=0.1, hard_reward=0.3,
+                                                    format_penalty=0.5, gamma=0.9, lam=0.8)

@@ -1,10 +1,11 @@
-"""Values of LaTeX expressions (e2h.latex_eval): exact where rational, float64 references else."""
+"""Values of LaTeX expressions (e2h.grader.latex_eval): exact where rational, float64 references
+else."""
 import math
 from fractions import Fraction
 
 import pytest
 
-from e2h.latex_eval import N_POINTS, _point, evaluate
+from e2h.grader.latex_eval import N_POINTS, _point, evaluate
 
 EXACT = [
     ("-2(1009)^2", Fraction(-2036162)),  # 1009^2 = 1018081

@@ -7,12 +7,11 @@ import torch
 
 from data.format import format_prompt, format_solution
 from e2h.ppo import (assemble_rewards, gae, kl_penalty, masked_mean, min_process_rewards,
-                     normalize_rewards, ppo_policy_loss, ppo_update, ppo_value_loss,
+                     normalize_rewards, ppo_policy_loss, ppo_update, ppo_value_loss, rollout,
                      terminal_reward, whiten)
-from e2h.rollout import _trajectories, rollout
 from e2h.model import ModelArgs, RewardModel, Transformer
 from e2h.sample import generate
-from e2h.sequences import token_logps
+from e2h.sequences import token_logps, trajectories
 from e2h.tokenizer import train_tokenizer
 
 TOL = dict(rtol=0, atol=1e-6)
@@ -211,7 +210,7 @@ def test_sampled_logps_equal_training_forward_at_same_temperature(tok, models):
     prompts = [tok.encode(format_prompt(p["question"]), bos=True) for p in PROBLEMS]
     samples = generate(policy, prompts, 40, temperature=0.7, top_k=10, eos_id=tok.eos_id,
                        generator=torch.Generator().manual_seed(1))
-    tokens, mask, logps, *_ = _trajectories(tok, prompts, samples)
+    tokens, mask, logps, *_ = trajectories(tok, prompts, samples)
     ended = [s.tokens[-1] == tok.eos_id for s in samples]
     assert any(ended) and not all(ended)            # seed 1: both kinds of rollout
     # EOS is input but not trained: one mask entry per completion token before it

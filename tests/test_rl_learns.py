@@ -21,8 +21,7 @@ import torch
 from data.format import format_prompt
 from e2h import dpo, grpo, rest
 from e2h.model import ModelArgs, RewardModel, Transformer
-from e2h.ppo import ppo_update
-from e2h.rollout import rollout
+from e2h.ppo import ppo_update, rollout
 from e2h.sequences import sequence_logps
 from e2h.sft import encode_sft, loss_fn, sft_batch
 from e2h.tokenizer import train_tokenizer

@@ -4,7 +4,7 @@ Stand-in models whose outputs depend only on the position make each read positio
 reference gives uniform logits (log-prob -log V for every token), the value model 0.1 * t at
 position t, the reward model p(t) = sigmoid(0.5 t - 10). Two rollouts of one solution text, on
 an easy problem (its answer may be used) and on a hard one (it may not). Grid index g holds
-token g + 1 (module docstring of e2h/ppo.py).
+token g + 1 (module docstring of e2h/ppo.py); the scoring is `e2h.ppo.score_rollouts`.
 """
 import math
 
@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from data.format import format_prompt
-from e2h.rollout import score_rollouts
+from e2h.ppo import Rewards, score_rollouts
 from e2h.sample import Sample
 from e2h.tokenizer import train_tokenizer
 
@@ -52,20 +52,25 @@ def setup(tmp_path_factory):
     batch, metrics = score_rollouts(**models, tok=tok, problems=problems, prompts=[prompt] * 2,
                                     samples=[sample, sample], temperature=1.0, kl_coef=KL_COEF,
                                     process_reward=True, batch_size=2)
-    return dict(batch=batch, metrics=metrics, P=len(prompt), n=len(ids), delim=delim, d=d)
+    def score(**kw):   # the same two rollouts, other reward constants
+        return score_rollouts(**models, tok=tok, problems=problems, prompts=[prompt] * 2,
+                              samples=[sample, sample], temperature=1.0, kl_coef=KL_COEF,
+                              process_reward=True, batch_size=2, **kw)
+    return dict(batch=batch, metrics=metrics, P=len(prompt), n=len(ids), delim=delim, d=d,
+                score=score)
 
 
 def sigmoid(x):
     return 1 / (1 + math.exp(-x))
 
 
-def expected_rewards(s, terminal):
+def expected_rewards(s, terminal, u=0.5, step_bonus=0.25):
     P, n = s["P"], s["n"]
     row = [0.0] * (P + n)                             # grid length = P + (n + 1) - 1
     for c in range(n):                                # the KL term on every trained token
         row[P - 1 + c] += -KL_COEF * max(s["d"][c], 0.0)
     p = sigmoid(0.5 * (P + s["delim"]) - 10.0)         # read at the delimiter token itself
-    row[P - 1 + s["delim"]] += (min(p, 0.5) - 0.5) + 0.25   # min-shaped, one step: + 0.25 / 1
+    row[P - 1 + s["delim"]] += (min(p, u) - u) + step_bonus   # min-shaped, one step: bonus / 1
     row[P - 2 + n] += terminal                        # on the last trained token
     return row
 
@@ -119,3 +124,25 @@ def test_metrics(setup):
     assert m["objective/non_score_reward"] == pytest.approx(
         -KL_COEF * sum(max(x, 0.0) for x in d), abs=1e-6)
     assert m["rollout/length"] == n
+
+
+def test_reward_constants_reach_their_terms(setup):
+    shaping = Rewards(u=0.4, step_bonus=0.1, hard_reward=0.3, format_penalty=0.5, gamma=0.9,
+                      lam=0.8)
+    batch, _ = setup["score"](shaping=shaping)
+    P, n = setup["P"], setup["n"]
+    rewards = [expected_rewards(setup, 1.0, u=0.4, step_bonus=0.1),     # easy and right
+               expected_rewards(setup, 0.3, u=0.4, step_bonus=0.1)]     # hard: hard_reward
+    torch.testing.assert_close(batch["rewards"], torch.tensor(rewards), rtol=0, atol=1e-6)
+    cells = [(b, g) for b in range(2) for g in range(P - 1, P - 1 + n)]
+    flat = [rewards[b][g] for b, g in cells]
+    mean = sum(flat) / len(flat)
+    std = math.sqrt(sum((x - mean) ** 2 for x in flat) / len(flat))
+    returns = torch.zeros(2, P + n)
+    for b in range(2):                                # GAE by hand: gamma 0.9, lambda 0.8
+        a, v_next = 0.0, 0.0                          # terminal after the last trained token
+        for g in reversed(range(P - 1, P - 1 + n)):
+            delta = rewards[b][g] / std + 0.9 * v_next - 0.1 * g
+            a = delta + 0.9 * 0.8 * a
+            returns[b, g], v_next = a + 0.1 * g, 0.1 * g
+    torch.testing.assert_close(batch["returns"], returns, rtol=0, atol=1e-5)

@@ -8,7 +8,7 @@ import e2h.sample as sample_mod
 from data.format import format_prompt
 from e2h.kv_cache import KVCache
 from e2h.model import ModelArgs, Transformer
-from e2h import distributed as dist
+from e2h.infra import distributed as dist
 from e2h.sample import (Progress, Sample, filter_logits, generate, inverse_cdf, pair_seeds,
                         sample_solutions)
 from e2h.tokenizer import train_tokenizer

@@ -1,4 +1,4 @@
-"""study.py --quick end to end (one seed, every stage on tiny settings): every number of the
+"""python -m study --quick end to end (one seed, every stage on tiny settings): every number of the
 report is produced. The values of a generator trained for seconds mean nothing, so only their
 presence and type are checked; the AUCs may be NaN (a class can be empty when every sample is
 wrong)."""
@@ -27,7 +27,7 @@ def check_split_values(by_split: dict, allow_nan=False):
 
 def test_quick_study_produces_every_number(tmp_path):
     out = tmp_path / "results"
-    cmd = [sys.executable, "study.py", "--quick", "--seeds", "1", "--out", str(out),
+    cmd = [sys.executable, "-m", "study", "--quick", "--seeds", "1", "--out", str(out),
            "--runs", str(tmp_path / "runs")]
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]

@@ -1,4 +1,4 @@
-"""study_figures.py: each figure parses as SVG and claims, in its data- attributes and its
+"""study/figures.py: each figure parses as SVG and claims, in its data- attributes and its
 geometry, exactly the hand-written means below (log2 x axis, y upward, bars from 0)."""
 import json
 import os
@@ -7,7 +7,7 @@ import sys
 import xml.etree.ElementTree as ET
 
 from conftest import ROOT
-from study_figures import bars_svg, curves_svg, write_figures
+from study.figures import bars_svg, curves_svg, write_figures
 
 SVG = "{http://www.w3.org/2000/svg}"
 
@@ -113,7 +113,7 @@ def test_bars_one_rect_per_row_and_split_heights_from_zero():
 
 def test_same_input_same_bytes_under_any_hash_seed():
     """A figure may not depend on set or hash order: another process, another seed, same text."""
-    code = ("import json, sys; from study_figures import bars_svg, curves_svg; rerank, rows = json.load(sys.stdin); "
+    code = ("import json, sys; from study.figures import bars_svg, curves_svg; rerank, rows = json.load(sys.stdin); "
             "sys.stdout.write(curves_svg(rerank, 'hard', 'Hard') + bars_svg(rows, 't'))")
     here = curves_svg(RERANK, "hard", "Hard") + bars_svg(ROWS, "t")
     for seed in ("1", "2"):

@@ -1,11 +1,11 @@
-"""The study's problem-level statistics (study_paired, study_report.verdict) on hand-made hits."""
+"""The study's problem-level statistics (study.paired, study.report.verdict) on hand-made hits."""
 import json
 
 import numpy as np
 import pytest
 
-from study_paired import bootstrap, greedy_gap, greedy_hits, method_gap, points, rerank_hits, split_gap
-from study_report import consistent, verdict
+from study.paired import bootstrap, greedy_gap, greedy_hits, method_gap, points, rerank_hits, split_gap
+from study.report import consistent, verdict
 
 
 def test_method_gap_is_per_problem_on_one_split():

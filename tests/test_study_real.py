@@ -1,4 +1,4 @@
-"""study.py --quick --model on the real data of ../shared/data: every stage of the real study
+"""python -m study --quick --model on the real data of ../shared/data: every stage of the real study
 (PRM800K SFT and PRM, MATH ORM samples, MATH500 evaluation, ICL, RL) runs end to end with a
 tiny random-initialized Llama checkpoint and the Llama-2 tokenizer, and every number of the
 report is produced. The values mean nothing; what is checked is that the path works."""
@@ -18,13 +18,13 @@ pytestmark = pytest.mark.skipif(not (DATA / "math" / "math500_test.jsonl").is_fi
 def test_quick_real_study(tmp_path):
     sys.path.insert(0, str(ROOT))
     import torch
-    from e2h.checkpoint import save_model
+    from e2h.hf.checkpoint import save_model
     from e2h.model import ModelArgs, Transformer
     torch.manual_seed(0)
     base = tmp_path / "base"
     save_model(Transformer(ModelArgs.from_name("tiny", vocab_size=32000, max_seq_len=4096)), base)
     out = tmp_path / "results"
-    cmd = [sys.executable, "study.py", "--quick", "--model", str(base), "--data-dir", str(DATA),
+    cmd = [sys.executable, "-m", "study", "--quick", "--model", str(base), "--data-dir", str(DATA),
            "--out", str(out), "--runs", str(tmp_path / "runs")]
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
     logs = "".join(f"\n== {p.name}\n" + p.read_text()[-1500:] for p in (tmp_path / "runs/logs").glob("*.log")) \

@@ -15,9 +15,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 import train  # noqa: E402
-from e2h import distributed as dist  # noqa: E402
-from e2h import preemption  # noqa: E402
-from e2h.errors import guard  # noqa: E402
+from e2h.infra import distributed as dist  # noqa: E402
+from e2h.infra import preemption  # noqa: E402
+from e2h.infra.errors import guard  # noqa: E402
 from e2h.run import Run  # noqa: E402
 
 STEP, TARGET = int(sys.argv[1]), sys.argv[2]

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from e2h import recipes, validate
-from e2h.checkpoint import load_model
+from e2h.hf.checkpoint import load_model
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from test_rl_iterations import RUN, models, params, spy  # noqa: E402,F401  (the fixture too)

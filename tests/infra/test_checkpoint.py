@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
-from e2h.checkpoint import check_tokenizer, load_model, main, save_model
+from e2h.hf.checkpoint import check_tokenizer, load_model, main, save_model
 from e2h.model import ModelArgs, RewardModel, Transformer
 from e2h.tokenizer import train_tokenizer
 

@@ -1,4 +1,4 @@
-"""e2h/distributed.py: one process without a process group, and two gloo ranks under torchrun
+"""e2h/infra/distributed.py: one process without a process group, and two gloo ranks under torchrun
 (FSDP2 gradients, parameters gathered once for sampling, state export, e2h.evaluate spread over
 the ranks writing what one process writes, a sharded run that matches one process, stops on a
 SIGTERM to torchrun and resumes on another number of ranks)."""
@@ -12,9 +12,9 @@ import torch
 from safetensors.torch import load_file
 
 from data.format import format_prompt
-from e2h import distributed as dist
+from e2h.infra import distributed as dist
 from e2h import evaluate
-from e2h.checkpoint import save_model
+from e2h.hf.checkpoint import save_model
 from e2h.model import ModelArgs, RewardModel, Transformer
 from e2h.tokenizer import train_tokenizer
 
@@ -56,8 +56,8 @@ def test_without_a_process_group_everything_is_local():
 SCRIPT = r'''
 import json, sys, torch
 torch.set_num_threads(1)
-from e2h import distributed as dist, trainstate
-from e2h.checkpoint import load_model
+from e2h.infra import distributed as dist, trainstate
+from e2h.hf.checkpoint import load_model
 from e2h.model import ModelArgs, RewardModel, Transformer
 from e2h.sample import generate
 

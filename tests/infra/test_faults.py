@@ -1,8 +1,8 @@
 """Runs that never lose work: bad inputs and faults met as a user meets them.
 
 train.py and e2h.evaluate run in this process through the same top-level handler their command
-lines use (``e2h.errors.guard``), so each case costs a second or two; only the stalled rank and
-the killed study runner need processes of their own.
+lines use (``e2h.infra.errors.guard``), so each case costs a second or two; only the stalled
+rank and the killed study runner need processes of their own.
 """
 import json
 import os
@@ -19,8 +19,9 @@ import torch
 from safetensors.torch import load_file
 
 import train
-from e2h import errors, evaluate, trainstate
-from e2h.errors import guard
+from e2h.infra import errors, trainstate
+from e2h import evaluate
+from e2h.infra.errors import guard
 
 ROOT = Path(__file__).resolve().parents[2]
 T = ["--algo", "sft", "--preset", "tiny", "--batch-size", "8", "--n-problems", "4",
@@ -108,7 +109,7 @@ def test_resume_refuses_other_flags_and_keeps_args_json(tmp_path, capsys):
 
 def test_a_folder_in_use_is_refused_naming_its_holder_and_a_cached_stage_is_waited_for(
         models, tmp_path, capsys):
-    from e2h import folderlock, runfolder
+    from e2h.infra import folderlock, runfolder
     out = tmp_path / "X"
     holder = rf"pid {os.getpid()} on {re.escape(os.uname().nodename)}: .*"
     with folderlock.held(out):   # another open of the lock: what another process would hold
@@ -173,7 +174,7 @@ def test_two_runs_started_together_on_one_folder_one_is_refused(tmp_path):
 def test_resume_takes_the_models_the_run_trained_with(tmp_path):
     """A resumed DPO run given no --policy uses the one in its args.json, not a new SFT stage."""
     from argparse import Namespace
-    from e2h import runfolder
+    from e2h.infra import runfolder
     (tmp_path / "args.json").write_text(json.dumps({"algo": "dpo", "lr": 1e-6, "policy": "sft/model",
                                                    "reward_model": "prm/model", "resume": False}))
     args = Namespace(algo="dpo", lr=1e-6, policy=None, reward_model="prm/model", resume=True,
@@ -252,7 +253,7 @@ def test_the_log_survives_a_kill_while_cut_back_torn_lines_and_repeated_resumes(
 
     def killed(*a):
         raise KeyboardInterrupt
-    monkeypatch.setattr("e2h.files.os.replace", killed)
+    monkeypatch.setattr("e2h.infra.files.os.replace", killed)
     code, _, _ = cli(capsys, *T, "--out", out, "--max-steps", "4", "--save-every", "2", "--resume")
     assert code == 130 and (out / "metrics.jsonl").read_bytes() == before
     assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
@@ -346,7 +347,7 @@ def models(tmp_path_factory):
     """A tiny policy and reward model with their tokenizer, and a problem file."""
     from data.format import format_prompt
     from data.synthetic import make_split, reference_completion
-    from e2h.checkpoint import save_model
+    from e2h.hf.checkpoint import save_model
     from e2h.model import ModelArgs, RewardModel, Transformer
     from e2h.tokenizer import train_tokenizer
     root = tmp_path_factory.mktemp("models")
@@ -438,8 +439,8 @@ def test_train_bad_inputs_are_one_line_errors(models, tmp_path, capsys, monkeypa
 
 def test_a_failed_write_is_told_as_the_disk_error_it_is(tmp_path):
     import errno
-    from e2h import distributed
-    from e2h.files import disk_errors
+    from e2h.infra import distributed
+    from e2h.infra.files import disk_errors
     from e2h.model import ModelArgs, Transformer
 
     class Wrapped(BaseException):   # like DCP's CheckpointException, which keeps only text
@@ -479,7 +480,7 @@ def test_ctrl_c_says_where_the_run_stopped(tmp_path, capsys, monkeypatch):
 
 
 def test_a_stop_signal_waits_for_the_safe_point_and_exits_128_plus_its_number(capsys):
-    from e2h import preemption
+    from e2h.infra import preemption
     before = signal.getsignal(signal.SIGTERM)
     with preemption.handled():
         with pytest.raises(preemption.Preempted) as e:   # no step to finish: at once
@@ -528,9 +529,9 @@ def test_the_table_goes_up_to_n_itself():
 
 
 def test_a_stage_is_done_only_by_a_readable_marker(tmp_path):
-    import study
-    from e2h import runfolder
-    from study_runner import Job, lock, run_jobs
+    from study import main as study
+    from e2h.infra import runfolder
+    from study.runner import Job, lock, run_jobs
     assert study.DONE == runfolder.DONE   # train.py's marker, the one the study waits for
     marker = tmp_path / "table.json"
     marker.write_text("")   # what an in-place write killed at its start leaves
@@ -562,15 +563,15 @@ def test_evaluate_marks_done_last(models, tmp_path, capsys, monkeypatch):
 
 
 def test_failed_stage_is_one_line_and_a_second_runner_is_refused(tmp_path):
-    from study_runner import Job, lock, run_jobs
+    from study.runner import Job, lock, run_jobs
     fd = lock(tmp_path)
     try:
-        with pytest.raises(errors.Failed, match=r"in use by another study.py or stages it started \(pid \d+ on "):
+        with pytest.raises(errors.Failed, match=r"in use by another study or stages it started \(pid \d+ on "):
             lock(tmp_path)
         job = Job("seed0/bad", [sys.executable, "-c", "import sys; sys.exit('error: --lr: bad')"],
                   tmp_path / "never.json")
         with pytest.raises(errors.Failed, match=r"stage seed0/bad failed \(exit 1\): error: --lr: "
-                                                r"bad \(log: .*seed0_bad.log\); running study.py again"):
+                                                r"bad \(log: .*seed0_bad.log\); running python -m study again"):
             run_jobs([job], 1, tmp_path / "logs", fd)
     finally:
         os.close(fd)
@@ -580,7 +581,7 @@ RUNNER = """
 import sys
 sys.path.insert(0, {root!r})
 from pathlib import Path
-from study_runner import Job, lock, run_jobs
+from study.runner import Job, lock, run_jobs
 runs = Path({runs!r})
 stage = [sys.executable, "-c", "import os, time; open({pid!r}, 'w').write(str(os.getpid())); time.sleep(60)"]
 run_jobs([Job("s", stage, runs / "done.json")], 1, runs / "logs", lock(runs))
@@ -598,7 +599,7 @@ def alive(pid: int) -> bool:
 
 @pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
 def test_ending_the_runner_ends_its_stages(tmp_path, how):
-    from study_runner import lock
+    from study.runner import lock
     pid_file = tmp_path / "stage.pid"
     code = RUNNER.format(root=str(ROOT), runs=str(tmp_path / "runs"), pid=str(pid_file))
     runner = subprocess.Popen([sys.executable, "-c", code])
@@ -621,8 +622,8 @@ def test_ending_the_runner_ends_its_stages(tmp_path, how):
 STALL = """
 import os, signal, sys, time
 sys.path.insert(0, {root!r})
-from e2h import distributed as dist
-from e2h.errors import guard
+from e2h.infra import distributed as dist
+from e2h.infra.errors import guard
 
 def main(argv):
     dist.init(timeout_s=3)

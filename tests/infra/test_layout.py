@@ -60,23 +60,39 @@ def test_no_import_circle():
         visit(m, [])
 
 
+# e2h/'s top level is the learner and its wiring; three subpackages hold the rest by role
+LEARNER = {"e2h.model", "e2h.kv_cache", "e2h.rope", "e2h.tokenizer", "e2h.sequences", "e2h.sample",
+           "e2h.score", "e2h.rerank", "e2h.sft", "e2h.rm", "e2h.ppo", "e2h.dpo", "e2h.rest",
+           "e2h.grpo"}
+WIRING = {"e2h.recipes", "e2h.loop", "e2h.run", "e2h.validate", "e2h.defaults", "e2h.flags"}
+COMMANDS = {"e2h.evaluate", "e2h.icl", "e2h.curves", "e2h.memory"}
+
+
 def test_layers():
     g = graph()
-    cli = {"e2h.evaluate", "e2h.icl"}
     for m, deps in g.items():
         if m.startswith("data."):   # data/ reads files and knows the format, no training code
-            assert deps <= {d for d in g if d.startswith("data.")} | {"e2h.grader"}, (m, deps)
-        if m not in cli:            # nothing in the library imports a command-line module
-            assert not deps & cli, (m, deps & cli)
-    for algo in ("e2h.sft", "e2h.rm", "e2h.dpo", "e2h.ppo", "e2h.rest", "e2h.grpo"):
-        assert not g[algo] & {"e2h.recipes", "e2h.run", "e2h.loop"}, algo
+            assert all(d.startswith(("data.", "e2h.grader.")) for d in deps), (m, deps)
+        if m.startswith("e2h.grader."):   # the grader knows only text
+            assert all(d.startswith("e2h.grader.") for d in deps), (m, deps)
+        if m.startswith(("e2h.infra.", "e2h.hf.")):   # below the learner's objectives and wiring
+            assert not deps & (LEARNER - {"e2h.model", "e2h.rope", "e2h.tokenizer"}
+                               | WIRING | COMMANDS), (m, deps)
+        if m not in COMMANDS:       # nothing in the library imports a command-line module
+            assert not deps & (COMMANDS - {"e2h.curves", "e2h.memory"}), (m, deps)
+        if m in LEARNER:            # the learner imports no wiring
+            assert not deps & WIRING, (m, deps & WIRING)
     for m in [m for m in g if m.startswith("e2h.kernels.")]:   # attention knows only tensors
         assert all(d.startswith("e2h.kernels.") for d in g[m]), (m, g[m])
     assert "e2h.kernels.__init__" in g["e2h.model"]
+    top = {p.stem for p in (ROOT / "e2h").glob("*.py")} - {"__init__", "svg"}
+    assert {f"e2h.{name}" for name in top} == LEARNER | WIRING | COMMANDS, top
+    assert {p.name for p in (ROOT / "e2h").iterdir() if (p / "__init__.py").is_file()} \
+        == {"kernels", "grader", "hf", "infra"}
 
 
 def test_study_imports_no_torch():
-    code = "import sys; sys.path.insert(0, '.'); import study; print('torch' in sys.modules)"
+    code = "import sys; sys.path.insert(0, '.'); import study.main; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "False"

@@ -1,6 +1,6 @@
-"""e2h/footprint.py and e2h/memory.py: parameter counts, activation bytes and plans written out by hand for the tiny
-shape; the activation count against the tensors autograd actually saves; the CLI and the
-start-up line."""
+"""e2h/infra/footprint.py and e2h/memory.py: parameter counts, activation bytes and plans written
+out by hand for the tiny shape; the activation count against the tensors autograd actually
+saves; the CLI and the start-up line."""
 import argparse
 import os
 import platform
@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from e2h import footprint, memory
-from e2h.footprint import Model
+from e2h.infra import footprint
+from e2h import memory
+from e2h.infra.footprint import Model
 from e2h.memory import Setup
 from e2h.model import ModelArgs, Transformer
 from e2h.rm import RewardModel, rm_loss
@@ -170,7 +171,7 @@ def test_for_run_on_cpu_and_the_cli(tmp_path, capsys):
     line, fits = memory.for_run(args, torch.device("cpu"))
     assert fits and line.startswith("memory plan: ") and "the host's RAM has" in line
     # from a checkpoint: its config.json's shape, the paper's freezing
-    from e2h.checkpoint import save_model
+    from e2h.hf.checkpoint import save_model
     save_model(Transformer(TINY), tmp_path / "ckpt")
     args.model = str(tmp_path / "ckpt")
     st = memory.setup_for(args, torch.device("cpu"))
@@ -200,7 +201,7 @@ def test_train_refuses_a_run_that_cannot_fit(tmp_path):
 
 HEAP_PROBE = """
 import os, sys, torch
-from e2h.host import return_freed_memory
+from e2h.infra.host import return_freed_memory
 def heap_mib():
     for line in open("/proc/self/maps"):
         if line.rstrip().endswith("[heap]"):

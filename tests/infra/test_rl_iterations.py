@@ -12,7 +12,7 @@ import torch
 from data.format import format_prompt
 from data.synthetic import make_split, reference_completion
 from e2h import dpo, recipes, rest
-from e2h.checkpoint import save_model
+from e2h.hf.checkpoint import save_model
 from e2h.model import ModelArgs, RewardModel, Transformer
 from e2h.sequences import sequence_logps
 from e2h.tokenizer import Tokenizer, train_tokenizer
@@ -105,7 +105,7 @@ def test_dpo_stopped_by_sigterm_while_sampling_and_in_a_step_resumes_to_the_same
     import os
     import signal
     from safetensors.torch import load_file
-    from e2h.errors import guard
+    from e2h.infra.errors import guard
     from e2h.run import Run
     argv = ["--algo", "dpo", *RUN, "--policy", str(models / "policy"), "--reward-model",
             str(models / "rm"), "--pair-gap", "0"]

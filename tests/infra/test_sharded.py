@@ -1,4 +1,4 @@
-"""e2h/sharded.py: a checkpoint read into FSDP2 shards, rank by rank, equals load_model bit for
+"""e2h/hf/sharded.py: a checkpoint read into FSDP2 shards, rank by rank, equals load_model bit for
 bit; a bad checkpoint gives load_model's error; the export gathers one tensor at a time and
 writes what save_model writes. One process here, two gloo ranks in a subprocess."""
 import json
@@ -8,8 +8,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from e2h import sharded
-from e2h.checkpoint import load_model, save_model
+from e2h.hf import sharded
+from e2h.hf.checkpoint import load_model, save_model
 from e2h.model import ModelArgs, Transformer
 from e2h.rm import RewardModel
 from test_distributed import ENV, GLOO_TEARDOWN_ABORT, ROOT, TORCHRUN
@@ -92,8 +92,9 @@ import json, sys, torch
 torch.set_num_threads(1)
 from pathlib import Path
 from safetensors.torch import load_file
-from e2h import checkpoint, distributed as dist, sharded, trainstate
-from e2h.checkpoint import load_model
+from e2h.hf import checkpoint, sharded
+from e2h.infra import distributed as dist, trainstate
+from e2h.hf.checkpoint import load_model
 from e2h.rm import RewardModel
 
 dist.init()

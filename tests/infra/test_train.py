@@ -51,7 +51,7 @@ def init_model(runs):
     """A tiny model and tokenizer saved in the HF layout, to start SFT from (--model)."""
     from data.format import format_prompt
     from data.synthetic import make_split, reference_completion
-    from e2h.checkpoint import save_model
+    from e2h.hf.checkpoint import save_model
     from e2h.model import ModelArgs, Transformer
     from e2h.tokenizer import train_tokenizer
 
@@ -298,7 +298,7 @@ def test_batches_walk_one_seeded_permutation_per_epoch():
 
 
 def test_a_checkpoint_killed_while_writing_leaves_the_previous_one(tmp_path, monkeypatch):
-    from e2h import distributed, trainstate
+    from e2h.infra import distributed, trainstate
     from e2h.model import ModelArgs, Transformer
     torch.manual_seed(0)
     model = Transformer(ModelArgs.from_name("tiny"))

@@ -1,4 +1,4 @@
-"""Arithmetic for ``e2h.latex_eval``: exact on rationals, complex floats otherwise, with guards.
+"""Arithmetic for ``latex_eval``: exact on rationals, complex floats otherwise, with guards.
 
 A value is a `fractions.Fraction` (exact) or a complex float. An operation whose exact result
 would exceed ``MAX_BITS`` bits (`10^{10^{10}}`, `1000!^{1000}`), a factorial or binomial of

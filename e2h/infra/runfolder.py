@@ -17,9 +17,9 @@ import shutil
 import time
 from pathlib import Path
 
-from e2h import distributed as dist
-from e2h import folderlock, trainstate
-from e2h.files import write_json
+from e2h.infra import distributed as dist
+from e2h.infra import folderlock, trainstate
+from e2h.infra.files import write_json
 
 ARGS, LOG, DONE = "args.json", "metrics.jsonl", "done.json"
 WORK = ("checkpoints", "model", LOG, "data", "best", DONE)   # what a new run in the folder would lose

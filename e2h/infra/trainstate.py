@@ -28,9 +28,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from e2h import distributed as dist
-from e2h import sharded
-from e2h.files import disk_errors
+from e2h.infra import distributed as dist
+from e2h.hf import sharded
+from e2h.infra.files import disk_errors
 
 PREFIX = "step_"
 MANIFEST = "manifest.json"

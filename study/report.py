@@ -2,7 +2,7 @@
 the rules that decide them, and report.md / results.json (docs/paper.md, "Results to reproduce").
 
 Each finding is a difference measured problem by problem on the same test problems
-(study_paired), with its spread over seeds and a 95% bootstrap interval over problems. The
+(study.paired), with its spread over seeds and a 95% bootstrap interval over problems. The
 rules are fixed here, before any number is seen: a difference counts when its mean over seeds
 exceeds one std (with one seed, when it is positive) and its interval lies above 0; F2 asks
 for a mean >= 0, F4 for a gap of at least 10 points on every seed.
@@ -15,9 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
-from e2h.files import write_json, write_text
-from study_figures import write_figures
-from study_paired import (bootstrap, greedy_gap, greedy_hits, method_gap, points, rerank_hits,
+from e2h.infra.files import write_json, write_text
+from .figures import write_figures
+from .paired import (bootstrap, greedy_gap, greedy_hits, method_gap, points, rerank_hits,
                           split_gap)
 
 SPLITS = ("easy", "hard", "all")
@@ -88,7 +88,7 @@ def diff(per_seed, a, b) -> list[float]:
 
 def verdict(name, claim, values, ok, parts=None, unit="points") -> dict:
     """``values``: the difference per seed; ``parts``: each seed's problem-level evidence
-    (study_paired), which gives the values themselves and a bootstrap interval over problems.
+    (study.paired), which gives the values themselves and a bootstrap interval over problems.
     ``ok(mean, std, values, interval)``; None: a comparison row, reported but not a test."""
     if parts and all(parts):
         values, interval = [points(p) for p in parts], bootstrap(parts)
@@ -107,7 +107,7 @@ def consistent(m, s, values, interval) -> bool:
 
 
 def evidence(seed_dir: Path) -> dict:
-    """The problem-level numbers of one seed (study_paired); missing files give None."""
+    """The problem-level numbers of one seed (study.paired); missing files give None."""
     greedy = {f"{name}/{when}": greedy_hits(seed_dir / name / "data" / f"{when}_test.jsonl")
               for name in RL for when in ("start", "final")}
     return {"rerank": rerank_hits(seed_dir / "eval_sft_easy/rerank.json"),

@@ -10,7 +10,7 @@ the code that deferred it checks ``requested()`` at its next safe point (the end
 the loop saves and stops: e2h/loop.py). A signal still unanswered when the outermost
 ``deferred`` ends raises then. Ctrl-C (SIGINT) is left as it is: it stops at once.
 
-Imports no torch (study.py, which ends its stages on these signals, must not).
+Imports no torch (the study, which ends its stages on these signals, must not).
 """
 from __future__ import annotations
 

@@ -14,7 +14,7 @@ sums, products with or without `\\cdot` / `\\times` / `/`, unary signs, powers, 
   `odd`), is a word, not a product, and is not evaluated.
 
 Anything not understood, and anything too large (long input, deep nesting, an exact result over
-``latex_ops.MAX_BITS`` bits such as `10^{10^{10}}`), evaluates to None. ``e2h.answer_values``
+``latex_ops.MAX_BITS`` bits such as `10^{10^{10}}`), evaluates to None. ``e2h.grader.answer_values``
 compares the values.
 """
 from __future__ import annotations
@@ -25,7 +25,7 @@ import zlib
 from fractions import Fraction
 from functools import lru_cache
 
-from e2h.latex_ops import FUNCTIONS, OPS, Refused
+from e2h.grader.latex_ops import FUNCTIONS, OPS, Refused
 
 MAX_CHARS = 300       # longer inputs are not evaluated
 MAX_DEPTH = 40        # nesting of groups and signs

@@ -6,15 +6,15 @@ whose marker is there and readable is skipped, so a re-run continues where the l
 stopped; an interrupted training stage resumes from its newest checkpoint (the study gives
 train.py --resume).
 
-One runner at a time uses a runs folder: it holds the lock on ``<runs>/.lock`` (e2h/folderlock.py,
-the lock train.py takes on its run folder) for its life, and its stages inherit it, so a second
-study.py on the same folder is refused even while stages of a killed one are still ending. Each
-stage runs in a process group of its own (torchrun and its ranks included), which the runner
-ends, SIGTERM then SIGKILL, whenever it stops: a failed stage, an exception, Ctrl-C or a stop
-signal (SIGTERM, SIGUSR1, SIGHUP: e2h/preemption.py). A training stage answers SIGTERM by saving
-a checkpoint at its next step boundary, so the runner gives its stages torchrun's grace (30 s)
-before SIGKILL. If the runner is killed outright (SIGKILL), the kernel sends each stage SIGTERM
-(Linux's parent-death signal).
+One runner at a time uses a runs folder: it holds the lock on ``<runs>/.lock``
+(e2h/infra/folderlock.py, the lock train.py takes on its run folder) for its life, and its
+stages inherit it, so a second study on the same folder is refused even while stages of a
+killed one are still ending. Each stage runs in a process group of its own (torchrun and its
+ranks included), which the runner ends, SIGTERM then SIGKILL, whenever it stops: a failed stage,
+an exception, Ctrl-C or a stop signal (SIGTERM, SIGUSR1, SIGHUP: e2h/infra/preemption.py). A
+training stage answers SIGTERM by saving a checkpoint at its next step boundary, so the runner
+gives its stages torchrun's grace (30 s) before SIGKILL. If the runner is killed outright
+(SIGKILL), the kernel sends each stage SIGTERM (Linux's parent-death signal).
 """
 from __future__ import annotations
 
@@ -26,9 +26,9 @@ import subprocess
 import time
 from pathlib import Path
 
-from e2h import folderlock, preemption
-from e2h.errors import Failed
-from e2h.files import write_json
+from e2h.infra import folderlock, preemption
+from e2h.infra.errors import Failed
+from e2h.infra.files import write_json
 
 PR_SET_PDEATHSIG = 1
 
@@ -56,7 +56,7 @@ def lock(folder: Path) -> int:
     try:
         return folderlock.take(folder)
     except folderlock.Held as e:
-        raise Failed(f"{folder} is in use by another study.py or stages it started "
+        raise Failed(f"{folder} is in use by another study or stages it started "
                      f"({e.holder}); wait for them to end, or choose another --runs") from None
 
 
@@ -135,7 +135,7 @@ def run_jobs(jobs: list[Job], workers: int, log_dir: Path, lock_fd: int, on_done
                     if proc.returncode != 0 or not job.done():
                         why = f"exit {proc.returncode}" if proc.returncode else f"no {job.done_file}"
                         raise Failed(f"stage {name} failed ({why}): {last_line(Path(log.name))} "
-                                     f"(log: {log.name}); running study.py again continues")
+                                     f"(log: {log.name}); running python -m study again continues")
                     done.add(name)
                     write_json(seconds, times)
                     print(f"[done] {name} in {times[name]:.0f}s", flush=True)

@@ -5,13 +5,13 @@ heading (else the last `\\boxed{}`), compared with the reference answer under MA
 normalization. The same grader gives the final-answer reward of the RL methods on easy problems.
 
 Two answers are equal when, in this order (each step cheap before the next):
-1. their normal forms (``e2h.answer_normalize``) are the same string;
+1. their normal forms (``e2h.grader.answer_normalize``) are the same string;
 2. their structures match element by element: `\\cup` unions and tuples / intervals in order
    with the same brackets (`(1,2]` is not `[1,2]`), matrices cell by cell, sets `\\{..\\}` and bare
    comma lists ("enter all solutions") in any order, `a \\pm b` counting as the list `a+b, a-b`;
 3. an equation `lhs = value` against a value: its value (`\\frac{b_1}{b_2}=\\frac32` is `\\frac32`);
    two equations: the same up to a nonzero factor (`2x+2y=4` is `x+y=2`);
-4. their values are equal (``e2h.latex_eval``, ``e2h.answer_values``): exact for rationals, a
+4. their values are equal (``latex_eval``, ``answer_values``): exact for rationals, a
    decimal to the digits it shows, expressions with `\\pi`, roots and variables numerically
    (`\\frac{4\\pi}{3}` = `\\frac43\\pi`).
 
@@ -24,8 +24,8 @@ lean towards rejecting correct answers. Hostile input is bounded: answers over
 import re
 from collections import Counter
 
-from e2h.answer_normalize import MAX_CHARS, boxed_arguments, normalize_answer, top_level
-from e2h.answer_values import equations_equal, values_equal
+from e2h.grader.answer_normalize import MAX_CHARS, boxed_arguments, normalize_answer, top_level
+from e2h.grader.answer_values import equations_equal, values_equal
 
 __all__ = ["extract_answer", "normalize_answer", "equivalent", "grade_answer"]
 

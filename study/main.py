@@ -1,8 +1,8 @@
 """The study: the paper's findings (docs/paper.md, "Results to reproduce") in miniature, one command.
 
-    python study.py                 # the full study on the synthetic curriculum, 3 seeds
-    python study.py --quick         # every stage on tiny settings (CI; numbers meaningless)
-    python study.py --model DIR     # the real study: an HF Llama (Llemma-7B) on PRM800K / MATH
+    python -m study                 # the full study on the synthetic curriculum, 3 seeds
+    python -m study --quick         # every stage on tiny settings (CI; numbers meaningless)
+    python -m study --model DIR     # the real study: an HF Llama (Llemma-7B) on PRM800K / MATH
 
 Per seed, every stage runs as a subprocess of the entry points users run (``train.py``,
 ``python -m e2h.evaluate``), two at a time, each on one thread; finished stages are skipped on
@@ -31,9 +31,9 @@ a re-run (their outputs are the cache). Stages:
    against majority on Hard for the small generator with the half PRM and the half generator
    with the small PRM (the paper: 7B with a 34B evaluator, and 34B with a 7B one).
 Re-ranking uses 100 test problems per level, greedy accuracy 100 per level (500). Findings
-F1-F5 are computed from the numbers with rules fixed in ``study_report.findings``: each a
+F1-F5 are computed from the numbers with rules fixed in ``study.report.findings``: each a
 difference between two methods on the same problems, with its mean and std over seeds and a
-bootstrap interval over problems (study_paired.py), reported as reproduced or not. Writes ``<out>/report.md`` and
+bootstrap interval over problems (study/paired.py), reported as reproduced or not. Writes ``<out>/report.md`` and
 ``<out>/results.json``; runs, samples and logs go to ``--runs`` (the full study: runs/study).
 
 Quick mode only checks that every number is produced: a generator trained for seconds is
@@ -52,12 +52,13 @@ from pathlib import Path
 
 import numpy as np
 
-from e2h.errors import guard
-from study_inputs import real_files, write_inputs, write_real_inputs
-from study_report import EVALUATORS, write_report
-from study_runner import Job, lock, run_jobs
+from e2h.infra.errors import guard
 
-DONE = "done.json"   # what train.py writes last in its run folder (e2h/runfolder.py)
+from .inputs import real_files, write_inputs, write_real_inputs
+from .report import EVALUATORS, write_report
+from .runner import Job, lock, run_jobs
+
+DONE = "done.json"   # what train.py writes last in its run folder (e2h/infra/runfolder.py)
 
 FULL = dict(preset="small", half_preset="small-half", sft_steps=500, sft_batch=32, sft_lr=2e-3,
             eval_problems=100, rm_lr=3e-4, rm_steps=900, orm_steps=300, rm_problems=600,
@@ -232,7 +233,7 @@ def real_seed_jobs(seed: int, cfg: dict, root: Path, model: str, files: dict, qu
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m study", description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="tiny settings: checks that every number is produced")
     p.add_argument("--seeds", type=int, default=None, help="seeds 0..S-1 (default: 3; quick: 2)")
     p.add_argument("--out", default="results", help="report folder; runs go to <out>/runs")
@@ -247,7 +248,7 @@ def main(argv=None):
                    "(torchrun, FSDP2; e.g. the GPU count, with --jobs 1)")
     args = p.parse_args(argv)
     if args.model and not (Path(args.model) / "config.json").is_file():
-        sys.exit(f"study.py: --model {args.model}: no config.json there (an HF Llama directory)")
+        sys.exit(f"study: --model {args.model}: no config.json there (an HF Llama directory)")
     files = real_files(Path(args.data_dir), args.tokenizer) if args.model else None
     cfg = dict((REAL_QUICK if args.quick else REAL) if args.model else (QUICK if args.quick else FULL))
     seeds = list(range(args.seeds or cfg.pop("seeds")))
@@ -270,7 +271,7 @@ def main(argv=None):
         test_set = f"{cfg['test_problems']} synthetic test problems per level"
         greedy_set = f"{cfg['rl_eval_problems']} synthetic test problems per level"
     meta = {"mode": ("quick" if args.quick else "full") + (" real" if args.model else ""),
-            "command": " ".join(["python", *sys.argv]),
+            "command": " ".join(["python", "-m", "study", *sys.argv[1:]]),
             "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, {platform.platform()}",
             "test_set": test_set, "greedy_set": greedy_set}
     def stage_means(times):
@@ -297,6 +298,7 @@ def main(argv=None):
     return 0
 
 
-if __name__ == "__main__":
-    sys.exit(guard(main, interrupted="interrupted; its stages are ended, and running the same "
-                                     "study.py command again continues"))
+def run() -> int:
+    """``python -m study``: main under the commands' failure handling (e2h/infra/errors.py)."""
+    return guard(main, interrupted="interrupted; its stages are ended, and running the same "
+                                   "python -m study command again continues")

@@ -1,11 +1,11 @@
-"""How the commands (train.py, e2h.evaluate, e2h.icl, study.py) fail: one line and an exit code.
+"""How the commands (train.py, e2h.evaluate, e2h.icl, the study) fail: one line and an exit code.
 
 An expected failure (a bad flag, file, record or key; a folder that cannot be written; a full
 disk; a non-finite loss; a rank that stopped answering) is an exception whose message names
 the file, flag or key and says what to do. ``guard`` prints that message as one line on stderr,
 on a fresh line (an open progress bar is closed first, so the message is never glued to it),
 and exits 1. Ctrl-C exits 130 with where the command stopped; a stop signal (SIGTERM, SIGUSR1,
-SIGHUP: e2h/preemption.py) exits 128 + its number (143 for SIGTERM), saying the same. Anything
+SIGHUP: e2h/infra/preemption.py) exits 128 + its number (143 for SIGTERM), saying the same. Anything
 else is a bug in e2h and keeps its traceback; ``E2H_TRACEBACK=1`` shows the traceback of expected
 failures too.
 """
@@ -17,7 +17,7 @@ import sys
 
 from tqdm import tqdm
 
-from e2h import preemption
+from e2h.infra import preemption
 
 
 class Failed(Exception):
@@ -60,9 +60,9 @@ def one_line(e: BaseException) -> str | None:
 
 
 def _dist():
-    """e2h.distributed when the command runs it (study.py, a process manager, never imports
+    """e2h.infra.distributed when the command runs it (the study, a process manager, never imports
     torch); without it there is one process."""
-    return sys.modules.get("e2h.distributed")
+    return sys.modules.get("e2h.infra.distributed")
 
 
 def _close_bars():

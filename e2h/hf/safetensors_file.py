@@ -9,7 +9,7 @@ Reading the header checks, without reading tensor data, that every tensor lies i
 and spans the bytes its dtype and shape need. Writing streams: the header first (dtypes and
 shapes are known up front), then each tensor's bytes as it arrives, so a writer that gathers
 tensors one at a time never holds more than one. Tensors themselves are read with safetensors'
-``safe_open`` (e2h/checkpoint.py), which maps the file and reads only the slices asked for.
+``safe_open`` (e2h/hf/checkpoint.py), which maps the file and reads only the slices asked for.
 """
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """The study's figures as SVG text: accuracy against N (the paper's Figures 3-4) and grouped bars
-for Tables 1 and 2, drawn from the ``summary`` that study_report.py writes into results.json.
+for Tables 1 and 2, drawn from the ``summary`` that study/report.py writes into results.json.
 
 Why by hand: the design card allows no plotting library, and an SVG is only text (the drawing
 pieces are e2h/svg.py, which the training curves share). It is written byte for byte the same
@@ -14,7 +14,7 @@ from pathlib import Path
 from xml.sax.saxutils import escape, quoteattr
 
 from e2h import svg
-from e2h.files import write_text
+from e2h.infra.files import write_text
 from e2h.svg import BOTTOM, COLORS, LEFT, PLOT_H, PLOT_W, RIGHT, TOP
 
 DASH = {"weighted": "", "best_of_n": ' stroke-dasharray="6 3"'}   # the method, at a glance
@@ -114,7 +114,7 @@ def bars_svg(rows: dict[str, dict], title: str) -> str:
 
 
 def write_figures(out: Path, summary: dict) -> dict[str, str]:
-    """``out/figures/*.svg``, each written whole (e2h.files: a temporary file beside, then
+    """``out/figures/*.svg``, each written whole (e2h.infra.files: a temporary file beside, then
     os.replace); returns {figure: path relative to ``out``} for the report to link, leaving
     out a figure whose part of the summary is missing or empty."""
     rerank = summary.get("rerank") or {}

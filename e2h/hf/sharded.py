@@ -21,8 +21,8 @@ from pathlib import Path
 
 import torch
 
-from e2h import distributed as dist
-from e2h.checkpoint import hf_params, open_model, read_rows, save_model
+from e2h.infra import distributed as dist
+from e2h.hf.checkpoint import hf_params, open_model, read_rows, save_model
 from e2h.model import RewardModel
 
 SOURCE = "hf_checkpoint"   # module attribute: (path, {HF key: (file, dtype, shape)})

@@ -37,7 +37,7 @@ def real_files(data_dir: Path, tokenizer=None) -> dict:
              "tokenizer": Path(tokenizer) if tokenizer else data_dir / "tokenizer/llama2/tokenizer.json"}
     for key, path in files.items():
         if not path.is_file():
-            sys.exit(f"study.py: {path}: file not found (--data-dir {data_dir}, needed for {key})")
+            sys.exit(f"study: {path}: file not found (--data-dir {data_dir}, needed for {key})")
     return files
 
 

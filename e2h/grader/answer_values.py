@@ -1,4 +1,4 @@
-"""Whether two LaTeX answers have equal values (``e2h.latex_eval``), by a rule that respects
+"""Whether two LaTeX answers have equal values (``e2h.grader.latex_eval``), by a rule that respects
 what was written; used by ``e2h.grader``.
 
 - Exact rationals are equal only exactly: `\\frac{2}{4}` = `0.5`, but `1000001` != `1000000`
@@ -14,8 +14,8 @@ what was written; used by ``e2h.grader``.
 import re
 from fractions import Fraction
 
-from e2h.latex_eval import N_POINTS, evaluate
-from e2h.latex_ops import ZERO_TOL
+from e2h.grader.latex_eval import N_POINTS, evaluate
+from e2h.grader.latex_ops import ZERO_TOL
 
 REL_TOL = 1e-9
 MIN_SIGNIFICANT = 6   # a decimal with fewer digits only equals exactly: 0.33 is not 1/3

@@ -6,8 +6,8 @@ The holder writes its pid, host and command into the file, for the message a sec
 gets. The file is written in place and never removed or replaced: the lock belongs to the
 file's inode, so a new file under the same name would be a second, free lock.
 
-Used by train.py for its run folder (e2h/runfolder.py), by e2h.evaluate for its output folder
-and by study.py for its runs folder (study_runner.py). Imports no torch (study.py must not).
+Used by train.py for its run folder (e2h/infra/runfolder.py), by e2h.evaluate for its output folder
+and by the study for its runs folder (study/runner.py). Imports no torch (the study must not).
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ import socket
 import sys
 from pathlib import Path
 
-from e2h.errors import Failed
+from e2h.infra.errors import Failed
 
 NAME = ".lock"
 

@@ -6,23 +6,23 @@ except ``lm_head.weight``; with tied embeddings there is no ``lm_head.weight``. 
 saved as HF's ``LlamaForTokenClassification`` with one label: the trunk as above, no LM head,
 plus ``score.weight`` (1, C) and ``score.bias`` (1,). A two-label token classifier (TRL's PRMs:
 ``score.weight`` (2, C), ``score.bias`` (2,), label 1 = correct) loads as a reward model whose
-logit is z_1 - z_0; ``python -m e2h.checkpoint --two-labels SRC DST`` writes an e2h reward model
+logit is z_1 - z_0; ``python -m e2h.hf.checkpoint --two-labels SRC DST`` writes an e2h reward model
 in that layout (``RewardModel.two_labels``). A one-label
 ``LlamaForSequenceClassification`` (the reward models TRL and OpenRLHF train: ``score.weight``,
 no bias, read at the last token) loads as a reward model with a zero bias: its logit at a
 position is what the sequence classifier gives for the text ending there.
 
-config.json and the JSON files beside the weights are e2h/hf_config.py: RoPE in both key sets
+config.json and the JSON files beside the weights are e2h/hf/hf_config.py: RoPE in both key sets
 (transformers 4.x ``rope_theta`` / ``rope_scaling``, 5.x ``rope_parameters``), generation and
 tokenizer settings that let ``AutoTokenizer`` open the folder.
 
 Loading holds one copy of the weights: the model is built on the meta device, allocated once in
 the target dtype (``to_empty``), then filled tensor by tensor from each shard; a sharded model
-reads only the rows of its own shards (e2h/sharded.py). Everything that can be checked without
+reads only the rows of its own shards (e2h/hf/sharded.py). Everything that can be checked without
 reading tensor data is checked first (config, shard files, headers, file sizes, the key set,
 every shape and dtype), so a bad checkpoint raises one error naming the file and tensor before
 any weight is read, and no model is returned. Saving writes one tensor at a time
-(e2h/safetensors_file.py).
+(e2h/hf/safetensors_file.py).
 
 Deliberate leniency: the ``rotary_emb.inv_freq`` buffers older transformers versions saved are
 ignored; RoPE is recomputed from the config.
@@ -40,11 +40,11 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError, safe_open
 
-from e2h.errors import guard
-from e2h.files import write_text
-from e2h.hf_config import GENERATION, LM_ARCH, SEQ_ARCH, hf_files, read_config
+from e2h.infra.errors import guard
+from e2h.infra.files import write_text
+from e2h.hf.hf_config import GENERATION, LM_ARCH, SEQ_ARCH, hf_files, read_config
 from e2h.model import RewardModel, Transformer
-from e2h.safetensors_file import DTYPES, read_header, write_safetensors
+from e2h.hf.safetensors_file import DTYPES, read_header, write_safetensors
 from e2h.tokenizer import HF_FILES as TOKENIZER_FILES
 
 INDEX = "model.safetensors.index.json"
@@ -115,7 +115,7 @@ def open_model(path) -> tuple[torch.nn.Module, dict[str, tuple[Path, str, list[i
     two labels for LlamaForTokenClassification and LlamaForSequenceClassification), on the meta device, and {HF key: (file,
     dtype, shape)} of its tensors, after every check that reads no tensor data. Whoever fills
     the model reads the tensors (``read_rows``): all of them (``load_model``) or only the rows
-    of one rank's shards (e2h/sharded.py)."""
+    of one rank's shards (e2h/hf/sharded.py)."""
     path = Path(path)
     args, arch, labels = read_config(path)
     found = weight_files(path)

@@ -1,0 +1,6 @@
+"""python -m study: see study/main.py."""
+import sys
+
+from study.main import run
+
+sys.exit(run())
