@@ -193,3 +193,39 @@ def test_rpo_alpha_adds_the_chosen_per_token_nll(model):
     with torch.no_grad():
         after = sequence_logps(trained, batch["tokens"], batch["loss_mask"])
     assert (after[:2] > logps[:2]).all()
+
+
+def test_step_pair_cuts_at_the_first_step_whose_result_differs():
+    # steps 1-2 write the same results (23, 23) with a free sign on a do-nothing slot: no
+    # difference; step 3 concludes 19 against 27: the pair becomes that step, after the chosen
+    # side's first two steps
+    pair = {"question": "q", "chosen": "23-0=23\n\n23+0=23\n\n23-4=19\n\n19+0=19\n\n# Answer\n\n19",
+            "rejected": "23+0=23\n\n23-0=23\n\n23+4=27\n\n27+0=27\n\n# Answer\n\n27"}
+    cut = dpo.step_pair(pair)
+    assert cut["prefix"] == "23-0=23\n\n23+0=23\n\n"
+    assert (cut["chosen"], cut["rejected"], cut["eos"]) == ("23-4=19", "23+4=27", False)
+    assert cut["question"] == "q"
+    # the same results at every step: the answer lines differ, and they end the solution
+    same = dpo.step_pair({"chosen": "05+0=05\n\n# Answer\n\n05", "rejected": "05-0=05\n\n# Answer\n\n07"})
+    assert (same["prefix"], same["chosen"], same["rejected"], same["eos"]) == \
+        ("05+0=05\n\n", "# Answer\n\n05", "# Answer\n\n07", True)
+    # parting at the first step: nothing joins the prompt
+    first = dpo.step_pair({"chosen": "11+2=13\n\n# Answer\n\n13", "rejected": "11-4=07\n\n# Answer\n\n07"})
+    assert (first["prefix"], first["chosen"], first["rejected"]) == ("", "11+2=13", "11-4=07")
+
+
+def test_encode_pair_puts_the_prefix_in_the_prompt_and_no_eos_after_a_step(tmp_path):
+    prompt = format_prompt("q")
+    texts = [prompt + "23-0=23\n\n23-4=19", prompt + "23+4=27\n\n# Answer\n\n27"]
+    tok = train_tokenizer(texts * 5, tmp_path / "tokenizer.json", vocab_size=60)
+    pair = {"question": "q", "prefix": "23-0=23\n\n", "chosen": "23-4=19", "rejected": "23+4=27",
+            "eos": False}
+    e = dpo.encode_pair(tok, pair)
+    for side in ("chosen", "rejected"):
+        tokens, mask = e[f"{side}_tokens"], e[f"{side}_mask"]
+        assert tokens[-1] != tok.eos_id
+        # the trained tokens spell that side's step, and nothing before it
+        assert tok.decode([t for t, m in zip(tokens, mask) if m]) == pair[side]
+        assert tok.decode([t for t, m in zip(tokens[1:], mask[1:]) if not m]) == prompt + pair["prefix"]
+    whole = dpo.encode_pair(tok, {"question": "q", "chosen": "23-4=19", "rejected": "23+4=27"})
+    assert whole["chosen_tokens"][-1] == tok.eos_id and whole["chosen_mask"][-1] == 1
