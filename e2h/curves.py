@@ -15,7 +15,6 @@ data-values>``), so a test reads back what the figure claims.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 from pathlib import Path
@@ -23,7 +22,7 @@ from xml.sax.saxutils import quoteattr
 
 from e2h import svg
 from e2h.infra.errors import guard
-from e2h.infra.files import write_text
+from e2h.infra.files import read_log, write_text
 
 LOG = "metrics.jsonl"   # e2h/infra/runfolder.py's LOG
 # (panel title, series: (label, keys; the first key a run logged is its series))
@@ -54,14 +53,7 @@ def read_metrics(run: Path) -> list[dict]:
     path = Path(run) / LOG
     if not path.is_file():
         raise FileNotFoundError(f"{path}: not found (is {run} a train.py run folder?)")
-    lines = []
-    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(record, dict) and isinstance(record.get("step"), int):
-            lines.append(record)
+    lines = read_log(path)
     if not lines:
         raise ValueError(f"{path}: empty (the run logged no step yet)")
     return lines

@@ -25,9 +25,9 @@ from e2h.infra import distributed as dist
 from e2h.infra import trainstate
 from e2h.hf.checkpoint import check_tokenizer
 from e2h.hf.hf_config import LM_ARCH, read_config
-from e2h.infra.files import disk_errors, write_text
+from e2h.infra.files import disk_errors, read_log, write_text
 from e2h.model import PRESETS, ModelArgs, RewardModel, Transformer
-from e2h.infra.runfolder import LOG, read_log
+from e2h.infra.runfolder import LOG
 from e2h.sample import sample_solutions
 from e2h.sft import freeze_embeddings
 from e2h.hf.sharded import lazy_model, place

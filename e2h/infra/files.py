@@ -38,6 +38,23 @@ def write_text(path, text: str) -> Path:
     return path
 
 
+def read_log(path) -> list[dict]:
+    """The lines of a metrics log (JSON objects with an int "step"); a torn last line (a kill
+    in mid-write) is left out. A missing file reads as no lines."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    lines = []
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and isinstance(record.get("step"), int):
+            lines.append(record)
+    return lines
+
+
 def write_json(path, obj, indent: int | None = 1) -> Path:
     return write_text(path, json.dumps(obj, indent=indent) + "\n")
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from e2h.infra import distributed as dist
 from e2h.infra import folderlock, trainstate
-from e2h.infra.files import write_json
+from e2h.infra.files import read_log, write_json
 
 ARGS, LOG, DONE = "args.json", "metrics.jsonl", "done.json"
 WORK = ("checkpoints", "model", LOG, "data", "best", DONE)   # what a new run in the folder would lose
@@ -72,22 +72,6 @@ def locked(out: Path, wait: bool = False, what: str = "run", poll_s: float = 2.0
     finally:
         if mine:
             folderlock.release(_locks.pop(out.resolve()))
-
-
-def read_log(path) -> list[dict]:
-    """The lines of a metrics log; a torn last line (a kill in mid-write) is left out."""
-    path = Path(path)
-    if not path.is_file():
-        return []
-    lines = []
-    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(record, dict) and isinstance(record.get("step"), int):
-            lines.append(record)
-    return lines
 
 
 def _holds(path: Path) -> bool:
