@@ -30,6 +30,7 @@ from e2h import curves, memory, recipes
 from e2h.infra import host, runfolder, trainstate
 from e2h.infra import distributed as dist
 from e2h.infra.errors import Interrupted, guard
+from e2h.defaults import needs_reward_model
 from e2h.flags import ALGOS, get_args
 from e2h.infra.files import write_json
 from e2h.infra.preemption import Preempted
@@ -51,7 +52,7 @@ RL = ("dpo", "ppo", "rest", "grpo")
 # flags only some algorithms read: a stage's cache key leaves out the flags it never uses, so
 # changing DPO's beta (or its default) reuses the cached SFT and PRM stages
 USED_BY = {"beta": ("dpo",), "rpo_alpha": ("dpo",), "pair_gap": ("dpo",), "max_pairs": ("dpo",), "hard_gap": ("dpo",),
-           "max_per_problem": ("rest",), "hard_threshold": ("rest",), "iterations": ("dpo", "rest"),
+           "max_per_problem": ("rest",), "hard_threshold": ("rest",), "easy_threshold": ("rest",), "iterations": ("dpo", "rest"),
            "ppo_steps": ("ppo",), "rollouts": ("ppo", "grpo"), "kl_coef": ("ppo", "grpo"),
            "clip": ("ppo", "grpo"), "grpo_steps": ("grpo",), "group_size": ("grpo",),
            "no_scale_rewards": ("grpo",), "process_advantages": ("grpo",),
@@ -141,7 +142,7 @@ def run_in(out: Path, args, device) -> int:
     """The run of ``args`` in the folder ``out``, which this process holds."""
     # before any stage is trained for it: may this run use --out, and from which checkpoint
     resume_from, changes = runfolder.claim(out, args, NEUTRAL, pending=("policy", "reward_model"))
-    if args.algo in ("dpo", "ppo", "grpo") or (args.algo == "rest" and args.hard_threshold is not None):
+    if needs_reward_model(args):
         args.policy = args.policy or required_stage(args, "sft", "policy")
         args.reward_model = args.reward_model or required_stage(
             args, "prm", "reward-model", ["--policy", args.policy])

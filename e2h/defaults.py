@@ -94,6 +94,13 @@ def describe(key: str) -> str:
     return "default: " + "; ".join(parts)
 
 
+def needs_reward_model(args) -> bool:
+    """Whether a run of ``args`` loads the easy-trained PRM: DPO, PPO and GRPO always, ReST-EM
+    when it filters with it (--hard-threshold, --easy-threshold)."""
+    return args.algo in ("dpo", "ppo", "grpo") or (args.algo == "rest" and (
+        args.hard_threshold is not None or args.easy_threshold is not None))
+
+
 def fill_defaults(args):
     """Resolve the regime and give every unset (None) flag its regime's value, in place."""
     if args.hparams == "auto":

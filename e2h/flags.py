@@ -145,6 +145,10 @@ def build_parser() -> argparse.ArgumentParser:
     add("--hard-threshold", type=float, default=None,
         help="ReST-EM: also keep hard solutions whose PRM score reaches this (trains a PRM if needed; "
         "default: off, easy problems only)")
+    add("--easy-threshold", type=float, default=None,
+        help="ReST-EM: keep an easy solution with the right answer only if its PRM score also "
+        "reaches this (a wrong walk can land on the right answer; trains a PRM if needed; "
+        "default: off, the answer alone)")
     # ppo
     add("--ppo-steps", type=positive(int), default=None, help="PPO steps; " + d("ppo_steps"))
     add("--rollouts", type=positive(int), default=None, help="rollouts per PPO step; " + d("rollouts"))

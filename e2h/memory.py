@@ -32,7 +32,7 @@ from pathlib import Path
 
 from e2h.hf.hf_config import LM_ARCH, read_config
 from e2h.infra.host import resident_bytes
-from e2h.defaults import COMMON, PAPER
+from e2h.defaults import COMMON, PAPER, needs_reward_model
 from e2h.infra.footprint import Model, activation_peak, kv_cache
 from e2h.model import ModelArgs
 
@@ -233,7 +233,7 @@ def setup_for(args, device) -> Setup:
     base = args.model if args.algo == "sft" else (args.model or args.policy) if rm_trunk else args.policy
     policy = model_of(base, args.preset, frozen_embeddings=frozen and base is not None)
     evaluator = None
-    if args.algo in ("dpo", "ppo", "grpo") or (args.algo == "rest" and args.hard_threshold is not None):
+    if needs_reward_model(args):
         evaluator = model_of(args.reward_model, args.preset, head="score", trained=False,
                              frozen_embeddings=frozen)
     compute = args.dtype if args.dtype != "auto" else ("bfloat16" if device.type == "cuda" else "float32")

@@ -31,7 +31,7 @@ from data.format import EASY_LEVELS, HARD_LEVELS
 from e2h.infra import distributed as dist
 from e2h import dpo, grpo, ppo, rest, rm, sft
 from e2h.loop import NonFiniteLoss, batch_indices, phase_steps, run_steps, train_phase
-from e2h.defaults import ROLE
+from e2h.defaults import ROLE, needs_reward_model
 from e2h.model import RewardModel
 from e2h.hf.sharded import load_into
 from e2h.run import (cached_records, encode_all, finish, generator_for, load, load_or_init,
@@ -249,7 +249,8 @@ def train_dpo(run) -> dict:
 def train_rest(run) -> dict:
     args, tok = run.args, run.tok
     policy = load(run, args.policy)
-    scored = args.hard_threshold is not None   # the evaluator stands in for hard answers
+    # the evaluator stands in for hard answers, or checks the steps behind easy ones
+    scored = needs_reward_model(args)
     evaluator = load(run, args.reward_model, trainable=False) if scored else None
     problems_ = problems(args)
 
@@ -258,7 +259,8 @@ def train_rest(run) -> dict:
             return rest.rest_iteration_data(
                 policy, tok, mine, rng_for(args.seed, "rest", it),
                 max_per_problem=args.max_per_problem, rm=evaluator,
-                hard_threshold=args.hard_threshold, **sampling(args, "rest", it, run.device))
+                hard_threshold=args.hard_threshold, easy_threshold=args.easy_threshold,
+                **sampling(args, "rest", it, run.device))
         return iteration_data(run, it, build, problems_, policy, *([evaluator] if scored else []))
 
     def iteration(it: int, start: int, train_epoch):

@@ -6,7 +6,9 @@ One iteration:
   keep the final-answer-correct ones of problems whose answer may be used (easy levels),
   identical completions once, at most k per problem (paper: 10). As an option, solutions of
   hard problems whose PRM score (min step probability) reaches ``hard_threshold`` are kept
-  too: the evaluator stands in for the missing answer.
+  too: the evaluator stands in for the missing answer; and with ``easy_threshold`` an easy
+  solution needs that PRM score besides its right answer (on the synthetic curriculum a wrong
+  walk lands on the right prime often: bench/README.md, the paper's regime).
 - M-step: supervised fine-tuning on the kept solutions with the SFT loss (``e2h.sft``).
 The paper runs 2 iterations (a 3rd degraded).
 
@@ -31,12 +33,14 @@ RESTART_FROM_BASE = True
 
 
 def filter_samples(samples: list[dict], max_per_problem: int, rng, *,
-                   hard_threshold: float | None = None, answer_levels=EASY_LEVELS) -> list[dict]:
+                   hard_threshold: float | None = None, easy_threshold: float | None = None,
+                   answer_levels=EASY_LEVELS) -> list[dict]:
     """SFT records {"id", "question", "completion", "level"} from graded sample records.
 
-    Kept: samples with ``correct`` True on problems whose level is in ``answer_levels``; on
-    other problems, only when ``hard_threshold`` is set, samples whose PRM score (needs
-    "step_scores") is >= it. Identical completions count once; a problem with more than
+    Kept: samples with ``correct`` True on problems whose level is in ``answer_levels`` (and,
+    with ``easy_threshold``, a PRM score >= it); on other problems, only when
+    ``hard_threshold`` is set, samples whose PRM score is >= it. PRM scores (min over steps)
+    need "step_scores". Identical completions count once; a problem with more than
     ``max_per_problem`` keeps a random subset (``rng``: a ``random.Random``), in input order.
     """
     groups: dict[str, dict[str, dict]] = {}
@@ -45,7 +49,8 @@ def filter_samples(samples: list[dict], max_per_problem: int, rng, *,
         if not text:
             continue
         if s["level"] in answer_levels:
-            keep = s.get("correct") is True
+            keep = s.get("correct") is True and (
+                easy_threshold is None or sample_score(s, "min") >= easy_threshold)
         else:
             keep = hard_threshold is not None and sample_score(s, "min") >= hard_threshold
         if keep:
@@ -64,21 +69,24 @@ def filter_samples(samples: list[dict], max_per_problem: int, rng, *,
 def rest_iteration_data(policy, tok, problems: list[dict], rng, *, n: int, temperature: float,
                         top_k: int | None, max_new_tokens: int, max_per_problem: int,
                         hard_threshold: float | None, batch_size: int, rm=None,
-                        answer_levels=EASY_LEVELS, generator: torch.Generator | None = None):
+                        easy_threshold: float | None = None, answer_levels=EASY_LEVELS,
+                        generator: torch.Generator | None = None):
     """The E-step: SFT records for one iteration, sampled from ``policy``; (records, metrics).
 
-    ``rm`` scores the samples only when ``hard_threshold`` is set (it is then required).
+    ``rm`` scores the samples only when a threshold is set (it is then required).
     """
-    if hard_threshold is not None and rm is None:
-        raise ValueError("rest_iteration_data: hard_threshold needs a reward model (rm)")
+    scored = hard_threshold is not None or easy_threshold is not None
+    if scored and rm is None:
+        raise ValueError("rest_iteration_data: hard_threshold / easy_threshold need a reward "
+                         "model (rm)")
     with gathered(policy):     # one all-gather for all the sampling, not one per token
         samples = sample_solutions(policy, tok, problems, n=n, temperature=temperature,
                                    top_k=top_k, max_new_tokens=max_new_tokens,
                                    generator=generator, batch_size=batch_size)
-    if hard_threshold is not None:
+    if scored:
         samples = score_samples(rm, tok, samples)
     records = filter_samples(samples, max_per_problem, rng, hard_threshold=hard_threshold,
-                             answer_levels=answer_levels)
+                             easy_threshold=easy_threshold, answer_levels=answer_levels)
     graded = [s["correct"] for s in samples if s.get("correct") is not None]
     metrics = {"rest/examples": len(records),
                "rest/problems_kept": len({r["id"] for r in records}),

@@ -52,6 +52,19 @@ def test_hard_problems_by_reward_model_threshold():
     assert texts(records) == ["high", "edge"]
 
 
+def test_easy_solutions_need_the_answer_and_with_easy_threshold_the_prm_too():
+    easy = [sample("e", "clean", True, prm=0.7),          # min(0.7, 0.95) = 0.7 >= 0.5
+            sample("e", "lucky", True, prm=0.2),          # right answer, a step the PRM doubts
+            sample("e", "edge", True, prm=0.5),           # 0.5 >= 0.5: kept
+            sample("e", "confident", False, prm=0.9),     # a wrong answer is never kept
+            sample("h", "hard", True, level=4, prm=0.9)]  # hard: only by --hard-threshold
+    def kept(**kw):
+        return texts(filter_samples(easy, max_per_problem=10, rng=random.Random(0), **kw))
+    assert kept() == ["clean", "lucky", "edge"]
+    assert kept(easy_threshold=0.5) == ["clean", "edge"]
+    assert kept(easy_threshold=0.5, hard_threshold=0.5) == ["clean", "edge", "hard"]
+
+
 SAMPLING = dict(temperature=1.0, top_k=40, max_new_tokens=768, max_per_problem=10, batch_size=16)
 
 
@@ -63,6 +76,6 @@ def test_iteration_data_filters_what_the_policy_drew(monkeypatch):
                                            hard_threshold=None)
     assert texts(records) == ["right"]
     assert metrics["rest/examples"] == 1 and metrics["answer/accuracy"] == pytest.approx(2 / 3)
-    with pytest.raises(ValueError, match="hard_threshold needs a reward model"):
+    with pytest.raises(ValueError, match="hard_threshold / easy_threshold need a reward model"):
         rest_iteration_data(policy, None, [], random.Random(0), **SAMPLING, n=32,
                             hard_threshold=0.5)
