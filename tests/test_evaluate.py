@@ -4,25 +4,16 @@ import json
 import pytest
 import torch
 
-from data.format import format_prompt
 from e2h.hf.checkpoint import save_model
 from e2h.evaluate import default_tokenizer, main, parse_args, read_problems
 from e2h.model import ModelArgs, RewardModel, Transformer
 from e2h.rerank import format_table, rerank_table
 from e2h.sample import sample_solutions
 from e2h.score import score_samples
-from e2h.tokenizer import train_tokenizer
 
 
-@pytest.fixture(scope="module")
-def tok(tmp_path_factory):
-    corpus = [format_prompt("Start at 7.") + "7 + 5 = 12\n\n# Answer\n\n12"] * 20
-    return train_tokenizer(corpus, tmp_path_factory.mktemp("tok") / "tokenizer.json", vocab_size=60)
-
-
-PROBLEMS = [{"id": "a", "question": "Start at 7.", "answer": "12", "level": 1},
-            {"id": "b", "question": "Start at 8.", "answer": "13", "level": 4},
-            {"id": "c", "question": "Start at 9.", "answer": "14", "level": 5}]
+# the sampling tests' problems and tokenizer fixture (tests/test_sample.py)
+from test_sample import PROBLEMS, tok  # noqa: E402,F401
 
 
 def test_sample_score_and_table_end_to_end(tok):

@@ -6,24 +6,10 @@ import torch
 
 import e2h.score
 from data.format import format_prompt
-from e2h.model import ModelArgs, RewardModel, Transformer
 from e2h.score import aggregate, encode_completion, roc_auc, score_completions, step_and_outcome_auc
-from e2h.tokenizer import train_tokenizer
 
-QUESTION = "Start at 7. Add 5, then double."
-STEPS = ["7 + 5 = 12", "12 * 2 = 24"]
-SOLUTION = "7 + 5 = 12\n\n12 * 2 = 24\n\n# Answer\n\n24"
-
-
-@pytest.fixture(scope="module")
-def tok(tmp_path_factory):
-    corpus = [format_prompt(QUESTION) + SOLUTION + "\n\n9\n\n3"] * 20
-    return train_tokenizer(corpus, tmp_path_factory.mktemp("tok") / "tokenizer.json", vocab_size=60)
-
-
-def tiny_rm(vocab_size=64):
-    torch.manual_seed(0)
-    return RewardModel(Transformer(ModelArgs.from_name("tiny", vocab_size=vocab_size)))
+# the reward-model tests' solution, tokenizer fixture and model (tests/test_rm.py)
+from test_rm import QUESTION, SOLUTION, STEPS, tiny_rm, tok  # noqa: E402,F401
 
 
 def test_encode_completion_splits_one_tokenization(tok):
