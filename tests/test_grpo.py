@@ -9,10 +9,10 @@ import torch
 from data.format import format_prompt
 from e2h.grpo import (grpo_loss, grpo_update, group_advantages, k3_kl, process_advantages,
                       sample_groups, score_completion, token_mean)
-from e2h.model import ModelArgs, RewardModel, Transformer
+from e2h.model import RewardModel
 from e2h.ppo import ppo_policy_loss
-from e2h.sft import encode_sft, loss_fn, sft_batch
 from e2h.tokenizer import train_tokenizer
+from test_rl_learns import sft_on_both_answers
 
 TOL = dict(rtol=0, atol=1e-6)
 EPS = 1e-4
@@ -175,17 +175,7 @@ def test_score_completion_reads_the_prm_at_steps_and_answer(tok):
 @pytest.fixture(scope="module")
 def policy(tok):
     """SFT on both answers: each about half the time."""
-    torch.manual_seed(0)
-    policy = Transformer(ModelArgs.from_name("tiny", vocab_size=tok.vocab_size))
-    batch = sft_batch([encode_sft(tok, {"question": QUESTION, "completion": c})
-                       for c in (RIGHT, WRONG)], tok.pad_id)
-    opt = torch.optim.AdamW(policy.parameters(), lr=1e-2)
-    for _ in range(40):
-        loss, _ = loss_fn(policy, batch)
-        loss.backward()
-        opt.step()
-        opt.zero_grad()
-    return policy
+    return sft_on_both_answers(tok, QUESTION)
 
 
 def test_sample_groups_rewards_and_advantages(tok, policy):

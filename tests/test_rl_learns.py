@@ -37,12 +37,11 @@ def tok(tmp_path_factory):
     return train_tokenizer(texts, tmp_path_factory.mktemp("tok") / "tokenizer.json", vocab_size=60)
 
 
-@pytest.fixture(scope="module")
-def start(tok):
-    """The starting policy: SFT on both answers, so each has probability ~0.5."""
+def sft_on_both_answers(tok, question=QUESTION):
+    """A tiny policy after 40 SFT steps on RIGHT and WRONG: each answer about half the time."""
     torch.manual_seed(0)
     policy = Transformer(ModelArgs.from_name("tiny", vocab_size=tok.vocab_size))
-    batch = sft_batch([encode_sft(tok, {"question": QUESTION, "completion": c})
+    batch = sft_batch([encode_sft(tok, {"question": question, "completion": c})
                        for c in (RIGHT, WRONG)], tok.pad_id)
     opt = torch.optim.AdamW(policy.parameters(), lr=1e-2)
     for _ in range(40):
@@ -50,6 +49,13 @@ def start(tok):
         loss.backward()
         opt.step()
         opt.zero_grad()
+    return policy
+
+
+@pytest.fixture(scope="module")
+def start(tok):
+    """The starting policy: SFT on both answers, so each has probability ~0.5."""
+    policy = sft_on_both_answers(tok)
     assert 0.4 < p_right(policy, tok) < 0.6
     return policy
 
