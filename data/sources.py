@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
-from data import prm800k, readers, synthetic
+from data import other_readers, prm800k, readers, synthetic
 
 
 def parse_levels(text: str) -> tuple[int, ...] | None:
@@ -95,13 +95,14 @@ def read_data(paths, math_problems_path=None) -> dict[str, list[dict]]:
                 raise ValueError(f"{path}: stepwise PRM rows (prompt, completions, labels) carry "
                                  f"no level; give --math-problems, whose questions give each "
                                  f"row its MATH level")
-            load = readers.load_math_shepherd if kind == "math-shepherd" else readers.load_stepwise
+            load = (other_readers.load_math_shepherd if kind == "math-shepherd"
+                    else other_readers.load_stepwise)
             rm = load(path)
             readers.attach_levels(rm, math)
             out["rm"] += rm
         elif kind in ("math", "metamath", "gsm8k"):
-            loader = {"math": readers.load_math, "metamath": readers.load_metamath,
-                      "gsm8k": readers.load_gsm8k}[kind]
+            loader = {"math": readers.load_math, "metamath": other_readers.load_metamath,
+                      "gsm8k": other_readers.load_gsm8k}[kind]
             problems = loader(path)
             readers.attach_levels(problems, math)   # MetaMathQA rows that quote MATH verbatim
             out["problems"] += problems

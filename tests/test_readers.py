@@ -9,9 +9,9 @@ import pytest
 
 from data.format import difficulty, format_solution, is_easy, tokenize_rm, tokenize_sft
 from data.prm800k import load_prm800k_raw, load_prm800k_steptree
-from data.readers import (load_gsm8k, load_math, load_math_shepherd, load_metamath,
-                          math_validation_split, parse_level, read_jsonl, split_paragraphs,
-                          write_jsonl)
+from data.other_readers import load_gsm8k, load_math_shepherd, load_metamath
+from data.readers import (load_math, math_validation_split, parse_level, read_jsonl,
+                          split_paragraphs, write_jsonl)
 from data.sources import data_format, read_data
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
