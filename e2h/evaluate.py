@@ -191,22 +191,6 @@ def main(argv=None):
         raise ValueError(f"--out {e}; wait for it to end, or choose another --out") from None
 
 
-def my_share(n_items: int) -> list[int]:
-    """The indices of the items this rank works on: r, r + W, r + 2W, ..."""
-    return list(range(dist.rank(), n_items, dist.world_size()))
-
-
-def in_order(mine: list, n_items: int, per_item: int) -> list:
-    """Every rank's records (``mine``: ``per_item`` for each item of its share, in order), on
-    every rank, in the order of the items: what one process makes of all of them."""
-    groups = dist.all_gather_objects(mine)
-    chunks = [None] * n_items
-    for r, records in enumerate(groups):
-        for k, i in enumerate(range(r, n_items, len(groups))):
-            chunks[i] = records[k * per_item:(k + 1) * per_item]
-    return [x for chunk in chunks for x in chunk]
-
-
 def sample_and_rerank(args):
     """Steps 1-3 of the module docstring, from a policy and / or a reward model."""
     tok = Tokenizer(args.tokenizer)
@@ -217,7 +201,7 @@ def sample_and_rerank(args):
     samples = greedy = None
     if args.policy:                                   # 1. sample (the policy, then the RM, in memory)
         problems = read_problems(args.data)[:args.limit]
-        share = my_share(len(problems))
+        share = dist.shard_of(list(range(len(problems))))   # this rank's problem indices
         mine = [problems[i] for i in share]
         # every sample's seed as in one process: the ranks draw them all and take their own
         seeds = pair_seeds(len(problems) * args.n,
@@ -245,8 +229,9 @@ def sample_and_rerank(args):
             dist.say("held-out RM ROC-AUC: " + json.dumps(auc))
         del rm
     if samples is not None:                           # 3. re-rank
-        samples = in_order(samples, len(problems), args.n)
-        greedy = in_order(greedy, len(problems), 1) if greedy is not None else None
+        samples = dist.gathered_in_order(samples, len(problems), args.n)
+        if greedy is not None:
+            greedy = dist.gathered_in_order(greedy, len(problems), 1)
         if not dist.is_main():
             return
         if greedy is not None:
@@ -286,7 +271,7 @@ def rescore(args):
     if not samples:
         raise ValueError(f"{args.samples}: no samples in the file")
     records = held_out_records(args, samples)
-    mine = [samples[i] for i in my_share(len(samples))]
+    mine = dist.shard_of(samples)
     tables, kept = {}, [{k: s[k] for k in ("id", "level", "completion", "answer", "correct")}
                         | {"scores": {}} for s in samples]
     for name, path in (x.split("=", 1) for x in args.rm):
@@ -294,7 +279,7 @@ def rescore(args):
         with torch.no_grad():
             scored = score_samples(rm, tok, [dict(s) for s in mine], args.rm_batch_size)
             auc = auc_by_difficulty(rm, tok, records, args.rm_batch_size)
-        scored = in_order(scored, len(samples), 1)
+        scored = dist.gathered_in_order(scored, len(samples), 1)
         for k, s in zip(kept, scored):
             k["scores"][name] = {"steps": s["step_scores"], "outcome": s["outcome_score"]}
         tables[name] = rerank_table(scored, n_subsets=args.n_subsets, seed=args.seed, with_rm=True)
@@ -304,7 +289,8 @@ def rescore(args):
         del rm
     if args.confidence:   # does the signal exist in the generator itself?
         policy = load(args.confidence, tok, dtype, args.device)
-        confidence = in_order(min_token_probs(policy, tok, mine), len(samples), 1)
+        confidence = dist.gathered_in_order(min_token_probs(policy, tok, mine),
+                                            len(samples), 1)
         tables["generator"] = {"within_auc": within_problem_auc(samples, confidence)}
         for k, c in zip(kept, confidence):
             k["scores"]["generator_min_token_prob"] = c

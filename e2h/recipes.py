@@ -34,9 +34,9 @@ from e2h.loop import NonFiniteLoss, batch_indices, phase_steps, run_steps, train
 from e2h.defaults import ROLE, needs_reward_model
 from e2h.model import RewardModel
 from e2h.hf.sharded import load_into
+from e2h.infra.distributed import shard_of
 from e2h.run import (cached_records, encode_all, finish, generator_for, load, load_or_init,
-                     make_optimizer, max_len, on_every_rank, prepare, rng_for, sample,
-                     shard_of)
+                     make_optimizer, max_len, on_every_rank, prepare, rng_for, sample)
 from e2h.validate import Best, accuracy, closing, starting_point, validation_split
 from e2h.score import step_and_outcome_auc
 

@@ -206,17 +206,12 @@ def load(run: Run, path, trainable: bool = True, pretrained: bool = True):
     return prepare(run, load_or_init(path, run.args, run.tok), trainable, pretrained)
 
 
-def shard_of(items: list) -> list:
-    """This rank's share, rank r taking items r, r + W, r + 2W, ..."""
-    return items[dist.rank()::dist.world_size()]
-
-
 def on_every_rank(fn, problems_: list[dict], *models):
     """Run ``fn(my_problems)`` on this rank's share of the problems with the models' parameters
     gathered once (no collective per token); every rank gets all ranks' records, rank 0's
     first. ``fn`` returns (records, metrics): int metrics are summed over ranks, the others
     averaged."""
-    mine = shard_of(problems_)
+    mine = dist.shard_of(problems_)
     with ExitStack() as stack:
         for m in models:
             stack.enter_context(dist.gathered(m))

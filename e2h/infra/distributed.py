@@ -149,6 +149,23 @@ def all_gather_objects(obj) -> list:
     return out
 
 
+def shard_of(items: list) -> list:
+    """This rank's share, rank r taking items r, r + W, r + 2W, ..."""
+    return items[rank()::world_size()]
+
+
+def gathered_in_order(mine: list, n_items: int, per_item: int) -> list:
+    """Every rank's records (``mine``: ``per_item`` records for each item of ``shard_of``'s
+    share, in order), on every rank, in the order of the items: what one process makes of all
+    of them."""
+    groups = all_gather_objects(mine)
+    chunks = [None] * n_items
+    for r, records in enumerate(groups):
+        for k, i in enumerate(range(r, n_items, len(groups))):
+            chunks[i] = records[k * per_item:(k + 1) * per_item]
+    return [x for chunk in chunks for x in chunk]
+
+
 def shard(model: torch.nn.Module, param_dtype: torch.dtype | None = None,
           activation_checkpointing: bool = False) -> torch.nn.Module:
     """FSDP2 over every TransformerBlock inside ``model`` (a policy or a reward model's trunk),
