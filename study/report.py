@@ -2,10 +2,10 @@
 the rules that decide them, and report.md / results.json (docs/paper.md, "Results to reproduce").
 
 Each finding is a difference measured problem by problem on the same test problems
-(study.paired), with its spread over seeds and a 95% bootstrap interval over problems. The
-rules are fixed here, before any number is seen: a difference counts when its mean over seeds
-exceeds one std (with one seed, when it is positive) and its interval lies above 0; F2 asks
-for a mean >= 0, F4 for a gap of at least 10 points on every seed.
+(study.paired, e2h.paired), with its spread over seeds and a 95% bootstrap interval over
+problems. The rules are fixed here, before any number is seen: a difference counts when its
+mean over seeds exceeds one std (with one seed, when it is positive) and its interval lies
+above 0; F2 asks for a mean >= 0, F4 for a gap of at least 10 points on every seed.
 """
 from __future__ import annotations
 
@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 
 from e2h.infra.files import write_json, write_text
+from e2h.paired import bootstrap, greedy_gap, points
 from .figures import write_figures
-from .paired import (bootstrap, greedy_gap, greedy_hits, method_gap, points, rerank_hits,
-                          split_gap)
+from .paired import greedy_hits, method_gap, rerank_hits, split_gap
 
 SPLITS = ("easy", "hard", "all")
 EVALUATORS = ("orm", "prm", "oprm")

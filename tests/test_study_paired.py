@@ -1,10 +1,12 @@
-"""The study's problem-level statistics (study.paired, study.report.verdict) on hand-made hits."""
+"""The study's problem-level statistics (study.paired, study.report.verdict) on hand-made hits;
+e2h/paired.py's bootstrap itself: tests/test_paired.py."""
 import json
 
 import numpy as np
 import pytest
 
-from study.paired import bootstrap, greedy_gap, greedy_hits, method_gap, points, rerank_hits, split_gap
+from e2h.paired import greedy_gap, points
+from study.paired import greedy_hits, method_gap, rerank_hits, split_gap
 from study.report import consistent, verdict
 
 
@@ -39,18 +41,6 @@ def test_split_gap_is_easy_minus_hard():
     hits = {"1": ("easy", 1.0), "2": ("easy", 1.0), "3": ("easy", 0.0), "4": ("easy", 1.0),
             "5": ("hard", 0.0), "6": ("hard", 1.0)}
     assert points(split_gap(hits)) == pytest.approx(75.0 - 50.0)
-
-
-def test_bootstrap_interval_by_hand():
-    # constant differences: every resample gives the mean over seeds, (10 + 30) / 2 points
-    parts = [[(np.full(5, 0.1), +1)], [(np.full(5, 0.3), +1)]]
-    assert bootstrap(parts) == pytest.approx((20.0, 20.0))
-    assert bootstrap([[(np.full(5, 0.1), -1)]]) == pytest.approx((-10.0, -10.0))
-    # 200 right and 200 wrong: standard error sqrt(.25 / 400) = 2.5 points, 95% about +-4.9
-    x = np.array([1.0, 0.0] * 200)
-    lo, hi = bootstrap([[(x, +1)]])
-    assert (hi - lo) / 2 == pytest.approx(1.96 * 2.5, abs=0.4)
-    assert (lo + hi) / 2 == pytest.approx(50.0, abs=0.5)
 
 
 def test_a_consistent_mean_with_an_interval_across_zero_does_not_count():
