@@ -259,7 +259,7 @@ def markdown(summary: dict, found: list[dict], meta: dict, cfg: dict, figures: d
     lines += ["", f"## Table 2: RL from the easy SFT policy (greedy, {meta['greedy_set']})", "",
               "| method | RL problems | final answers used | PRM used | Easy | Hard | All |",
               "|---|---|---|---|---|---|---|"]
-    lines += [row(f"{name} | " + " | ".join(TABLE2_ROWS.get(name, ("?",) * 3)), by_split)
+    lines += [row(f"{name} | " + " | ".join(TABLE2_ROWS[name]), by_split)
               for name, by_split in summary["table2"].items()]
     if "f5" in summary:
         lines += ["", f"## F5 in miniature: generator size x evaluator size (Hard, N = {top})", "",
