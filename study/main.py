@@ -1,40 +1,66 @@
 """The study: the paper's findings (docs/paper.md, "Results to reproduce") in miniature, one command.
 
-    python -m study                 # the full study on the synthetic curriculum, 3 seeds
+    python -m study                 # the full study on the synthetic curriculum, 3 seeds (hours)
+    python -m study --seeds 1       # one seed: about an hour on 2 cores (cost below)
     python -m study --quick         # every stage on tiny settings (CI; numbers meaningless)
     python -m study --model DIR     # the real study: an HF Llama (Llemma-7B) on PRM800K / MATH
 
 Per seed, every stage runs as a subprocess of the entry points users run (``train.py``,
 ``python -m e2h.evaluate``), two at a time, each on one thread; finished stages are skipped on
-a re-run (their outputs are the cache). Stages:
-1. generators (Table 1): SFT on easy (levels 1-3), on all levels, on hard (4-5); greedy and
+a re-run (their outputs are the cache). On the synthetic curriculum every training stage runs
+at the embedded defaults (e2h/defaults.py: the paper's supervision regime, each stage drawing
+problems of its own role); the flags given below are where the study differs, each said why.
+Stages:
+1. generators (Table 1): SFT on easy (levels 1-3), on all levels, on hard (4-5), each on 300
+   reference solutions per level for 15 epochs, validated every 28 steps; greedy and
    majority@16 on Easy / Hard / All. ICL runs on real weights only: the embedded base model is
    randomly initialized, so a few-shot prompt would test nothing the paper's ICL row tests.
 2. evaluators trained on easy problems only (ORM, PRM, OPRM): majority vs weighted voting vs
-   best-of-n at N = 1, 2, ..., 64 over one set of samples from the easy SFT policy; each
+   best-of-n at N = 1, 2, ..., 32 over one set of samples from the easy SFT policy; each
    evaluator's step / outcome ROC-AUC on held-out easy and hard solutions, and its ROC-AUC
    *within* each problem's samples (what voting depends on), next to the same quantity for the
-   generator's own smallest token probability.
-   Synthetic choice: the evaluators' training solutions are sampled from an earlier SFT
-   checkpoint (80% of the steps), whose more frequent errors give more negative steps, while
-   the trunk is the final easy SFT model (data/synthetic.py docstring has the measurements).
-   The PRM stage samples them once and ORM / OPRM label the same solutions (``--samples``);
-   the ORM, which no finding needs at full strength, trains for a third of the steps.
-3. RL from the easy SFT policy (Table 2): PPO (all problems, easy final answers, process
-   reward from the easy PRM) and iterative DPO (pairs scored by the PRM) optimize against the
+   generator's own smallest token probability. The PRM is the embedded default's: 16 samples
+   of each of the SFT problems from the final easy SFT policy, program-labelled, one epoch
+   (900 steps) on the policy as trunk; ORM and OPRM label the same solutions (``--samples``),
+   the ORM, which no finding needs at full strength, for 300 steps, the OPRM for the PRM's 900.
+3. RL from the easy SFT policy (Table 2), at the embedded defaults, on problems SFT never saw:
+   PPO (all levels, easy final answers, process reward from the easy PRM), GRPO (all levels,
+   the PRM's score + easy answers) and iterative DPO (pairs scored by the PRM) use the
    evaluator; PPO with the final-answer reward only on easy problems and ReST-EM (easy final
-   answers) do not use it and are the paper's comparison rows. Greedy accuracy from each run's
-   closing evaluation (real: ``e2h.evaluate`` on MATH500).
+   answers, 600 problems per level) do not and are the paper's comparison rows. Greedy
+   accuracy from each run's closing evaluation (real: ``e2h.evaluate`` on MATH500).
 4. F5 in miniature (synthetic study): a generator and a PRM of half the layers (preset
    small-half, 0.43M against 0.84M parameters), both from easy problems only, the half PRM
    trained on the same labelled solutions with the half generator as trunk; weighted voting
    against majority on Hard for the small generator with the half PRM and the half generator
    with the small PRM (the paper: 7B with a 34B evaluator, and 34B with a 7B one).
-Re-ranking uses 100 test problems per level, greedy accuracy 100 per level (500). Findings
-F1-F5 are computed from the numbers with rules fixed in ``study.report.findings``: each a
-difference between two methods on the same problems, with its mean and std over seeds and a
-bootstrap interval over problems (study/paired.py), reported as reproduced or not. Writes ``<out>/report.md`` and
-``<out>/results.json``; runs, samples and logs go to ``--runs`` (the full study: runs/study).
+Re-ranking uses 100 test problems per level, RL's validation and greedy test accuracy 250 per
+level (1,250). Findings F1-F5 are computed from the numbers with rules fixed in
+``study.report.findings``: each a difference between two methods on the same problems, with
+its mean and std over seeds and a bootstrap interval over problems (study/paired.py), reported
+as reproduced or not. Writes ``<out>/report.md`` and ``<out>/results.json`` (after each seed
+that finishes, a partial report of the seeds done); runs, samples and logs go to ``--runs``
+(default ``<out>/runs``).
+
+Cost on 2 cores, estimated (not measured as a whole under these settings): seconds of one
+stage on one thread, from bench/README.md's times on 2 ranks ("The paper's supervision regime")
+doubled, the stages it has no time for scaled by their steps, and the unchanged evaluation
+stages from the committed run (results/report.md, measured with other work on the cores):
+
+    sft_easy 690 (211 steps)   sft_all 1150 (352)     sft_hard 460 (141)   sft_easy_half 480
+    prm 840 (sampling + 900)   prm_half 400           orm 220              oprm 660
+    ppo 590   ppo_outcome 590  grpo 380    dpo 300    rest 500   (RL: validation, test at 250/level)
+    eval_sft_* 500 together    rerank 630              rerank_half 290
+
+about 8,700 s of one core per seed: 72 minutes of wall time per seed at two stages at a time
+(one seed alone: longer, since sft_easy runs with nothing beside it). Measured here with other
+work on both cores, one thread took 1.5 s per SFT step of 64 and wrote 19 greedy solutions a
+second with an untrained model (96 tokens each; a reference solution has about 44); from those
+the same stages take about 5,000 s, 41 minutes per seed. Three seeds take 2 to 3.6 hours and
+do not fit in an hour, whatever the evaluation settings: the training stages at the embedded
+defaults alone need about 55 core-minutes per seed, 80 minutes of wall time for three seeds.
+``--seeds 1`` is the choice that fits about an hour (45 to 80 minutes); ``--seeds 3`` on the
+same --runs later adds the other two (finished stages are kept).
 
 Quick mode only checks that every number is produced: a generator trained for seconds is
 never right, so its ORM trains on reference / corrupted solutions given with ``--data``, DPO
@@ -60,13 +86,21 @@ from .runner import Job, lock, run_jobs
 
 DONE = "done.json"   # what train.py writes last in its run folder (e2h/infra/runfolder.py)
 
-FULL = dict(preset="small", half_preset="small-half", sft_steps=500, sft_batch=32, sft_lr=2e-3,
-            eval_problems=100, rm_lr=3e-4, rm_steps=900, orm_steps=300, rm_problems=600,
-            rm_samples=8, test_problems=100, n=32,
-            t1_n=16, ppo_steps=30, rollouts=64, rl_problems=None, rl_eval_problems=300, seeds=3)
-QUICK = dict(preset="tiny", half_preset="tiny", sft_steps=20, sft_batch=8, sft_lr=3e-3, eval_problems=2,
-             rm_lr=1e-3, rm_steps=4, orm_steps=4, rm_problems=2, rm_samples=2, test_problems=2, n=4,
-             t1_n=4, ppo_steps=2, rollouts=8, rl_problems=2, rl_eval_problems=2, seeds=2)
+# What the synthetic study sets itself; every training flag it does not give takes the embedded
+# default of its stage (e2h/defaults.py EMBEDDED and the data budget table there).
+FULL = dict(preset="small", half_preset="small-half", eval_problems=100, test_problems=100,
+            n=32, t1_n=16, rl_eval_problems=250, rm_steps={"orm": 300, "oprm": 900}, seeds=3)
+# Quick mode: the same stages on tiny settings; "flags" are added to the stages' command lines
+QUICK = dict(preset="tiny", half_preset="tiny", eval_problems=2, test_problems=2, n=4, t1_n=4,
+             rl_eval_problems=2, rm_steps={"prm": 4, "orm": 4, "oprm": 4}, seeds=2,
+             flags={"sft": ["--max-steps", 20, "--batch-size", 8],
+                    "rm": ["--lr", 1e-3, "--n-problems", 2, "--n-samples", 2],
+                    "rl": ["--n-problems", 2],
+                    "ppo": ["--ppo-steps", 2, "--rollouts", 8, "--batch-size", 8],
+                    "grpo": ["--grpo-steps", 2, "--rollouts", 8, "--batch-size", 8],
+                    # a generator trained for seconds is never right: DPO pairs on the PRM
+                    # score alone, ReST-EM keeps hard solutions by PRM score
+                    "dpo": ["--pair-gap", 0], "rest": ["--hard-threshold", 0, "--answer-levels", "4,5"]})
 
 
 def train(algo, out, seed, cfg, *flags, preset=None) -> list[str]:
@@ -100,35 +134,41 @@ def seed_jobs(seed: int, cfg: dict, root: Path, quick: bool) -> list[Job]:
     r = root / f"seed{seed}"
     test = r / "test.jsonl"
     tok = r / "sft_easy" / "model" / "tokenizer.json"
-    weak = int(cfg["sft_steps"] * 0.8)
-    sft = ["--batch-size", cfg["sft_batch"], "--lr", cfg["sft_lr"], "--max-steps", cfg["sft_steps"]]
-    jobs = [Job("sft_easy", train("sft", r / "sft_easy", seed, cfg, "--levels", "1,2,3", *sft,
-                                  "--save-every", weak, "--keep", 2), r / "sft_easy" / DONE)]
+    flags = lambda stage: cfg.get("flags", {}).get(stage, [])   # quick mode's tiny settings
+    # SFT at the embedded default: 300 reference solutions per level of the sft role, 15 epochs,
+    # validated every 28 steps (the best policy kept). sft_all and sft_hard get the same scarce
+    # budget per level; they share sft_easy's tokenizer so that every model reads the same ids
+    jobs = [Job("sft_easy", train("sft", r / "sft_easy", seed, cfg, *flags("sft")), r / "sft_easy" / DONE)]
     for name, levels in (("sft_all", "1,2,3,4,5"), ("sft_hard", "4,5")):
-        jobs.append(Job(name, train("sft", r / name, seed, cfg, "--levels", levels, *sft,
+        jobs.append(Job(name, train("sft", r / name, seed, cfg, "--levels", levels, *flags("sft"),
                                     "--tokenizer", tok), r / name / DONE, ["sft_easy"]))
     # F5: a generator and an evaluator of half the layers (half the parameters), easy only
-    jobs.append(Job("sft_easy_half", train("sft", r / "sft_easy_half", seed, cfg, "--levels", "1,2,3",
-                                           *sft, "--tokenizer", tok, preset=cfg["half_preset"]),
+    jobs.append(Job("sft_easy_half", train("sft", r / "sft_easy_half", seed, cfg, *flags("sft"),
+                                           "--tokenizer", tok, preset=cfg["half_preset"]),
                     r / "sft_easy_half" / DONE, ["sft_easy"]))
-    weak_dir = r / "sft_easy" / "checkpoints" / f"step_{weak:06d}" / "model"
-    # the PRM samples the weak policy once; ORM and OPRM label those same solutions. Their AUCs
-    # are measured by the rerank stage, on the test samples.
+    # The evaluators as the embedded PRM: 16 samples of each of 300 easy problems per level from
+    # the final easy SFT policy, program-labelled, the policy as trunk. (The study once sampled an
+    # earlier checkpoint, at 80 % of its steps, for more wrong steps. The scarce-supervision SFT
+    # policy needs no help to err, greedy 44 % right on easy test problems (bench/README.md), and
+    # its model/ is the best validated checkpoint, not the last step: the PRM measured there,
+    # held-out step AUC 0.94 / 0.77 easy / hard, was trained on the final policy's samples.)
+    # The PRM samples once; ORM and OPRM label the same solutions (--samples). The ORM, which no
+    # finding needs at full strength, trains 300 steps; the OPRM (the PRM's and the ORM's records)
+    # as many as the PRM, 900, short of one epoch of its data. Their AUCs are measured by the
+    # rerank stage, on the test samples, so their own closing evaluation is off.
     samples = r / "prm" / "data" / "samples.jsonl"
     for algo in ("prm", "orm", "oprm"):
-        flags = ["--levels", "1,2,3", "--model", r / "sft_easy/model", "--policy", weak_dir,
-                 "--tokenizer", tok, "--lr", cfg["rm_lr"], "--eval-problems", 0,
-                 "--max-steps", cfg["orm_steps" if algo == "orm" else "rm_steps"],
-                 "--n-problems", cfg["rm_problems"], "--n-samples", cfg["rm_samples"]]
+        steps = cfg["rm_steps"].get(algo)
+        rm = ["--policy", r / "sft_easy/model", "--tokenizer", tok, "--eval-problems", 0,
+              *(["--max-steps", steps] if steps else []), *flags("rm")]
         if quick and algo == "orm":
-            flags += ["--data", r / "orm_quick.jsonl"]
+            rm += ["--data", r / "orm_quick.jsonl"]
         elif algo != "prm":
-            flags += ["--samples", samples]
-        jobs.append(Job(algo, train(algo, r / algo, seed, cfg, *flags), r / algo / DONE,
+            rm += ["--samples", samples]
+        jobs.append(Job(algo, train(algo, r / algo, seed, cfg, *rm), r / algo / DONE,
                         ["sft_easy"] if algo == "prm" else ["sft_easy", "prm"]))
         if algo == "prm":   # the half-size PRM: the same labelled solutions, its own trunk
-            half = [*flags, "--samples", samples]
-            half[half.index("--model") + 1] = r / "sft_easy_half/model"
+            half = [*rm, "--samples", samples, "--model", r / "sft_easy_half/model"]
             jobs.append(Job("prm_half", train("prm", r / "prm_half", seed, cfg, *half),
                             r / "prm_half" / DONE, ["sft_easy_half", "prm"]))
     for name in ("sft_easy", "sft_all", "sft_hard", "sft_easy_half"):
@@ -141,20 +181,17 @@ def seed_jobs(seed: int, cfg: dict, root: Path, quick: bool) -> list[Job]:
     jobs.append(Job("rerank_half", rescore(r, seed, ["--synthetic-problems", test], "sft_easy_half",
                                            ("prm",)),
                     r / "eval_sft_easy_half/rerank.json", ["eval_sft_easy_half", "prm"]))
-    # RL keeps its best policy by greedy validation: 300 problems per level, not 100 (a standard
-    # error near 2 points on All against ~3), and reports test accuracy on as many
+    # RL at the embedded defaults, on problems of the rl role (none of SFT's). Each run keeps its
+    # best policy by greedy validation on 250 problems per level, not the default 100 (a standard
+    # error near 1.4 points on All against ~2.2; level 1's validation role holds 285), and
+    # reports test accuracy on as many
     rl = ["--policy", r / "sft_easy/model", "--reward-model", r / "prm/model", "--tokenizer", tok,
-          "--eval-problems", cfg["rl_eval_problems"]]
-    rl += ["--n-problems", cfg["rl_problems"]] if cfg["rl_problems"] else []   # None: the defaults
-    ppo = ["--ppo-steps", cfg["ppo_steps"], "--rollouts", cfg["rollouts"], "--eval-every", 10]
-    if quick:
-        ppo += ["--batch-size", cfg["rollouts"]]
-    dpo, rest = (["--pair-gap", 0], ["--hard-threshold", 0, "--answer-levels", "4,5"]) if quick else ([], [])
-    rl_flags = {"ppo": ppo, "ppo_outcome": [*ppo, "--levels", "1,2,3", "--no-process-reward"],
-                "dpo": dpo, "rest": rest}
-    for name, flags in rl_flags.items():
+          "--eval-problems", cfg["rl_eval_problems"], *flags("rl")]
+    rl_flags = {"ppo": [], "ppo_outcome": ["--levels", "1,2,3", "--no-process-reward"],
+                "grpo": [], "dpo": [], "rest": []}
+    for name, own in rl_flags.items():
         algo = name.split("_")[0]
-        jobs.append(Job(name, train(algo, r / name, seed, cfg, *rl, *flags),
+        jobs.append(Job(name, train(algo, r / name, seed, cfg, *rl, *own, *flags(algo)),
                         r / name / DONE, ["sft_easy", "prm"]))
     for j in jobs:
         j.name, j.deps = f"seed{seed}/{j.name}", {f"seed{seed}/{d}" for d in j.deps}
@@ -172,7 +209,8 @@ REAL_QUICK = dict(n=4, t1_n=4, test_limit=8, max_new_tokens=24, rl_problems=2, a
                   seeds=1, train_flags=["--max-steps", 2, "--batch-size", 2, "--max-len", 160,
                                "--n-samples", 4, "--n-problems", 2, "--max-new-tokens", 24,
                                "--sample-batch-size", 2],
-                  rl_flags=["--ppo-steps", 1, "--rollouts", 4, "--iterations", 1, "--pair-gap", 0,
+                  rl_flags=["--ppo-steps", 1, "--grpo-steps", 1, "--group-size", 2, "--rollouts", 4,
+                            "--iterations", 1, "--pair-gap", 0,
                             "--temperature", 0.7, "--top-k", 5])
 
 
@@ -220,8 +258,8 @@ def real_seed_jobs(seed: int, cfg: dict, root: Path, model: str, files: dict, qu
                     r / "eval_sft_easy/rerank.json", ["eval_sft_easy", *EVALUATORS]))
     rl = ["--policy", r / "sft_easy/model", "--reward-model", r / "prm/model", *cfg["rl_flags"]]
     rl += ["--n-problems", cfg["rl_problems"]] if cfg["rl_problems"] else []
-    rl_flags = {"ppo": [], "ppo_outcome": ["--levels", "1,2,3", "--no-process-reward"], "dpo": [],
-                "rest": ["--hard-threshold", 0, "--answer-levels", "4,5"] if quick else []}
+    rl_flags = {"ppo": [], "ppo_outcome": ["--levels", "1,2,3", "--no-process-reward"], "grpo": [],
+                "dpo": [], "rest": ["--hard-threshold", 0, "--answer-levels", "4,5"] if quick else []}
     for name, flags in rl_flags.items():
         jobs.append(Job(name, train_real(name.split("_")[0], name, *rl, *flags),
                         r / name / DONE, ["sft_easy", "prm"]))

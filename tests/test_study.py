@@ -60,12 +60,12 @@ def test_quick_study_produces_every_number(tmp_path):
                                  "within_easy", "within_hard"}
         assert all(is_number(v) and (math.isnan(v) or 0.0 <= v <= 1.0) for v in aucs.values())
 
-    # Table 2: the easy SFT policy and the four RL runs
-    assert set(seed["table2"]) == {"sft_easy", "ppo", "ppo_outcome", "dpo", "rest"}
+    # Table 2: the easy SFT policy and the five RL runs
+    assert list(seed["table2"]) == ["sft_easy", "ppo", "ppo_outcome", "grpo", "dpo", "rest"]
     for by_split in seed["table2"].values():
         check_split_values(by_split)
     # the SFT row is the SFT policy on the RL runs' test problems: each run's own start
-    for name in ("ppo", "dpo"):
+    for name in ("ppo", "grpo", "dpo"):
         start = [json.loads(line) for line in
                  (tmp_path / "runs/seed0" / name / "data/start_test.jsonl").read_text().splitlines()]
         assert 100 * sum(r["correct"] for r in start) / len(start) == pytest.approx(
@@ -82,17 +82,22 @@ def test_quick_study_produces_every_number(tmp_path):
 
     # findings: F1 for PRM and OPRM at N = n, F2 per evaluator, F3 per RL run, F4, F5; each a
     # paired difference with its bootstrap interval over problems
+    # F3: Easy and Hard of every RL run against its start, then PPO against PPO on easy answers
     names = [f["name"] for f in results["findings"]]
+    rl = [f"F3 {m} {split}" for m in ("ppo", "ppo_outcome", "grpo", "dpo", "rest") for split in ("easy", "hard")]
     assert names == ["F1 PRM N=4", "F1 OPRM N=4", "F2 ORM N=4", "F2 PRM N=4", "F2 OPRM N=4",
-                     "F3 ppo", "F3 ppo_outcome", "F3 dpo", "F3 rest", "F4",
+                     *rl, "F3 ppo vs ppo_outcome hard", "F4",
                      "F5 evaluator 2x generator N=4", "F5 generator 2x evaluator N=4"]
-    comparisons = {"F3 ppo_outcome", "F3 rest"}   # rows that do not use the evaluator
+    # the claim is tested on the runs rewarded by the PRM on every level; the rest are comparisons
+    comparisons = {f"F3 {m} {split}" for m in ("ppo_outcome", "dpo", "rest") for split in ("easy", "hard")}
     for f in results["findings"]:
         assert (f["reproduced"] is None) if f["name"] in comparisons else isinstance(f["reproduced"], bool)
         lo, hi = f["interval"]
         assert lo <= hi and "95% over problems" in f["value"]
     report = (out / "report.md").read_text()
     assert "## Findings" in report and "## Table 2" in report and "## F5 in miniature" in report
+    assert "| grpo | all | easy | yes | " in report and "| ppo_outcome | easy | easy | no | " in report
+    assert 'data-rows="sft_easy,ppo,ppo_outcome,grpo,dpo,rest"' in (out / "figures" / "rl.svg").read_text()
     for name in ("hard_by_n", "all_by_n", "generators", "rl"):   # drawn and embedded
         assert (out / "figures" / f"{name}.svg").is_file() and f"(figures/{name}.svg)" in report
     with gzip.open(out / "samples" / "seed0_sft_easy.jsonl.gz", "rt") as f:
@@ -139,3 +144,31 @@ def test_min_token_probs_match_a_token_by_token_softmax(tmp_path):
                 logits = model(torch.tensor([ids[:t]]))[0, -1].double()
             probs.append(torch.softmax(logits, -1)[ids[t]].item())
         assert abs(value - min(probs)) < 1e-5, (value, min(probs))
+
+
+def test_full_study_trains_at_the_embedded_defaults():
+    """The full study's training stages give only the flags where the study differs from the
+    embedded defaults (study/main.py says why for each); every other value is the default's."""
+    from e2h.defaults import EMBEDDED
+    from e2h.flags import get_args
+    from study.main import FULL, seed_jobs
+    cfg = {k: v for k, v in FULL.items() if k != "seeds"}
+    run = {"algo", "out", "resume", "seed", "preset", "hparams", "eval_problems", "tokenizer"}
+    own = {"sft_easy": set(), "sft_all": {"levels"}, "sft_hard": {"levels"}, "sft_easy_half": set(),
+           "prm": {"policy"}, "prm_half": {"policy", "samples", "model"},
+           "orm": {"policy", "samples", "max_steps"}, "oprm": {"policy", "samples", "max_steps"},
+           "ppo_outcome": {"policy", "reward_model", "levels", "no_process_reward"},
+           **{m: {"policy", "reward_model"} for m in ("ppo", "grpo", "dpo", "rest")}}
+    stages = {}
+    for job in seed_jobs(0, cfg, ROOT / "never-written", quick=False):
+        argv = [str(a) for a in job.argv]
+        if "train.py" in argv:
+            stages[job.name.split("/")[1]] = get_args(argv[argv.index("train.py") + 1:])
+    assert set(stages) == set(own)
+    for name, args in stages.items():
+        assert set(args.explicit) - run == own[name], name
+        for key, value in EMBEDDED[args.algo].items():   # the default's budget and optimizer
+            assert getattr(args, key) == value or key in own[name], (name, key)
+    assert [stages[n].levels for n in ("sft_easy", "sft_all", "sft_hard")] == ["1,2,3", "1,2,3,4,5", "4,5"]
+    assert (stages["orm"].max_steps, stages["oprm"].max_steps, stages["prm"].max_steps) == (300, 900, 0)
+    assert stages["ppo"].eval_problems == 250   # RL validation and test: 250 per level

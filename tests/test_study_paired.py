@@ -66,3 +66,42 @@ def test_rerank_hits_reads_per_problem_rates(tmp_path):
     hits = rerank_hits(path)
     assert set(hits) == {"prm"} and hits["prm"]["split"].tolist() == ["easy", "hard"]
     assert points(method_gap(hits["prm"], "weighted", "majority", "1", "hard")) == pytest.approx(100.0)
+
+
+def test_f3_claims_easy_and_hard_for_prm_rewarded_rl_and_ppo_at_least_outcome_ppo():
+    from study.report import findings
+    hits = lambda easy, hard: {"e1": ("easy", easy[0]), "e2": ("easy", easy[1]),
+                               "h1": ("hard", hard[0]), "h2": ("hard", hard[1])}
+    start = hits((0.0, 0.0), (0.0, 0.0))   # every run starts from the same SFT policy
+    proof = {"ppo/start": start, "ppo/final": hits((1.0, 1.0), (1.0, 1.0)),       # +100 / +100
+             "grpo/start": start, "grpo/final": hits((1.0, 1.0), (0.0, 0.0)),     # +100 / 0
+             "ppo_outcome/start": start, "ppo_outcome/final": hits((0.0, 0.0), (1.0, 0.0)),
+             "dpo/start": start, "dpo/final": hits((1.0, 1.0), (1.0, 1.0))}      # rest: none
+    cell = {n: {"hard": 30.0, "all": 40.0} for n in ("4",)}
+    seed = {"rerank": {ev: {m: cell for m in ("majority", "weighted", "best_of_n")}
+                       for ev in ("orm", "prm", "oprm")},
+            "table1": {"sft_easy": {"greedy": {"easy": 50.0, "hard": 30.0}}},
+            "table2": {"sft_easy": {"easy": 40.0, "hard": 20.0}, "ppo": {"easy": 0.0, "hard": 0.0},
+                       "ppo_outcome": {"easy": 0.0, "hard": 0.0}, "grpo": {"easy": 0.0, "hard": 0.0},
+                       "dpo": {"easy": 0.0, "hard": 0.0}, "rest": {"easy": 45.0, "hard": 25.0}}}
+    found = {f["name"]: f for f in findings([seed, seed], {"n": 4}, [proof, proof])}
+    value = lambda name: float(found[name]["value"].split(" ± ")[0])
+    # the problem-level evidence wins over the tables: final minus start on the same problems
+    assert (value("F3 ppo easy"), value("F3 ppo hard")) == (100.0, 100.0)
+    assert found["F3 ppo easy"]["reproduced"] is True and found["F3 ppo hard"]["reproduced"] is True
+    # GRPO: Easy up, Hard unchanged (0 is not above its std of 0): the claim fails on Hard only
+    assert (value("F3 grpo easy"), value("F3 grpo hard")) == (100.0, 0.0)
+    assert found["F3 grpo easy"]["reproduced"] is True and found["F3 grpo hard"]["reproduced"] is False
+    # DPO, PPO on easy answers and ReST-EM are comparisons, whatever they gain
+    assert value("F3 dpo hard") == 100.0 and found["F3 dpo hard"]["reproduced"] is None
+    assert value("F3 ppo_outcome hard") == 50.0 and found["F3 ppo_outcome hard"]["reproduced"] is None
+    # ReST-EM has no problem-level files here: the tables' 25 - 20 on both seeds, no interval
+    assert found["F3 rest hard"]["value"] == "+5.0 ± 0.0 points (per seed: +5.0, +5.0)"
+    assert found["F3 rest hard"]["reproduced"] is None
+    # PPO against PPO on easy answers, both finals on Hard: h1 1 - 1, h2 1 - 0 -> +50 (>= 0)
+    vs = found["F3 ppo vs ppo_outcome hard"]
+    assert value("F3 ppo vs ppo_outcome hard") == 50.0 and vs["reproduced"] is True
+    flipped = dict(proof, **{"ppo/final": hits((1.0, 1.0), (0.0, 0.0))})   # h1 0 - 1, h2 0 - 0
+    worse = {f["name"]: f for f in findings([seed, seed], {"n": 4}, [flipped, flipped])}
+    assert worse["F3 ppo vs ppo_outcome hard"]["value"].startswith("-50.0 ± 0.0")
+    assert worse["F3 ppo vs ppo_outcome hard"]["reproduced"] is False

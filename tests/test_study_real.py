@@ -34,7 +34,7 @@ def test_quick_real_study(tmp_path):
     seed = results["per_seed"][0]
     assert set(seed["table1"]) == {"sft_easy", "sft_all", "sft_hard", "icl"}
     assert set(seed["table1"]["icl"]["greedy"]) == {"easy", "hard", "all"}
-    assert set(seed["table2"]) == {"sft_easy", "ppo", "ppo_outcome", "dpo", "rest"}
+    assert set(seed["table2"]) == {"sft_easy", "ppo", "ppo_outcome", "grpo", "dpo", "rest"}
     assert set(seed["rerank"]) == {"orm", "prm", "oprm"}
     assert results["meta"]["mode"] == "quick real"
     report = (out / "report.md").read_text()
