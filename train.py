@@ -51,13 +51,13 @@ NEUTRAL = (*NOT_HASHED[:-1], "micro_batch_size")
 RL = ("dpo", "ppo", "rest", "grpo")
 # flags only some algorithms read: a stage's cache key leaves out the flags it never uses, so
 # changing DPO's beta (or its default) reuses the cached SFT and PRM stages
-USED_BY = {"beta": ("dpo",), "rpo_alpha": ("dpo",), "pair_gap": ("dpo",), "max_pairs": ("dpo",), "hard_gap": ("dpo",),
+USED_BY = {"beta": ("dpo",), "rpo_alpha": ("dpo",), "pair_gap": ("dpo",), "max_pairs": ("dpo",), "hard_gap": ("dpo",), "step_pairs": ("dpo",),
            "max_per_problem": ("rest",), "hard_threshold": ("rest",), "easy_threshold": ("rest",), "iterations": ("dpo", "rest"),
            "ppo_steps": ("ppo",), "rollouts": ("ppo", "grpo"), "kl_coef": ("ppo", "grpo"),
            "clip": ("ppo", "grpo"), "grpo_steps": ("grpo",), "group_size": ("grpo",),
            "no_scale_rewards": ("grpo",), "process_advantages": ("grpo",),
            "value_clip": ("ppo",), "vf_coef": ("ppo",),
-           "value_lr": ("ppo",), "value_warmup_steps": ("ppo",), "no_process_reward": ("ppo",),
+           "value_lr": ("ppo",), "value_warmup_steps": ("ppo",), "no_process_reward": ("ppo", "grpo"),
            "u": ("ppo",), "step_bonus": ("ppo",), "hard_reward": ("ppo",),
            "format_penalty": ("ppo",), "gamma": ("ppo",), "lam": ("ppo",),
            "eval_every": ("ppo", "sft", "grpo"), "answer_levels": RL, "reward_model": RL,
@@ -146,7 +146,7 @@ def run_in(out: Path, args, device) -> int:
         args.policy = args.policy or required_stage(args, "sft", "policy")
         args.reward_model = args.reward_model or required_stage(
             args, "prm", "reward-model", ["--policy", args.policy])
-    elif args.algo in recipes.RM_ALGOS and recipes.samples_policy(args):
+    elif args.algo in RL or (args.algo in recipes.RM_ALGOS and recipes.samples_policy(args)):
         args.policy = args.policy or required_stage(args, "sft", "policy")
     line, fits = memory.for_run(args, device)   # refuse a run that cannot fit, before it starts
     if not fits:

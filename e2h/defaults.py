@@ -17,7 +17,7 @@ PAPER = {   # docs/paper.md, Llemma-7B
     "orm": dict(lr=2e-5, batch_size=128, epochs=2, max_len=1024, n_samples=32, top_k=20,
                 temperature=0.7),
     "dpo": dict(lr=2e-6, batch_size=64, epochs=1, max_len=1024, iterations=5, n_samples=8,
-                top_k=0, temperature=1.0, rpo_alpha=0.0),
+                top_k=0, temperature=1.0, beta=0.1, rpo_alpha=0.0),
     "rest": dict(lr=2e-5, batch_size=128, epochs=1, max_len=1024, iterations=2, n_samples=32,
                  top_k=40, temperature=1.0),
     "ppo": dict(lr=2e-5, batch_size=64, epochs=1, max_len=1024, ppo_steps=500, rollouts=512,
@@ -42,16 +42,22 @@ EMBEDDED = {   # the small preset from scratch on the synthetic curriculum, 2 CP
     # In the paper's regime (new RL problems, scarce SFT: bench/README.md, 2026-12-07), ReST-EM
     # on 600 RL problems per level raised validation All by 2.0 and 3.2 points (seeds 0, 1) where
     # 200 lowered it on both (the start kept); level 1's rl role holds 623
-    "dpo": dict(lr=3e-5, batch_size=32, epochs=1, n_problems=100, iterations=3, n_samples=8,
-                top_k=0, temperature=1.0, rpo_alpha=0.0),
+    # DPO (bench/README.md, "DPO that learns"): the preference term costs accuracy in proportion
+    # to beta on this small model (validation, 1,250 problems: beta 0.1 -28, 0.03 +2, 0.01 +23
+    # problems, NLL alone +20), and the chosen side's NLL (RPO) is what lifts it; on 600 new
+    # problems per level with a warmup that survives the fresh optimizer of each iteration
+    "dpo": dict(lr=1e-4, batch_size=32, epochs=1, n_problems=600, iterations=2, n_samples=8,
+                top_k=0, temperature=1.0, beta=0.01, rpo_alpha=1.0, warmup_ratio=0.2,
+                eval_problems=250),
     "rest": dict(lr=1e-4, batch_size=32, epochs=1, n_problems=600, iterations=2, n_samples=8,
-                 top_k=0, temperature=1.0),
+                 top_k=0, temperature=1.0, eval_problems=250),
     "ppo": dict(lr=1e-5, batch_size=16, epochs=1, n_problems=200, ppo_steps=30, rollouts=64,
-                top_k=50, temperature=0.7, eval_every=10, kl_coef=0.01),
+                top_k=50, temperature=0.7, eval_every=10, kl_coef=0.01, eval_problems=250),
     # provisional, not swept: PPO's lr and step budget (64 completions: 8 problems x G = 8),
     # sampled at temperature 1 so that a group's completions differ
     "grpo": dict(lr=1e-5, batch_size=16, epochs=1, n_problems=200, grpo_steps=30, rollouts=64,
-                 group_size=8, top_k=0, temperature=1.0, eval_every=10, kl_coef=0.01),
+                 group_size=8, top_k=0, temperature=1.0, eval_every=10, kl_coef=0.01,
+                 eval_problems=250),
 }
 # The data budget of the embedded default, the paper's supervision regime in miniature. Problems
 # are told apart by their canonical key (data/synthetic.py: start and each slot's unordered
@@ -63,10 +69,12 @@ EMBEDDED = {   # the small preset from scratch on the synthetic curriculum, 2 CP
 # | PRM / ORM  | sft        | 300, shared with SFT | 1-3    | program step labels of 16 samples   |
 # |            |            |                      |        | of the SFT policy (PRM800K feeds    |
 # |            |            |                      |        | both SFT and the PRM in the paper)  |
-# | RL         | rl         | 100-200 (of ~620 L1) | 1-3    | final answers only (the 12k pool)   |
-# |            |            |                      | (PPO, GRPO: 1-5; 4-5 have no answer)  |
-# | validation | validation | 100 (of ~285 at L1)  | 1-5    | chooses checkpoints and settings    |
-# | test       | test       | 100; study 500       | 1-5    | reported only (~520 at L1)          |
+# | RL         | rl         | 200 PPO, GRPO; 600   | 1-3    | final answers only (the 12k pool)   |
+# |            |            | DPO, ReST-EM (of ~620 | (PPO, GRPO: 1-5; 4-5 have no answer)  |
+# |            |            | at L1)               |        |                                     |
+# | validation | validation | 100 SFT, 250 RL      | 1-5    | chooses checkpoints and settings    |
+# |            |            | (of ~285 at L1)      |        |                                     |
+# | test       | test       | 100 SFT, 250 RL      | 1-5    | reported only (~520 at L1)          |
 #
 # Level 1 holds only 1,790 problems (enumerated in tests/test_synthetic.py), which is why the
 # role shares are set for it (data/synthetic.py SPLIT_BUCKETS); the other levels hold tens of
@@ -98,9 +106,11 @@ def describe(key: str) -> str:
 
 
 def needs_reward_model(args) -> bool:
-    """Whether a run of ``args`` loads the easy-trained PRM: DPO, PPO and GRPO always, ReST-EM
-    when it filters with it (--hard-threshold, --easy-threshold)."""
-    return args.algo in ("dpo", "ppo", "grpo") or (args.algo == "rest" and (
+    """Whether a run of ``args`` loads the easy-trained PRM: DPO always, PPO and GRPO unless
+    rewarded by final answers alone (--no-process-reward), ReST-EM when it filters with it
+    (--hard-threshold, --easy-threshold)."""
+    return args.algo == "dpo" or (args.algo in ("ppo", "grpo") and not args.no_process_reward) \
+        or (args.algo == "rest" and (
         args.hard_threshold is not None or args.easy_threshold is not None))
 
 

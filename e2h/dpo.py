@@ -202,10 +202,11 @@ def loss_fn(model, batch: dict, *, beta: float, rpo_alpha: float = 0.0):
 def dpo_iteration_data(policy, rm, tok, problems: list[dict], rng, *, n: int, temperature: float,
                        top_k: int | None, max_new_tokens: int, gap: float, max_pairs: int,
                        hard_gap: float | None, batch_size: int, answer_levels=EASY_LEVELS,
-                       generator: torch.Generator | None = None):
+                       generator: torch.Generator | None = None, step_pairs: bool = False):
     """One iteration's training examples: sample n per problem from ``policy``, score them with
-    ``rm``, build pairs and cache ``policy``'s log-probs as the reference (so call this before
-    the iteration's first step). ``batch_size``: problems per sampling call, pairs per
+    ``rm``, build pairs (cut to their first differing step with ``step_pairs``: ``step_pair``)
+    and cache ``policy``'s log-probs as the reference (so call this before the iteration's
+    first step). ``batch_size``: problems per sampling call, pairs per
     reference forward. Returns (examples for ``collate_pairs``, metrics); the number of
     examples differs between processes."""
     # full parameters for the whole stage: ranks run different numbers of forwards (tokens
@@ -217,6 +218,7 @@ def dpo_iteration_data(policy, rm, tok, problems: list[dict], rng, *, n: int, te
         samples = score_samples(rm, tok, samples)
         pairs = build_pairs(samples, gap, max_pairs, rng, hard_gap=hard_gap,
                             answer_levels=answer_levels)
+        pairs = [step_pair(p) for p in pairs] if step_pairs else pairs
         examples = cache_ref_logps(policy, [encode_pair(tok, p) for p in pairs], tok.pad_id,
                                    batch_size)
     graded = [s["correct"] for s in samples if s.get("correct") is not None]

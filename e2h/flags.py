@@ -134,11 +134,13 @@ def build_parser() -> argparse.ArgumentParser:
     add("--sample-batch-size", type=positive(int), default=16, help="problems per generate call")
     # dpo and rest
     add("--iterations", type=positive(int), default=None, help="dpo/rest iterations; " + d("iterations"))
-    add("--beta", type=positive(float), default=0.1, help="DPO beta")
+    add("--beta", type=positive(float), default=None, help="DPO beta; " + d("beta"))
     add("--rpo-alpha", type=non_negative(float), default=None,
         help="DPO: weight of the chosen side's per-token NLL added to the loss; " + d("rpo_alpha"))
     add("--pair-gap", type=non_negative(float), default=1.0, help="DPO: least score gap of a pair")
     add("--max-pairs", type=positive(int), default=3, help="DPO pairs per problem")
+    add("--step-pairs", action="store_true", help="DPO: cut each pair to the step where its "
+        "solutions part, the steps before it joining the prompt (Step-DPO; e2h.dpo.step_pair)")
     add("--hard-gap", type=non_negative(float), default=None,
         help="DPO: pair hard problems on the PRM score alone with this gap (default: skip them)")
     add("--max-per-problem", type=positive(int), default=10, help="ReST-EM solutions kept per problem")
@@ -161,7 +163,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("--value-warmup-steps", type=non_negative(int), default=0,
         help="PPO: the first N steps train the value model only, the policy stays as it is")
     add("--vf-coef", type=non_negative(float), default=0.1, help="PPO value-loss coefficient")
-    add("--no-process-reward", action="store_true", help="PPO on the final-answer reward only")
+    add("--no-process-reward", action="store_true", help="PPO and GRPO on the final-answer "
+        "reward only (no PRM)")
     r = ppo.Rewards   # PPO's reward constants (e2h/ppo.py), the paper's values by default
     add("--u", type=float, default=r.u, help="PPO: upper bound u of the min-shaped process reward")
     add("--step-bonus", type=float, default=r.step_bonus,

@@ -7,7 +7,9 @@ then a clipped update with a per-token KL to a frozen reference inside the loss.
 
 - Reward of a completion (``e2h.dpo.pair_score``): the PRM's outcome score (the min over its
   step probabilities, ``e2h.score.sample_score(sample, "min")``) + 1 if the final answer is
-  correct, where the answer may be used (levels in ``answer_levels``: easy problems).
+  correct, where the answer may be used (levels in ``answer_levels``: easy problems). Without
+  a reward model (``reward_model=None``, train.py's --no-process-reward) the reward is the
+  answer's 1/0 alone: the paper's "PPO on easy final answers" comparison, for GRPO.
 - Outcome advantages (GRPO Eq. for outcome supervision), one per completion, on every token:
       A_i = (r_i - mean(r)) / (std(r) + eps)      over the G rewards of one problem
   ``scale_rewards=False`` drops the division ("Dr. GRPO", Liu et al. 2025: dividing by the std
@@ -180,11 +182,17 @@ def sample_groups(policy, ref_model, reward_model, tok, problems: list[dict], *,
     # same temperature as sampling: the KL compares the distributions actually sampled from
     ref_logps = forward_rows(lambda x: token_logps(ref_model(x), x, temperature), tokens,
                              batch_size)
-    probs = forward_rows(lambda x: torch.sigmoid(reward_model(x)[:, 1:].float()), tokens,
-                         batch_size).cpu()                                      # (B, T-1)
+    if reward_model is None and process:
+        raise ValueError("process advantages need the PRM's step scores: a reward model")
+    if reward_model is None:   # scored at 0 everywhere: only the answer's 1/0 is left
+        probs = torch.zeros(tokens.shape[0], tokens.shape[1] - 1)
+    else:
+        probs = forward_rows(lambda x: torch.sigmoid(reward_model(x)[:, 1:].float()), tokens,
+                             batch_size).cpu()                                  # (B, T-1)
     parts = [score_completion(tok, problems[b // G], list(s.tokens), probs[b], len(prompts[b]),
                               answer_levels) for b, s in enumerate(samples)]
     rewards, prm, bonus = (torch.tensor([x[i] for x in parts]) for i in range(3))   # (B,)
+    rewards = bonus if reward_model is None else rewards
     if process:   # steps normalised per group, plus the answer's own group advantage
         advantages = torch.cat([process_advantages(
             [x[3] for x in parts[n * G:(n + 1) * G]], [x[4] for x in parts[n * G:(n + 1) * G]],

@@ -236,7 +236,7 @@ def train_dpo(run) -> dict:
         def build(mine):   # the reference log-probs are the policy's as the iteration starts
             return dpo.dpo_iteration_data(
                 policy, evaluator, tok, mine, rng_for(args.seed, "dpo", it), gap=args.pair_gap,
-                max_pairs=args.max_pairs, hard_gap=args.hard_gap,
+                max_pairs=args.max_pairs, hard_gap=args.hard_gap, step_pairs=args.step_pairs,
                 **sampling(args, "dpo", it, run.device))
         return iteration_data(run, it, build, problems_, policy, evaluator)
 
@@ -349,7 +349,7 @@ def train_grpo(run) -> dict:
                          f"of the {W} ranks")
     policy = load(run, args.policy)
     reference = load(run, args.policy, trainable=False)
-    reward = load(run, args.reward_model, trainable=False)
+    reward = None if args.no_process_reward else load(run, args.reward_model, trainable=False)
     opt = make_optimizer(policy, args)
     run.restore(policy, [opt])
     problems_ = problems(args)

@@ -39,7 +39,7 @@ def test_every_flag_shows_its_default_or_how_it_is_filled(command):
     assert checked >= {"train.py": 50, "e2h.evaluate": 18, "e2h.icl": 5}[command]
     help_text = parser.format_help()
     if command == "train.py":
-        assert "DPO beta (default: 0.1)" in " ".join(help_text.split())
+        assert "DPO beta; default: paper 0.1; embedded 0.01" in " ".join(help_text.split())
 
 
 def readme_commands() -> list[tuple[str, list[str]]]:

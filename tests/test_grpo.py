@@ -202,3 +202,22 @@ def test_sample_groups_rewards_and_advantages(tok, policy):
                         minibatch_size=8, epochs=1, clip=0.2, beta=0.04, max_grad_norm=1.0)
     assert abs(stats["kl"]) <= 1e-6 and stats["clip_ratio/region_mean"] == 0.0
     assert any(not torch.equal(a, b) for a, b in zip(before, policy.parameters()))
+
+
+def test_without_a_reward_model_the_reward_is_the_answer_alone(tok, policy):
+    """--no-process-reward: easy answers 1/0, hard problems 0, no PRM read (the outcome row)."""
+    problems = [{"id": "e", "question": QUESTION, "answer": "1", "level": 1},
+                {"id": "h", "question": QUESTION, "answer": "1", "level": 5}]
+    batch, metrics = sample_groups(policy, copy.deepcopy(policy), None, tok, problems,
+                                   group_size=4, temperature=1.0, top_k=None, max_new_tokens=6,
+                                   batch_size=8, generator=torch.Generator().manual_seed(0))
+    texts = [tok.decode(row[row != tok.pad_id].tolist()) for row in batch["tokens"]]
+    right = torch.tensor([float(t.endswith("# Answer\n\n1")) for t in texts[:4]])
+    assert 0 < right.sum() < 4                               # seed 0: a mixed easy group
+    expected = torch.cat([right, torch.zeros(4)])
+    close(batch["rewards"], expected)
+    close(batch["advantages"], group_advantages(expected.view(2, 4)).view(8, 1) * batch["mask"])
+    close(metrics["rewards/prm/mean"], 0.0)
+    with pytest.raises(ValueError, match="reward model"):
+        sample_groups(policy, policy, None, tok, problems, group_size=4, temperature=1.0,
+                      top_k=None, max_new_tokens=6, batch_size=8, process=True)

@@ -20,8 +20,10 @@ import torch
 
 from data.format import format_prompt
 from e2h import dpo, grpo, rest
+from e2h.defaults import EMBEDDED
 from e2h.model import ModelArgs, RewardModel, Transformer
 from e2h.ppo import ppo_update, rollout
+from e2h.sample import generate
 from e2h.sequences import sequence_logps
 from e2h.sft import encode_sft, loss_fn, sft_batch
 from e2h.tokenizer import train_tokenizer
@@ -105,6 +107,40 @@ def test_dpo_learns_the_right_answer(tok, start):
         opt.step()
         opt.zero_grad()
     assert p_right(policy, tok) > 0.9
+
+
+def greedy_answer(policy, tok) -> tuple[str, bool]:
+    """The policy's greedy completion of QUESTION and whether it ended with EOS."""
+    prompt = tok.encode(format_prompt(QUESTION), bos=True)
+    s = generate(policy, [prompt], 12, temperature=0.0, eos_id=tok.eos_id)[0]
+    return tok.decode(list(s.tokens)), s.finished
+
+
+def test_dpo_keeps_the_answers_form_with_the_nll_term(tok, start):
+    """Plain DPO at a large step raises the token "1" wherever it stands, not only after
+    "# Answer": its greedy output becomes "1" alone, the form lost, although P(right) is 1 (the
+    token-marginal drift bench/README.md measures on the embedded default). The chosen side's
+    NLL (--rpo-alpha, on in the embedded default) keeps the form."""
+    alpha = EMBEDDED["dpo"]["rpo_alpha"]
+    assert alpha > 0
+    outputs = {}
+    for a in (0.0, alpha):
+        policy = copy.deepcopy(start)
+        examples, _ = dpo.dpo_iteration_data(
+            policy, RewardModel.from_policy(start), tok, [PROBLEM], random.Random(0), n=8,
+            temperature=1.0, top_k=None, max_new_tokens=12, gap=0.5, max_pairs=3,
+            hard_gap=None, batch_size=8, generator=torch.Generator().manual_seed(0))
+        opt = torch.optim.AdamW(policy.parameters(), lr=1e-2)
+        batch = dpo.collate_pairs(examples, tok.pad_id)
+        for _ in range(30):
+            loss, _ = dpo.loss_fn(policy, batch, beta=0.1, rpo_alpha=a)
+            loss.backward()
+            opt.step()
+            opt.zero_grad()
+        assert p_right(policy, tok) > 0.99
+        outputs[a] = greedy_answer(policy, tok)
+    assert outputs[0.0] == ("1", True)              # degenerate: the form is gone
+    assert outputs[alpha] == (RIGHT, True)
 
 
 def test_rest_learns_the_right_answer(tok, start):
