@@ -178,16 +178,26 @@ def policy(tok):
     return sft_on_both_answers(tok, QUESTION)
 
 
-def test_sample_groups_rewards_and_advantages(tok, policy):
-    reward_model = RewardModel.from_policy(policy)          # zero head: every score is 0.5
-    problems = [{"id": "e", "question": QUESTION, "answer": "1", "level": 1},
-                {"id": "h", "question": QUESTION, "answer": "1", "level": 5}]
-    batch, metrics = sample_groups(policy, copy.deepcopy(policy), reward_model, tok, problems,
-                                   group_size=4, temperature=1.0, top_k=None, max_new_tokens=6,
-                                   batch_size=8, generator=torch.Generator().manual_seed(0))
+EASY_AND_HARD = [{"id": "e", "question": QUESTION, "answer": "1", "level": 1},
+                 {"id": "h", "question": QUESTION, "answer": "1", "level": 5}]
+
+
+def groups_of_four(tok, policy, reward_model, **kwargs):
+    """sample_groups on one easy and one hard problem, 4 samples each (seed 0: a mixed easy
+    group): (batch, metrics, which of the easy group's samples are right)."""
+    batch, metrics = sample_groups(policy, copy.deepcopy(policy), reward_model, tok,
+                                   EASY_AND_HARD, group_size=4, temperature=1.0, top_k=None,
+                                   max_new_tokens=6, batch_size=8,
+                                   generator=torch.Generator().manual_seed(0), **kwargs)
     texts = [tok.decode(row[row != tok.pad_id].tolist()) for row in batch["tokens"]]
     right = torch.tensor([float(t.endswith("# Answer\n\n1")) for t in texts[:4]])
-    assert 0 < right.sum() < 4                               # seed 0: a mixed easy group
+    assert 0 < right.sum() < 4
+    return batch, metrics, right
+
+
+def test_sample_groups_rewards_and_advantages(tok, policy):
+    reward_model = RewardModel.from_policy(policy)          # zero head: every score is 0.5
+    batch, metrics, right = groups_of_four(tok, policy, reward_model)
     expected = torch.cat([0.5 + right, torch.full((4,), 0.5)])
     close(batch["rewards"], expected)
     mask = batch["mask"]
@@ -206,18 +216,10 @@ def test_sample_groups_rewards_and_advantages(tok, policy):
 
 def test_without_a_reward_model_the_reward_is_the_answer_alone(tok, policy):
     """--no-process-reward: easy answers 1/0, hard problems 0, no PRM read (the outcome row)."""
-    problems = [{"id": "e", "question": QUESTION, "answer": "1", "level": 1},
-                {"id": "h", "question": QUESTION, "answer": "1", "level": 5}]
-    batch, metrics = sample_groups(policy, copy.deepcopy(policy), None, tok, problems,
-                                   group_size=4, temperature=1.0, top_k=None, max_new_tokens=6,
-                                   batch_size=8, generator=torch.Generator().manual_seed(0))
-    texts = [tok.decode(row[row != tok.pad_id].tolist()) for row in batch["tokens"]]
-    right = torch.tensor([float(t.endswith("# Answer\n\n1")) for t in texts[:4]])
-    assert 0 < right.sum() < 4                               # seed 0: a mixed easy group
+    batch, metrics, right = groups_of_four(tok, policy, None)
     expected = torch.cat([right, torch.zeros(4)])
     close(batch["rewards"], expected)
     close(batch["advantages"], group_advantages(expected.view(2, 4)).view(8, 1) * batch["mask"])
     close(metrics["rewards/prm/mean"], 0.0)
     with pytest.raises(ValueError, match="reward model"):
-        sample_groups(policy, policy, None, tok, problems, group_size=4, temperature=1.0,
-                      top_k=None, max_new_tokens=6, batch_size=8, process=True)
+        groups_of_four(tok, policy, None, process=True)
