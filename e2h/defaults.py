@@ -106,10 +106,11 @@ def describe(key: str) -> str:
 
 
 def needs_reward_model(args) -> bool:
-    """Whether a run of ``args`` loads the easy-trained PRM: DPO always, PPO and GRPO unless
-    rewarded by final answers alone (--no-process-reward), ReST-EM when it filters with it
-    (--hard-threshold, --easy-threshold)."""
-    return args.algo == "dpo" or (args.algo in ("ppo", "grpo") and not args.no_process_reward) \
+    """Whether a run of ``args`` loads the easy-trained PRM: DPO and PPO always (PPO's value
+    model starts as the PRM), GRPO unless rewarded by final answers alone
+    (--no-process-reward), ReST-EM when it filters with it (--hard-threshold,
+    --easy-threshold)."""
+    return args.algo in ("dpo", "ppo") or (args.algo == "grpo" and not args.no_process_reward) \
         or (args.algo == "rest" and (
         args.hard_threshold is not None or args.easy_threshold is not None))
 

@@ -81,8 +81,9 @@ def roles(st: Setup) -> tuple[dict[str, Model], list[str], dict[str, Model]]:
             models["reward"] = replace(e, trained=False)
         return models, ["policy", "value"], models
     if st.algo == "grpo":   # no value model: the group is the baseline
-        models = {"policy": p, "reference": replace(p, trained=False),
-                  "reward": replace(e, trained=False)}
+        models = {"policy": p, "reference": replace(p, trained=False)}
+        if st.process_reward:
+            models["reward"] = replace(e, trained=False)
         return models, ["policy"], models
     models = {"policy": p} | ({"evaluator": replace(e, trained=False)} if e else {})
     return models, ["policy"], models   # dpo, rest

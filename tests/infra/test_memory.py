@@ -230,3 +230,19 @@ def test_return_freed_memory_maps_large_tensors(env):
         assert applied == "False" and float(grown) > 90   # the heap took the 100 MB
     else:
         assert applied == "True" and float(grown) < 1
+
+
+def test_grpo_on_answers_alone_plans_no_reward_model():
+    """--no-process-reward: GRPO holds no PRM; PPO still does, its value model starts as it."""
+    args = argparse.Namespace(model=None, policy=None, reward_model=None, preset="tiny",
+                              unfreeze_embeddings=False, hard_threshold=None, easy_threshold=None,
+                              dtype="auto", micro_batch_size=2, batch_size=4, max_len=64,
+                              sample_batch_size=16, n_samples=None, activation_checkpointing=False,
+                              samples=None, eval_problems=0, hparams="embedded")
+    held = {}
+    for algo, answers_only in (("grpo", False), ("grpo", True), ("ppo", True)):
+        args.algo, args.no_process_reward = algo, answers_only
+        held[algo, answers_only] = set(memory.roles(memory.setup_for(args, torch.device("cpu")))[0])
+    assert held["grpo", False] == {"policy", "reference", "reward"}
+    assert held["grpo", True] == {"policy", "reference"}
+    assert held["ppo", True] == {"policy", "reference", "value"}
