@@ -34,11 +34,10 @@ EMBEDDED = {   # the small preset from scratch on the synthetic curriculum, 2 CP
     # 0.77 against 0.91 / 0.69 after 300 steps (bench/README.md, the paper's regime)
     "prm": dict(lr=3e-4, batch_size=16, epochs=1, n_problems=300, n_samples=16, top_k=0,
                 temperature=1.0),
-    # RL: chosen on the validation split (the study's SFT policies and PRMs of seeds 0 and 1, 300
-    # validation problems per level; the sweeps are in bench/README.md). PPO at lr 1e-4 lowered
-    # validation accuracy at every checkpoint on both seeds; 1e-5 raised it on both. DPO at 1e-4
-    # lost 4 to 11 points in its first iteration; at 3e-5 every iteration stays within a point
-    # of the start. ReST-EM on 200 problems per level gained more than on 100 on both seeds.
+    # RL: chosen on the validation split (the sweeps are in bench/README.md). Before the paper's
+    # regime (the study's SFT policies and PRMs of seeds 0 and 1, 300 validation problems per
+    # level): PPO at lr 1e-4 lowered validation accuracy at every checkpoint on both seeds, 1e-5
+    # raised it on both; ReST-EM on 200 problems per level gained more than on 100.
     # In the paper's regime (new RL problems, scarce SFT: bench/README.md, 2026-12-07), ReST-EM
     # on 600 RL problems per level raised validation All by 2.0 and 3.2 points (seeds 0, 1) where
     # 200 lowered it on both (the start kept); level 1's rl role holds 623
@@ -53,8 +52,9 @@ EMBEDDED = {   # the small preset from scratch on the synthetic curriculum, 2 CP
                  top_k=0, temperature=1.0, eval_problems=250),
     "ppo": dict(lr=1e-5, batch_size=16, epochs=1, n_problems=200, ppo_steps=30, rollouts=64,
                 top_k=50, temperature=0.7, eval_every=10, kl_coef=0.01, eval_problems=250),
-    # provisional, not swept: PPO's lr and step budget (64 completions: 8 problems x G = 8),
-    # sampled at temperature 1 so that a group's completions differ
+    # PPO's lr and step budget (64 completions: 8 problems x G = 8), sampled at temperature 1 so
+    # that a group's completions differ; G 4 / 16, KL 0.04 and Dr. GRPO moved validation by no
+    # more than a point on two seeds (bench/README.md, "GRPO's settings on two seeds")
     "grpo": dict(lr=1e-5, batch_size=16, epochs=1, n_problems=200, grpo_steps=30, rollouts=64,
                  group_size=8, top_k=0, temperature=1.0, eval_every=10, kl_coef=0.01,
                  eval_problems=250),
