@@ -153,6 +153,13 @@ def test_iteration_data_caches_the_policy_as_reference(monkeypatch, tmp_path):
     with torch.no_grad():
         logps = sequence_logps(policy, batch["tokens"], batch["loss_mask"])
     close(batch["ref_logps"], logps.tolist())                        # chosen, rejected
+    # --step-pairs: the one step where they part, without the answer lines and EOS
+    cut, _ = dpo.dpo_iteration_data(policy, None, tok, problems, random.Random(0), n=8,
+                                    temperature=1.0, top_k=None, max_new_tokens=768, gap=1.0,
+                                    max_pairs=3, hard_gap=None, batch_size=16, step_pairs=True)
+    for side, step in (("chosen", "2 + 3 = 5"), ("rejected", "2 + 3 = 6")):
+        trained = [t for t, m in zip(cut[0][f"{side}_tokens"], cut[0][f"{side}_mask"]) if m]
+        assert tok.decode(trained) == step
 
 
 def test_loss_fn_uses_the_cached_reference_not_the_policy(model):
