@@ -185,7 +185,7 @@ def sample_groups(policy, ref_model, reward_model, tok, problems: list[dict], *,
     if reward_model is None and process:
         raise ValueError("process advantages need the PRM's step scores: a reward model")
     if reward_model is None:   # scored at 0 everywhere: only the answer's 1/0 is left
-        probs = torch.zeros(tokens.shape[0], tokens.shape[1] - 1)
+        probs = torch.zeros(tokens.shape[0], tokens.shape[1] - 1)            # (B, T-1)
     else:
         probs = forward_rows(lambda x: torch.sigmoid(reward_model(x)[:, 1:].float()), tokens,
                              batch_size).cpu()                                  # (B, T-1)

@@ -8,8 +8,7 @@ in sft.py, rm.py, dpo.py, rest.py, ppo.py and grpo.py, the step bookkeeping in l
   checker, the stand-in for PRM800K's human raters), then the loop on a zero-initialized
   reward head over the base model's trunk (the policy's when no --model is given).
 - dpo / rest: iterations of (sample -> build data -> one phase of the loop), each spelled out
-  by dpo.iteration / rest.iteration. An iteration's data is saved in <out>/data/ before its
-  first step, so a resumed run trains on the same examples.
+  by dpo.iteration / rest.iteration and run by e2h/iterations.py's ``iterate``.
 - ppo: ppo.ppo_step (rollout then update), one PPO step at a time; greedy validation keeps the
   best model.
 - grpo: G completions per problem, group advantages, update (e2h/grpo.py), one step at a time;
@@ -30,13 +29,14 @@ from data import sources, synthetic
 from data.format import EASY_LEVELS, HARD_LEVELS
 from e2h.infra import distributed as dist
 from e2h import dpo, grpo, ppo, rest, rm, sft
+from e2h.iterations import iterate, iteration_data, sampling
 from e2h.loop import NonFiniteLoss, batch_indices, phase_steps, run_steps, train_phase
 from e2h.defaults import ROLE, needs_reward_model
 from e2h.model import RewardModel
 from e2h.hf.sharded import load_into
 from e2h.infra.distributed import shard_of
 from e2h.run import (cached_records, encode_all, finish, generator_for, load, load_or_init,
-                     make_optimizer, max_len, on_every_rank, prepare, rng_for, sample)
+                     make_optimizer, max_len, prepare, rng_for, sample)
 from e2h.validate import Best, accuracy, closing, starting_point, validation_split
 from e2h.score import step_and_outcome_auc
 
@@ -170,60 +170,6 @@ def train_rm(run) -> dict:
     return finish(run, model, {"examples": len(examples), **evaluate_rm(run, model)})
 
 # ----------------------------------------------------------------------------- dpo, rest
-
-
-def iteration_data(run, it: int, build, problems_, *models) -> list:
-    """The examples of DPO / ReST-EM iteration ``it``: ``build(my_problems) -> (examples,
-    metrics)`` on every rank's share, saved before training (reused on resume); the
-    sampling metrics are printed and logged."""
-    def built():
-        with run.autocast():
-            examples, metrics = on_every_rank(build, problems_, *models)
-        run.log({"step": run.step, "iteration": it, **{f"data/{k}": v for k, v in metrics.items()}})
-        dist.say(f"{run.args.algo} iteration {it}: {len(examples)} examples; "
-                 + ", ".join(f"{k} {v:.3g}" for k, v in metrics.items()))
-        return examples
-    return cached_records(run, f"{run.args.algo}_iteration{it}.jsonl", built)
-
-
-def sampling(args, key: str, it: int, device) -> dict:
-    """The sampling settings of one DPO / ReST-EM iteration, as keyword arguments."""
-    return dict(n=args.n_samples, temperature=args.temperature, top_k=args.top_k or None,
-                max_new_tokens=args.max_new_tokens, batch_size=args.sample_batch_size,
-                answer_levels=sources.parse_levels(args.answer_levels),
-                generator=generator_for(args.seed, key, it, device=device))
-
-
-def validate(run, policy, best: Best, it: int):
-    """Greedy validation after iteration ``it``; the best policy so far is kept in <out>/best."""
-    acc = accuracy(run, policy, "validation")
-    if acc:
-        run.log({"step": run.step, "iteration": it, **{f"eval/{k}": v for k, v in acc.items()}})
-    best.offer(policy, acc, {"iteration": it + 1, "step": run.step})
-
-
-def iterate(run, policy, iteration) -> dict:
-    """The loop DPO and ReST-EM share. For each iteration not finished yet,
-    ``iteration(it, start, train_epoch)`` (``dpo.iteration`` / ``rest.iteration`` bound to this
-    run) builds that iteration's data and trains on it through ``train_epoch(examples,
-    collate, loss_fn)``: one phase of the loop, with a fresh optimizer for an iteration begun
-    from its first step. Greedy validation after each iteration keeps the best policy."""
-    args = run.args
-    opt = make_optimizer(policy, args)
-    run.restore(policy, [opt])
-    before, best = starting_point(run, policy)
-    for it in range(args.iterations):
-        start = run.phase_start(it)
-        if start is None:
-            continue
-
-        def train_epoch(examples, collate, loss_fn):
-            nonlocal opt
-            opt = opt if start > 0 else make_optimizer(policy, args)
-            train_phase(run, policy, opt, examples, collate, loss_fn, iteration=it)
-        iteration(it, start, train_epoch)
-        validate(run, policy, best, it)
-    return closing(run, policy, best, before)
 
 
 def train_dpo(run) -> dict:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from e2h import recipes, validate
+from e2h import iterations, recipes, validate
 from e2h.hf.checkpoint import load_model
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -33,6 +33,7 @@ def script(monkeypatch, alls: list[float]):
         return {"validation_easy_acc": a, "validation_hard_acc": a, "validation_all_acc": a}
     monkeypatch.setattr(validate, "accuracy", fake)
     monkeypatch.setattr(recipes, "accuracy", fake)
+    monkeypatch.setattr(iterations, "accuracy", fake)
     monkeypatch.setattr(validate, "graded", lambda run, policy, split="test", save=None: [])
 
 
@@ -56,7 +57,7 @@ def test_every_checkpoint_below_the_start_keeps_the_start(models, tmp_path, monk
 
 def test_a_better_checkpoint_is_kept(models, tmp_path, monkeypatch, capsys):
     after = []
-    spy(monkeypatch, recipes, "validate", before=lambda a, k: after.append(params(a[1])))
+    spy(monkeypatch, iterations, "validate", before=lambda a, k: after.append(params(a[1])))
     script(monkeypatch, [30.0, 60.0, 40.0])          # iteration 1 wins
     said = run_dpo(models, tmp_path / "dpo", capsys)
     assert "kept the policy of iteration 1" in said

@@ -11,7 +11,7 @@ import torch
 
 from data.format import format_prompt
 from data.synthetic import make_split, reference_completion
-from e2h import dpo, recipes, rest
+from e2h import dpo, iterations, rest
 from e2h.hf.checkpoint import save_model
 from e2h.model import ModelArgs, RewardModel, Transformer
 from e2h.sequences import sequence_logps
@@ -63,7 +63,7 @@ def spy(monkeypatch, module, name, before=None, after=None):
 def test_rest_samples_the_latest_policy_and_restarts_from_the_base(models, tmp_path, monkeypatch):
     sampled, started, ended = [], [], []
     spy(monkeypatch, rest, "rest_iteration_data", before=lambda a, k: sampled.append(params(a[0])))
-    spy(monkeypatch, recipes, "train_phase", before=lambda a, k: started.append(params(a[1])),
+    spy(monkeypatch, iterations, "train_phase", before=lambda a, k: started.append(params(a[1])),
         after=lambda a, k: ended.append(params(a[1])))
     # hard-threshold 0 on levels 4-5 keeps every hard sample: an untrained policy is never right
     assert train.main(["--algo", "rest", "--out", str(tmp_path / "rest"), *RUN,
@@ -80,7 +80,7 @@ def test_rest_samples_the_latest_policy_and_restarts_from_the_base(models, tmp_p
 def test_dpo_reference_is_the_policy_each_iteration_starts_from(models, tmp_path, monkeypatch):
     starts, ended = [], []
     spy(monkeypatch, dpo, "dpo_iteration_data", before=lambda a, k: starts.append(copy.deepcopy(a[0])))
-    spy(monkeypatch, recipes, "train_phase", after=lambda a, k: ended.append(params(a[1])))
+    spy(monkeypatch, iterations, "train_phase", after=lambda a, k: ended.append(params(a[1])))
     out = tmp_path / "dpo"
     assert train.main(["--algo", "dpo", "--out", str(out), *RUN, "--policy", str(models / "policy"),
                        "--reward-model", str(models / "rm"), "--pair-gap", "0"]) == 0
