@@ -16,6 +16,7 @@ import fcntl
 import os
 import socket
 import sys
+import time
 from pathlib import Path
 
 from e2h.infra.errors import Failed
@@ -48,7 +49,11 @@ def take(folder) -> int:
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        holder = os.pread(fd, 512, 0).decode(errors="replace").strip()
+        for _ in range(100):   # a holder that has just locked writes its line microseconds later
+            holder = os.pread(fd, 512, 0).decode(errors="replace").strip()
+            if holder:
+                break
+            time.sleep(0.01)
         os.close(fd)
         raise Held(folder, holder or "another process (it has not written its pid yet)") from None
     except OSError as e:   # a file system without locks (some FUSE mounts): name the file

@@ -126,6 +126,16 @@ def test_a_folder_in_use_is_refused_naming_its_holder_and_a_cached_stage_is_wait
                                           rf"{holder}; wait for it to end, or choose another --out",
                                           last_line(err)), last_line(err)
     assert names(out) == [".lock"]   # nothing was written there
+    # a holder caught between its lock and its line: the refused process waits for the line
+    fcntl = pytest.importorskip("fcntl")
+    (tmp_path / "Y").mkdir()
+    fd = os.open(tmp_path / "Y" / folderlock.NAME, os.O_RDWR | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    threading.Timer(0.2, os.pwrite, [fd, b"pid 7 on elsewhere: train.py\n", 0]).start()
+    with pytest.raises(folderlock.Held) as held:
+        folderlock.take(tmp_path / "Y")
+    os.close(fd)
+    assert held.value.holder == "pid 7 on elsewhere: train.py"
     # a cached stage that another run is training: waited for, not refused
     fd = folderlock.take(tmp_path / "cache")
     threading.Timer(0.5, folderlock.release, [fd]).start()
