@@ -44,10 +44,10 @@ SHARED = ("preset", "seed", "max_steps", "dtype", "n_problems", "max_len", "max_
           "eval_problems", "sample_batch_size")
 # flags that cannot change what a stage computes: its cache key leaves them out
 NOT_HASHED = ("out", "resume", "overwrite", "allow_changed_flags", "stop_after", "save_every",
-              "keep", "explicit", "dist_timeout", "eval_problems")
-# what a resume may change freely: those (but the closing evaluation's size) and how a batch is
-# split into micro-batches, which follows the number of ranks and changes only float rounding
-NEUTRAL = (*NOT_HASHED[:-1], "micro_batch_size")
+              "keep", "explicit", "dist_timeout", "eval_problems", "test_problems")
+# what a resume may change freely: those (but the evaluations' sizes) and how a batch is split
+# into micro-batches, which follows the number of ranks and changes only float rounding
+NEUTRAL = (*NOT_HASHED[:-2], "micro_batch_size")
 RL = ("dpo", "ppo", "rest", "grpo")
 # flags only some algorithms read: a stage's cache key leaves out the flags it never uses, so
 # changing DPO's beta (or its default) reuses the cached SFT and PRM stages

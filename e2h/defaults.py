@@ -48,17 +48,18 @@ EMBEDDED = {   # the small preset from scratch on the synthetic curriculum, 2 CP
     # third iteration raised validation All on all three seeds (+1.7, +1.8, +2.2)
     "dpo": dict(lr=1e-4, batch_size=32, epochs=1, n_problems=600, iterations=3, n_samples=8,
                 top_k=0, temperature=1.0, beta=0.01, rpo_alpha=1.0, warmup_ratio=0.2,
-                eval_problems=250),
+                eval_problems=250, test_problems=500),
     "rest": dict(lr=1e-4, batch_size=32, epochs=1, n_problems=600, iterations=2, n_samples=8,
-                 top_k=0, temperature=1.0, eval_problems=250),
+                 top_k=0, temperature=1.0, eval_problems=250, test_problems=500),
     "ppo": dict(lr=1e-5, batch_size=16, epochs=1, n_problems=200, ppo_steps=30, rollouts=64,
-                top_k=50, temperature=0.7, eval_every=10, kl_coef=0.01, eval_problems=250),
+                top_k=50, temperature=0.7, eval_every=10, kl_coef=0.01, eval_problems=250,
+                test_problems=500),
     # PPO's lr and step budget (64 completions: 8 problems x G = 8), sampled at temperature 1 so
     # that a group's completions differ; G 4 / 16, KL 0.04 and Dr. GRPO moved validation by no
     # more than a point on two seeds (bench/README.md, "GRPO's settings on two seeds")
     "grpo": dict(lr=1e-5, batch_size=16, epochs=1, n_problems=200, grpo_steps=30, rollouts=64,
                  group_size=8, top_k=0, temperature=1.0, eval_every=10, kl_coef=0.01,
-                 eval_problems=250),
+                 eval_problems=250, test_problems=500),
 }
 # The data budget of the embedded default, the paper's supervision regime in miniature. Problems
 # are told apart by their canonical key (data/synthetic.py: start and each slot's unordered
@@ -123,9 +124,13 @@ def fill_defaults(args):
         real = args.model or args.data or args.math_problems
         args.hparams = "paper" if real else "embedded"
     table = (PAPER if args.hparams == "paper" else EMBEDDED)[args.algo]
+    if args.test_problems is None and args.eval_problems is not None:
+        args.test_problems = args.eval_problems   # one size given: validation and test alike
     for key, value in {**COMMON[args.hparams], **table}.items():
         if getattr(args, key, None) is None:
             setattr(args, key, value)
+    if args.test_problems is None:
+        args.test_problems = args.eval_problems
     if args.levels is None:   # docs/paper.md: the best PPO row trains on all problems (GRPO too)
         levels = LEVELS if args.algo in ("ppo", "grpo") else EASY_LEVELS
         args.levels = ",".join(map(str, levels))

@@ -188,7 +188,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="checkpoint every N steps (0: at the end of each phase only)")
     add("--keep", type=positive(int), default=2, help="checkpoints kept")
     add("--eval-problems", type=non_negative(int), default=None, help="synthetic problems per "
-        "level for the closing greedy accuracy, 0: off; " + d("eval_problems"))
+        "level for greedy validation and, unless --test-problems says otherwise, the test, "
+        "0: off; " + d("eval_problems"))
+    add("--test-problems", type=non_negative(int), default=None, help="synthetic test problems "
+        "per level for the closing greedy accuracy (the starting and the final policy on the same "
+        "problems), 0: off; default: --eval-problems's value when that is given, else embedded "
+        "RL 500 and otherwise the --eval-problems default")
     add("--eval-every", type=non_negative(int), default=None,
         help="sft, ppo, grpo: greedy validation every N steps and after the last; the best "
         "policy so far is kept in <out>/best/ (best.json says which) and becomes model/ at the "

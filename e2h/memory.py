@@ -249,7 +249,8 @@ def setup_for(args, device) -> Setup:
                  runtime=CUDA_RUNTIME if device.type == "cuda" else resident_bytes(),
                  samples_policy=args.policy is not None and not args.samples,
                  process_reward=not args.no_process_reward,
-                 evaluates=bool(args.eval_problems) and args.hparams == "embedded")
+                 evaluates=bool(args.eval_problems or args.test_problems)
+                 and args.hparams == "embedded")
 
 
 def main(argv=None):

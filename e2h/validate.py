@@ -2,9 +2,9 @@
 
 docs/paper.md: PPO validates greedily every 10 steps and keeps the checkpoint with the best
 validation accuracy; iterative DPO and ReST-EM here validate after every iteration the same way
-(the paper saw ReST-EM degrade at a third iteration). On the
-synthetic curriculum the validation and test problems are the curriculum's own disjoint splits
-(``--eval-problems`` per level); on real data the validation problems are held out of the
+(the paper saw ReST-EM degrade at a third iteration). On the synthetic curriculum the validation
+and test problems are the curriculum's own disjoint splits (``--eval-problems`` and
+``--test-problems`` per level); on real data the validation problems are held out of the
 --math-problems pool with MATH500's (subject, level) counts (``--validation-data``, docs/paper.md
 "Data"), and RL never trains on them.
 
@@ -48,9 +48,8 @@ def problems_for(run, split: str) -> list[dict]:
     """Greedy evaluation problems: synthetic ones of every level, or the real validation split."""
     args = run.args
     if args.hparams == "embedded":
-        if not args.eval_problems:
-            return []
-        return sources.synthetic_problems(args.eval_problems, None, args.seed, split)
+        n = args.test_problems if split == "test" else args.eval_problems
+        return sources.synthetic_problems(n, None, args.seed, split) if n else []
     if split == "validation":
         return [p for p in validation_split(args)[1] if difficulty(p["level"])]
     return []

@@ -89,10 +89,12 @@ DONE = "done.json"   # what train.py writes last in its run folder (e2h/infra/ru
 # What the synthetic study sets itself; every training flag it does not give takes the embedded
 # default of its stage (e2h/defaults.py EMBEDDED and the data budget table there).
 FULL = dict(preset="small", half_preset="small-half", eval_problems=100, test_problems=100,
-            n=32, t1_n=16, rl_eval_problems=250, rm_steps={"orm": 300, "oprm": 900}, seeds=3)
+            n=32, t1_n=16, rl_eval_problems=250, rl_test_problems=500,
+            rm_steps={"orm": 300, "oprm": 900}, seeds=3)
 # Quick mode: the same stages on tiny settings; "flags" are added to the stages' command lines
 QUICK = dict(preset="tiny", half_preset="tiny", eval_problems=2, test_problems=2, n=4, t1_n=4,
-             rl_eval_problems=2, rm_steps={"prm": 4, "orm": 4, "oprm": 4}, seeds=2,
+             rl_eval_problems=2, rl_test_problems=2, rm_steps={"prm": 4, "orm": 4, "oprm": 4},
+             seeds=2,
              flags={"sft": ["--max-steps", 20, "--batch-size", 8],
                     "rm": ["--lr", 1e-3, "--n-problems", 2, "--n-samples", 2],
                     "rl": ["--n-problems", 2],
@@ -184,9 +186,10 @@ def seed_jobs(seed: int, cfg: dict, root: Path, quick: bool) -> list[Job]:
     # RL at the embedded defaults, on problems of the rl role (none of SFT's). Each run keeps its
     # best policy by greedy validation on 250 problems per level, not the default 100 (a standard
     # error near 1.4 points on All against ~2.2; level 1's validation role holds 285), and
-    # reports test accuracy on as many
+    # reports test accuracy on 500 per level (level 1's test role holds 520)
     rl = ["--policy", r / "sft_easy/model", "--reward-model", r / "prm/model", "--tokenizer", tok,
-          "--eval-problems", cfg["rl_eval_problems"], *flags("rl")]
+          "--eval-problems", cfg["rl_eval_problems"], "--test-problems", cfg["rl_test_problems"],
+          *flags("rl")]
     rl_flags = {"ppo": [], "ppo_outcome": ["--levels", "1,2,3", "--no-process-reward"],
                 "grpo": [], "dpo": [], "rest": []}
     for name, own in rl_flags.items():
@@ -307,7 +310,7 @@ def main(argv=None):
         test_set = greedy_set = "MATH500" + (f" (its first {cfg['test_limit']} problems)" if cfg["test_limit"] else "")
     else:
         test_set = f"{cfg['test_problems']} synthetic test problems per level"
-        greedy_set = f"{cfg['rl_eval_problems']} synthetic test problems per level"
+        greedy_set = f"{cfg['rl_test_problems']} synthetic test problems per level"
     meta = {"mode": ("quick" if args.quick else "full") + (" real" if args.model else ""),
             "command": " ".join(["python", "-m", "study", *sys.argv[1:]]),
             "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, {platform.platform()}",

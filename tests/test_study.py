@@ -153,7 +153,8 @@ def test_full_study_trains_at_the_embedded_defaults():
     from e2h.flags import get_args
     from study.main import FULL, seed_jobs
     cfg = {k: v for k, v in FULL.items() if k != "seeds"}
-    run = {"algo", "out", "resume", "seed", "preset", "hparams", "eval_problems", "tokenizer"}
+    run = {"algo", "out", "resume", "seed", "preset", "hparams", "eval_problems", "tokenizer",
+           "test_problems"}
     own = {"sft_easy": set(), "sft_all": {"levels"}, "sft_hard": {"levels"}, "sft_easy_half": set(),
            "prm": {"policy"}, "prm_half": {"policy", "samples", "model"},
            "orm": {"policy", "samples", "max_steps"}, "oprm": {"policy", "samples", "max_steps"},
@@ -171,4 +172,5 @@ def test_full_study_trains_at_the_embedded_defaults():
             assert getattr(args, key) == value or key in own[name], (name, key)
     assert [stages[n].levels for n in ("sft_easy", "sft_all", "sft_hard")] == ["1,2,3", "1,2,3,4,5", "4,5"]
     assert (stages["orm"].max_steps, stages["oprm"].max_steps, stages["prm"].max_steps) == (300, 900, 0)
-    assert stages["ppo"].eval_problems == 250   # RL validation and test: 250 per level
+    assert stages["ppo"].eval_problems == 250   # RL validation: 250 per level
+    assert (stages["ppo"].test_problems, stages["sft_easy"].test_problems) == (500, 100)

@@ -73,3 +73,22 @@ def test_a_resume_reads_the_start_back(tmp_path):
     run = SimpleNamespace(args=SimpleNamespace(resume=True), out=tmp_path)
     acc, records = validate.starting_accuracy(run, None)   # the resumed policy is not measured
     assert acc == by_split(START, "test") and records == START
+
+
+def test_the_test_size_is_its_own_and_defaults_to_the_validation_size():
+    from e2h.flags import get_args
+    def sizes(*argv):
+        args = get_args(["--algo", *argv])
+        return args.eval_problems, args.test_problems
+    assert sizes("dpo") == (250, 500)                             # embedded RL
+    assert sizes("sft") == (100, 100)
+    assert sizes("dpo", "--eval-problems", "0") == (0, 0)         # one size given: both
+    assert sizes("dpo", "--test-problems", "7") == (250, 7)
+    assert sizes("ppo", "--eval-problems", "3", "--test-problems", "2") == (3, 2)
+    run = SimpleNamespace(args=SimpleNamespace(hparams="embedded", eval_problems=2, test_problems=3,
+                                               seed=0))
+    per_level = lambda split: [sum(p["level"] == k for p in validate.problems_for(run, split))
+                               for k in range(1, 6)]
+    assert (per_level("validation"), per_level("test")) == ([2] * 5, [3] * 5)
+    run.args.test_problems = 0
+    assert validate.problems_for(run, "test") == []

@@ -167,7 +167,7 @@ def test_for_run_on_cpu_and_the_cli(tmp_path, capsys):
                               dtype="auto", micro_batch_size=2, batch_size=4, max_len=64,
                               sample_batch_size=16, n_samples=None, activation_checkpointing=False,
                               samples=None, no_process_reward=False, eval_problems=0,
-                              hparams="embedded")
+                              test_problems=0, hparams="embedded")
     line, fits = memory.for_run(args, torch.device("cpu"))
     assert fits and line.startswith("memory plan: ") and "the host's RAM has" in line
     # from a checkpoint: its config.json's shape, the paper's freezing
@@ -238,7 +238,7 @@ def test_grpo_on_answers_alone_plans_no_reward_model():
                               unfreeze_embeddings=False, hard_threshold=None, easy_threshold=None,
                               dtype="auto", micro_batch_size=2, batch_size=4, max_len=64,
                               sample_batch_size=16, n_samples=None, activation_checkpointing=False,
-                              samples=None, eval_problems=0, hparams="embedded")
+                              samples=None, eval_problems=0, test_problems=0, hparams="embedded")
     held = {}
     for algo, answers_only in (("grpo", False), ("grpo", True), ("ppo", True)):
         args.algo, args.no_process_reward = algo, answers_only
