@@ -108,6 +108,29 @@ def build_pairs(samples: list[dict], gap: float, max_pairs: int, rng, *,
     return pairs
 
 
+def pairable(samples: list[dict], gap: float, hard_gap: float | None,
+             answer_levels=EASY_LEVELS) -> list[dict]:
+    """The samples ``build_pairs`` could pair whatever the PRM says, so that only those are
+    scored: one per distinct completion (``build_pairs`` keeps the first), of problems where
+    some two could differ by more than the gap. A PRM score lies in [0, 1], so two samples
+    differ by at most 1 + (1 if the first is right and the second wrong, where the answer is
+    known): an easy problem whose samples are all right or all wrong cannot pair at gap 1 and
+    costs the PRM nothing; nor can a hard problem while ``hard_gap`` is None."""
+    groups: dict[str, dict[str, dict]] = {}
+    for s in samples:
+        groups.setdefault(s["id"], {}).setdefault(s["completion"].strip(), s)
+    kept = []
+    for group in groups.values():
+        group = list(group.values())
+        known = group[0]["level"] in answer_levels and all(s.get("correct") is not None
+                                                            for s in group)
+        need = gap if known else hard_gap
+        answers = {bool(s["correct"]) for s in group} if known else {False}
+        widest = 1.0 + (1.0 if answers == {True, False} else 0.0)
+        if len(group) > 1 and need is not None and widest > need:
+            kept += group
+    return kept
+
 
 def written_result(step: str) -> str:
     """What a step concludes: the text after its last "=" (the whole step when it has none)."""
@@ -203,11 +226,11 @@ def dpo_iteration_data(policy, rm, tok, problems: list[dict], rng, *, n: int, te
                        top_k: int | None, max_new_tokens: int, gap: float, max_pairs: int,
                        hard_gap: float | None, batch_size: int, answer_levels=EASY_LEVELS,
                        generator: torch.Generator | None = None, step_pairs: bool = False):
-    """One iteration's training examples: sample n per problem from ``policy``, score them with
-    ``rm``, build pairs (cut to their first differing step with ``step_pairs``: ``step_pair``)
-    and cache ``policy``'s log-probs as the reference (so call this before the iteration's
-    first step). ``batch_size``: problems per sampling call, pairs per
-    reference forward. Returns (examples for ``collate_pairs``, metrics); the number of
+    """One iteration's training examples: sample n per problem from ``policy``, score those that
+    could pair (``pairable``) with ``rm``, build pairs (cut to their first differing step with
+    ``step_pairs``: ``step_pair``) and cache ``policy``'s log-probs as the reference (so call
+    this before the iteration's first step). ``batch_size``: problems per sampling call, pairs
+    per reference forward. Returns (examples for ``collate_pairs``, metrics); the number of
     examples differs between processes."""
     # full parameters for the whole stage: ranks run different numbers of forwards (tokens
     # per sample, pairs per rank) and a sharded model would wait on the others at each one
@@ -215,8 +238,8 @@ def dpo_iteration_data(policy, rm, tok, problems: list[dict], rng, *, n: int, te
         samples = sample_solutions(policy, tok, problems, n=n, temperature=temperature,
                                    top_k=top_k, max_new_tokens=max_new_tokens,
                                    generator=generator, batch_size=batch_size)
-        samples = score_samples(rm, tok, samples)
-        pairs = build_pairs(samples, gap, max_pairs, rng, hard_gap=hard_gap,
+        scored = score_samples(rm, tok, pairable(samples, gap, hard_gap, answer_levels))
+        pairs = build_pairs(scored, gap, max_pairs, rng, hard_gap=hard_gap,
                             answer_levels=answer_levels)
         pairs = [step_pair(p) for p in pairs] if step_pairs else pairs
         examples = cache_ref_logps(policy, [encode_pair(tok, p) for p in pairs], tok.pad_id,

@@ -236,3 +236,30 @@ def test_encode_pair_puts_the_prefix_in_the_prompt_and_no_eos_after_a_step(tmp_p
         assert tok.decode([t for t, m in zip(tokens[1:], mask[1:]) if not m]) == prompt + pair["prefix"]
     whole = dpo.encode_pair(tok, {"question": "q", "chosen": "23-4=19", "rejected": "23+4=27"})
     assert whole["chosen_tokens"][-1] == tok.eos_id and whole["chosen_mask"][-1] == 1
+
+
+def test_only_samples_that_could_pair_are_scored():
+    # easy: mixed answers (kept, its duplicate once), all right / all wrong (never pair at gap 1),
+    # one distinct completion; hard: kept only when hard_gap pairs them
+    drawn = [sample("mix", "R", 0, True), sample("mix", " R ", 0, True),
+             sample("mix", "W", 0, False),
+             sample("right", "A", 0, True), sample("right", "B", 0, True),
+             sample("wrong", "A", 0, False), sample("wrong", "B", 0, False),
+             sample("one", "A", 0, True), sample("one", "A", 0, True),
+             sample("hard", "A", 0, False, level=5), sample("hard", "B", 0, False, level=5)]
+    kept = lambda **k: [(s["id"], s["completion"]) for s in dpo.pairable(drawn, **k)]
+    assert kept(gap=1.0, hard_gap=None) == [("mix", "R"), ("mix", "W")]
+    assert kept(gap=1.0, hard_gap=0.45) == [("mix", "R"), ("mix", "W"),
+                                            ("hard", "A"), ("hard", "B")]
+    # below gap 1 two right (or two wrong) answers may pair on the PRM score
+    assert [i for i, _ in kept(gap=0.5, hard_gap=None)] == (["mix"] * 2 + ["right"] * 2
+                                                             + ["wrong"] * 2)
+    assert kept(gap=2.0, hard_gap=1.0) == []           # no two scores differ by more than 2
+    # whatever the PRM scores, the pairs are those of every sample
+    rng = random.Random(1)
+    for gap, hard_gap in ((1.0, None), (1.0, 0.3), (0.4, None), (1.5, 0.9)):
+        for _ in range(20):
+            scored = [dict(s, step_scores=[rng.choice([0.0, 0.2, 0.5, 0.9, 1.0])]) for s in drawn]
+            everything = build_pairs(scored, gap, 3, random.Random(0), hard_gap=hard_gap)
+            assert build_pairs(dpo.pairable(scored, gap, hard_gap), gap, 3, random.Random(0),
+                               hard_gap=hard_gap) == everything
