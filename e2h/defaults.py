@@ -76,7 +76,7 @@ EMBEDDED = {   # the small preset from scratch on the synthetic curriculum, 2 CP
 # |            |            | at L1)               |        |                                     |
 # | validation | validation | 100 SFT, 250 RL      | 1-5    | chooses checkpoints and settings    |
 # |            |            | (of ~285 at L1)      |        |                                     |
-# | test       | test       | 100 SFT, 250 RL      | 1-5    | reported only (~520 at L1)          |
+# | test       | test       | 100 SFT, 500 RL      | 1-5    | reported only (~520 at L1)          |
 #
 # Level 1 holds only 1,790 problems (enumerated in tests/test_synthetic.py), which is why the
 # role shares are set for it (data/synthetic.py SPLIT_BUCKETS); the other levels hold tens of
