@@ -35,12 +35,12 @@ Stages:
    against majority on Hard for the small generator with the half PRM and the half generator
    with the small PRM (the paper: 7B with a 34B evaluator, and 34B with a 7B one).
 Re-ranking uses 100 test problems per level, RL's validation 250 per level (1,250) and its
-greedy test accuracy 500 per level (2,500). Findings F1-F5 are computed from the numbers with rules fixed in
-``study.report.findings``: each a difference between two methods on the same problems, with
-its mean and std over seeds and a bootstrap interval over problems (study/paired.py), reported
-as reproduced or not. Writes ``<out>/report.md`` and ``<out>/results.json`` (after each seed
-that finishes, a partial report of the seeds done); runs, samples and logs go to ``--runs``
-(default ``<out>/runs``).
+greedy test accuracy 500 per level (2,500). Findings F1-F5 are computed from the numbers with
+rules fixed in ``study.report.findings``: each a difference between two methods on the same
+problems, with its mean and std over seeds and a bootstrap interval over problems
+(study/paired.py), reported as reproduced or not. Writes ``<out>/report.md`` and
+``<out>/results.json`` (after each seed that finishes, a partial report of the seeds done);
+runs, samples and logs go to ``--runs`` (default ``<out>/runs``).
 
 Cost on 2 cores, estimated (not measured as a whole under these settings): seconds of one
 stage on one thread, from bench/README.md's times on 2 ranks ("The paper's supervision regime")
@@ -49,8 +49,8 @@ stages from the committed run (results/report.md, measured with other work on th
 
     sft_easy 690 (211 steps)   sft_all 1150 (352)     sft_hard 460 (141)   sft_easy_half 480
     prm 840 (sampling + 900)   prm_half 400           orm 220              oprm 660
-    ppo 590   ppo_outcome 590  grpo 380    dpo 300    rest 500   (RL: validation, test at 250/level;
-                                                                  a test at 500 adds about 30 s each)
+    ppo 590   ppo_outcome 590  grpo 380    dpo 300    rest 500   (RL: validation and test at
+                                                     250/level; a test at 500 adds about 30 s each)
     eval_sft_* 500 together    rerank 630              rerank_half 290
 
 about 8,700 s of one core per seed: 72 minutes of wall time per seed at two stages at a time
