@@ -76,24 +76,31 @@ def pair_score(sample: dict, answer_known: bool) -> float:
     return prm + (float(bool(sample["correct"])) if answer_known else 0.0)
 
 
-def build_pairs(samples: list[dict], gap: float, max_pairs: int, rng, *,
-                hard_gap: float | None = None, answer_levels=EASY_LEVELS) -> list[dict]:
-    """Preference pairs from scored sample records, grouped by problem ``id``.
-
-    A problem's answer may be used when its level is in ``answer_levels`` and its samples are
-    graded. Identical completions count once. Pairs need a score difference strictly above the
-    gap (ties never pair); ``rng`` (a ``random.Random``) draws ``max_pairs`` of the eligible
-    ones. Returns {"id", "question", "level", "chosen", "rejected", "chosen_score",
-    "rejected_score"}, problems in input order.
-    """
+def by_problem(samples: list[dict], answer_levels) -> list[tuple[list[dict], bool]]:
+    """(a problem's samples, whether its answer may be used) per problem ``id``, in input order;
+    identical completions count once (the first is kept). The answer may be used when the
+    problem's level is in ``answer_levels`` and its samples are graded."""
     groups: dict[str, dict[str, dict]] = {}
-    for s in samples:                                   # dedupe by text, first one kept
+    for s in samples:
         groups.setdefault(s["id"], {}).setdefault(s["completion"].strip(), s)
-    pairs = []
-    for group in groups.values():
-        group = list(group.values())
+    out = []
+    for group in (list(g.values()) for g in groups.values()):
         known = group[0]["level"] in answer_levels and all(s.get("correct") is not None
                                                             for s in group)
+        out.append((group, known))
+    return out
+
+
+def build_pairs(samples: list[dict], gap: float, max_pairs: int, rng, *,
+                hard_gap: float | None = None, answer_levels=EASY_LEVELS) -> list[dict]:
+    """Preference pairs from scored sample records, per problem as ``by_problem`` groups them.
+
+    Pairs need a score difference strictly above the gap (ties never pair); ``rng`` (a
+    ``random.Random``) draws ``max_pairs`` of the eligible ones. Returns {"id", "question", "level", "chosen", "rejected", "chosen_score",
+    "rejected_score"}, problems in input order.
+    """
+    pairs = []
+    for group, known in by_problem(samples, answer_levels):
         need = gap if known else hard_gap
         if need is None:
             continue
@@ -110,20 +117,12 @@ def build_pairs(samples: list[dict], gap: float, max_pairs: int, rng, *,
 
 def pairable(samples: list[dict], gap: float, hard_gap: float | None,
              answer_levels=EASY_LEVELS) -> list[dict]:
-    """The samples ``build_pairs`` could pair whatever the PRM says, so that only those are
-    scored: one per distinct completion (``build_pairs`` keeps the first), of problems where
-    some two could differ by more than the gap. A PRM score lies in [0, 1], so two samples
-    differ by at most 1 + (1 if the first is right and the second wrong, where the answer is
-    known): an easy problem whose samples are all right or all wrong cannot pair at gap 1 and
-    costs the PRM nothing; nor can a hard problem while ``hard_gap`` is None."""
-    groups: dict[str, dict[str, dict]] = {}
-    for s in samples:
-        groups.setdefault(s["id"], {}).setdefault(s["completion"].strip(), s)
+    """The samples ``build_pairs`` could pair whatever the PRM says, the only ones worth
+    scoring. A PRM score lies in [0, 1], so two scores differ by at most 1, plus 1 where the
+    answer is known and one is right, the other wrong: at gap 1 an easy problem whose samples
+    are all right or all wrong never pairs, nor does a hard one while ``hard_gap`` is None."""
     kept = []
-    for group in groups.values():
-        group = list(group.values())
-        known = group[0]["level"] in answer_levels and all(s.get("correct") is not None
-                                                            for s in group)
+    for group, known in by_problem(samples, answer_levels):
         need = gap if known else hard_gap
         answers = {bool(s["correct"]) for s in group} if known else {False}
         widest = 1.0 + (1.0 if answers == {True, False} else 0.0)
