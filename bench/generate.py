@@ -25,6 +25,11 @@ OPENBLAS_NUM_THREADS=1) on the same product with the weight stored transposed; a
 e2h's decode step (greedy ``generate`` time per new token): a change anywhere else in the step
 can make it at most 1 / s faster.
 
+CPU, --eval-rows POLICY: greedy validation as train.py runs it (``sample_solutions`` at
+temperature 0 on --problems synthetic validation problems per level, 96 new tokens) with each of
+--batches problems per generate call (--eval-batch-size), alternating, medians; the completions
+must be the same at every size.
+
 CUDA: a Llemma-7B-shaped model with random bf16 weights at batch 1 and 64, against the HBM
 roofline. A decode step reads every weight once, so it takes at least weight bytes / bandwidth
 (6.74e9 parameters * 2 bytes / 3.35 TB/s = 4.0 ms on an H100 SXM, i.e. 249 steps/s); the KV
@@ -34,6 +39,7 @@ cache adds a little more traffic, ignored here. Decode steps/s is measured witho
     python bench/generate.py --threads 1                # CPU part
     python bench/generate.py --threads 1 --attention
     python bench/generate.py --threads 1 --against-hf [--compile | --freeze] [--skip-guards]
+    python bench/generate.py --threads 1 --eval-rows runs/cache/sft-<key>/model
     OPENBLAS_NUM_THREADS=1 python bench/generate.py --threads 1 --projection
     python bench/generate.py --device cuda [--compile]  # GPU part
 """
@@ -242,6 +248,28 @@ def bench_projection(args):
           f"| {100 * linear / step:.0f} % | {step / linear:.2f}x |")
 
 
+def bench_eval_rows(args):
+    from data.sources import synthetic_problems
+    from e2h.hf.checkpoint import load_model
+    from e2h.tokenizer import Tokenizer
+    policy, tok = load_model(args.eval_rows).eval(), Tokenizer(args.eval_rows)
+    problems = synthetic_problems(args.problems, None, 0, "validation")
+    out = {}
+
+    def greedy(rows):
+        out[rows] = sample_mod.sample_solutions(policy, tok, problems, n=1, temperature=0.0,
+                                                top_k=None, max_new_tokens=96, batch_size=rows)
+    rows = args.batches or [16, 128]
+    t = alternate({r: (lambda r=r: greedy(r)) for r in rows}, args.repeats)
+    same = all([s["completion"] for s in out[r]] == [s["completion"] for s in out[rows[0]]]
+               for r in rows)
+    print(f"{len(problems)} problems, the same completions at every size: {same}")
+    print("| problems per call | wall (s) | problems/s | vs the first |")
+    print("|---|---|---|---|")
+    for r in rows:
+        print(f"| {r} | {t[r]:.2f} | {len(problems) / t[r]:.0f} | {t[rows[0]] / t[r]:.2f}x |")
+
+
 def bench_cuda(args):
     device = torch.device("cuda")
     name = torch.cuda.get_device_name()
@@ -280,6 +308,9 @@ def main():
                    help="CPU: against transformers' generate (defaults: batch 8, prompt 16, 96 new)")
     p.add_argument("--projection", action="store_true",
                    help="CPU: the output projection of the --against-hf shape against its bounds")
+    p.add_argument("--eval-rows", metavar="POLICY", default=None,
+                   help="CPU: greedy validation of this HF policy at --batches problems per call")
+    p.add_argument("--problems", type=int, default=250, help="--eval-rows: problems per level")
     p.add_argument("--prompt-len", type=int, default=None, help="prompt tokens per sequence")
     p.add_argument("--new-tokens", type=int, default=None, help="new tokens per sequence")
     # how
@@ -307,6 +338,8 @@ def main():
     print(vars(args))
     if args.device == "cuda":
         bench_cuda(args)
+    elif args.eval_rows:
+        bench_eval_rows(args)
     elif args.against_hf:
         bench_against_hf(args)
     elif args.projection:

@@ -87,10 +87,13 @@ ROLE = {"sft": "sft", "orm": "sft", "prm": "sft", "oprm": "sft",
 # embedded default every reward model samples its own data the same way
 PAPER["oprm"] = PAPER["orm"]
 EMBEDDED["orm"] = EMBEDDED["oprm"] = EMBEDDED["prm"]
+# Greedy evaluation streams its problems through eval_batch_size rows: on one CPU thread 128
+# decode 1,250 problems 1.5x as fast as 16, the same completions (bench/README.md, "Greedy
+# evaluation rows")
 COMMON = {"paper": dict(max_new_tokens=768, n_problems=0, eval_problems=0, warmup_ratio=0.2,
-                       eval_every=0),
+                       eval_every=0, eval_batch_size=16),
           "embedded": dict(max_len=256, max_new_tokens=96, eval_problems=100, warmup_ratio=0.05,
-                          eval_every=0)}
+                          eval_every=0, eval_batch_size=128)}
 
 
 def describe(key: str) -> str:

@@ -132,6 +132,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("--samples", default=None, help="orm/prm/oprm: label these graded samples (an RM run's "
         "<out>/data/samples.jsonl) instead of sampling --policy again (default: sample --policy)")
     add("--sample-batch-size", type=positive(int), default=16, help="problems per generate call")
+    add("--eval-batch-size", type=positive(int), default=None, help="greedy validation and test: "
+        "problems per generate call (the same outputs at any size); " + d("eval_batch_size"))
     # dpo and rest
     add("--iterations", type=positive(int), default=None, help="dpo/rest iterations; " + d("iterations"))
     add("--beta", type=positive(float), default=None, help="DPO beta; " + d("beta"))

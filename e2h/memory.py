@@ -45,7 +45,7 @@ SCORING_COPIES = 4               # fp32 logits copies of a no-grad forward over 
 @dataclass
 class Setup:
     """One run as the plan sees it. ``sample_rows``: prompts per generate call, ``n_samples``
-    each; ``fsdp``: under torchrun (else one process, autocast); ``samples_policy``: orm / prm /
+    each; ``eval_rows``: prompts per greedy validation / test call; ``fsdp``: under torchrun (else one process, autocast); ``samples_policy``: orm / prm /
     oprm sample the policy for their data; ``evaluates``: sft samples for its closing accuracy."""
     algo: str
     policy: Model
@@ -57,6 +57,7 @@ class Setup:
     seq_len: int = 1024
     sample_rows: int = 16
     n_samples: int = 1
+    eval_rows: int = 0
     activation_checkpointing: bool = False
     cpu: bool = False
     runtime: int = CUDA_RUNTIME
@@ -144,14 +145,16 @@ def _sample_state(st: Setup, samplers: dict[str, Model], rows: list, W: int, sp:
     full = sum(samplers[n].counts()["total"] * sp for n in gathered) if st.fsdp else 0
     # ppo, grpo: --sample-batch-size rows in all, however many samples a prompt has
     b, n = st.sample_rows, 1 if st.algo in ("ppo", "sft", "grpo") else st.n_samples
-    # repeat_interleave(n) builds the n-fold cache while the prompts' one still exists
-    cache = kv_cache(st.policy.args, b * n + (b if n > 1 else 0), st.seq_len, sp)
-    decode = SCORING_COPIES * 4 * st.policy.args.vocab_size * b * n
+    # repeat_interleave(n) builds the n-fold cache while the prompts' one still exists;
+    # greedy validation decodes eval_rows rows
+    kv_rows = max(b * n + (b if n > 1 else 0), st.eval_rows)
+    cache = kv_cache(st.policy.args, kv_rows, st.seq_len, sp)
+    decode = SCORING_COPIES * 4 * st.policy.args.vocab_size * max(b * n, st.eval_rows)
     score_rows = {"ppo": b, "grpo": b, "dpo": 2 * b}.get(st.algo, 0)   # reference log-probs of whole rows
     scoring = SCORING_COPIES * 4 * st.policy.args.vocab_size * score_rows * st.seq_len
     rows += [("sampling: gathered " + " + ".join(gathered) + f" ({'bf16' if sp == 2 else 'fp32'})",
               full),
-             (f"sampling: KV cache, {b * n} rows x {st.seq_len} slots", cache),
+             (f"sampling: KV cache, {max(b * n, st.eval_rows)} rows x {st.seq_len} slots", cache),
              ("sampling: logits of decoding / of scoring forwards", max(decode, scoring))]
     if st.algo in ("ppo", "grpo"):   # scoring runs after the policy is sharded again
         return _state(samplers, W) + max(full + cache + decode, scoring)
@@ -245,6 +248,7 @@ def setup_for(args, device) -> Setup:
                  compute_bytes=getattr(torch, compute).itemsize, micro_batch=micro,
                  seq_len=min(args.max_len, policy.args.max_seq_len),
                  sample_rows=args.sample_batch_size, n_samples=args.n_samples or 1,
+                 eval_rows=args.eval_batch_size,
                  activation_checkpointing=args.activation_checkpointing, cpu=device.type == "cpu",
                  runtime=CUDA_RUNTIME if device.type == "cuda" else resident_bytes(),
                  samples_policy=args.policy is not None and not args.samples,
@@ -283,7 +287,7 @@ def main(argv=None):
                micro_batch=a.micro_batch_size or max(1, hp["batch_size"] // a.world),
                seq_len=a.max_len or hp["max_len"],
                sample_rows=a.sample_batch_size or (8 if a.algo == "rerank" else 16),
-               n_samples=a.n_samples or hp.get("n_samples", 1),
+               n_samples=a.n_samples or hp.get("n_samples", 1), eval_rows=hp["eval_batch_size"],
                cpu=a.device == "cpu", runtime=CUDA_RUNTIME if a.device == "cuda" else resident_bytes(),
                samples_policy=a.algo in ("orm", "oprm"))   # the paper's PRM: rated PRM800K steps
     print(format_plan(st))

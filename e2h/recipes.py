@@ -144,7 +144,7 @@ def evaluate_rm(run, model) -> dict:
         return {}
     policy = load(run, args.policy, trainable=False)
     problems_ = sources.synthetic_problems(args.eval_problems, None, args.seed, "validation")
-    samples = sample(run, policy, problems_, 1, "rm-eval")
+    samples = sample(run, policy, problems_, 1, "rm-eval", batch_size=args.eval_batch_size)
     records = rm.prm_examples(samples, problems_, synthetic.label_solution)
     out = {}
     with dist.gathered(model):

@@ -224,17 +224,19 @@ def on_every_rank(fn, problems_: list[dict], *models):
     return [r for g in groups for r in g], metrics
 
 
-def sample(run, policy, problems_, n, key, temperature=None):
-    """``n`` graded sample records per problem, each rank sampling its share (one gather)."""
+def sample(run, policy, problems_, n, key, temperature=None, batch_size=None):
+    """``n`` graded sample records per problem, each rank sampling its share (one gather);
+    ``batch_size`` problems per generate call (default --sample-batch-size)."""
     args = run.args
     temperature = args.temperature if temperature is None else temperature
+    batch_size = batch_size or args.sample_batch_size
 
     def draw(mine):
         gen = generator_for(args.seed, key, device=run.device)
         with run.autocast():
             return sample_solutions(policy, run.tok, mine, n=n, temperature=temperature,
                                     top_k=args.top_k or None, max_new_tokens=args.max_new_tokens,
-                                    generator=gen, batch_size=args.sample_batch_size), {}
+                                    generator=gen, batch_size=batch_size), {}
     return on_every_rank(draw, problems_, policy)[0]
 
 

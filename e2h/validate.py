@@ -62,7 +62,8 @@ def graded(run, policy, split: str = "test", save: str | None = None) -> list[di
     problems = problems_for(run, split)
     if not problems:
         return []
-    samples = sample(run, policy, problems, 1, "eval", temperature=0.0)
+    samples = sample(run, policy, problems, 1, "eval", temperature=0.0,
+                     batch_size=run.args.eval_batch_size)
     records = [{k: s[k] for k in ("id", "level", "correct")} for s in samples]
     if save and dist.is_main():
         write_text(Path(run.out) / "data" / save, "".join(json.dumps(r) + "\n" for r in records))

@@ -92,3 +92,21 @@ def test_the_test_size_is_its_own_and_defaults_to_the_validation_size():
     assert (per_level("validation"), per_level("test")) == ([2] * 5, [3] * 5)
     run.args.test_problems = 0
     assert validate.problems_for(run, "test") == []
+
+
+def test_greedy_evaluation_streams_eval_batch_size_problems_per_call(monkeypatch, tmp_path):
+    """--eval-batch-size (embedded default 128) reaches the greedy validation and test calls."""
+    from e2h.flags import get_args
+    assert get_args(["--algo", "dpo"]).eval_batch_size == 128
+    assert get_args(["--algo", "sft", "--eval-batch-size", "4"]).eval_batch_size == 4
+    calls = []
+
+    def sample(run, policy, problems, n, key, temperature=None, batch_size=None):
+        calls.append((len(problems), n, temperature, batch_size))
+        return []
+    monkeypatch.setattr(validate, "sample", sample)
+    run = SimpleNamespace(args=SimpleNamespace(hparams="embedded", eval_problems=1, test_problems=2,
+                                               seed=0, eval_batch_size=7), out=tmp_path)
+    validate.graded(run, None, "validation")
+    validate.graded(run, None, "test")
+    assert calls == [(5, 1, 0.0, 7), (10, 1, 0.0, 7)]

@@ -150,6 +150,12 @@ def test_ppo_plan_counts_four_models_and_the_rollout():
     scoring = 4 * 4 * 64 * 3 * 8                            # ... of three whole rows
     assert rows["sampling: gathered policy (bf16)"] == gathered
     assert out["phases"]["sample"] == state + max(gathered + cache + decode, scoring)
+    # greedy validation on 5 rows (--eval-batch-size) holds more rows than sampling's 3
+    more = memory.plan(Setup(**{**st.__dict__, "eval_rows": 5}))
+    rows = dict(more["rows"])
+    cache5, decode5 = 2 * 2 * 5 * 2 * 8 * 8 * 2, 4 * 4 * 64 * 5
+    assert rows["sampling: KV cache, 5 rows x 8 slots"] == cache5
+    assert more["phases"]["sample"] == state + max(gathered + cache5 + decode5, scoring)
 
 
 def test_summary_line_and_refusal():
@@ -165,7 +171,8 @@ def test_for_run_on_cpu_and_the_cli(tmp_path, capsys):
     args = argparse.Namespace(algo="sft", model=None, policy=None, reward_model=None,
                               preset="tiny", unfreeze_embeddings=False, hard_threshold=None,
                               dtype="auto", micro_batch_size=2, batch_size=4, max_len=64,
-                              sample_batch_size=16, n_samples=None, activation_checkpointing=False,
+                              sample_batch_size=16, eval_batch_size=16, n_samples=None,
+                              activation_checkpointing=False,
                               samples=None, no_process_reward=False, eval_problems=0,
                               test_problems=0, hparams="embedded")
     line, fits = memory.for_run(args, torch.device("cpu"))
@@ -237,7 +244,8 @@ def test_grpo_on_answers_alone_plans_no_reward_model():
     args = argparse.Namespace(model=None, policy=None, reward_model=None, preset="tiny",
                               unfreeze_embeddings=False, hard_threshold=None, easy_threshold=None,
                               dtype="auto", micro_batch_size=2, batch_size=4, max_len=64,
-                              sample_batch_size=16, n_samples=None, activation_checkpointing=False,
+                              sample_batch_size=16, eval_batch_size=16, n_samples=None,
+                              activation_checkpointing=False,
                               samples=None, eval_problems=0, test_problems=0, hparams="embedded")
     held = {}
     for algo, answers_only in (("grpo", False), ("grpo", True), ("ppo", True)):
