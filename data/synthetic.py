@@ -75,6 +75,8 @@ Measurements of the earlier version (one given +/- operation per slot):
 """
 from __future__ import annotations
 
+import copy
+import functools
 import hashlib
 import random
 import re
@@ -186,8 +188,13 @@ def make_split(n_per_level: int, levels=SYNTHETIC_LEVELS, seed: int = 0,
     The seed picks which problems are drawn; the split a problem belongs to is a property of
     its key, so the splits are disjoint whatever seeds and sizes are used. Asking a level for
     more problems than its split holds (level 1 is small) is an error that says how many there
-    are.
+    are. A split is drawn once per process (each validation asks for the same one again).
     """
+    return copy.deepcopy(_drawn(n_per_level, tuple(levels), seed, split))
+
+
+@functools.lru_cache(maxsize=32)
+def _drawn(n_per_level: int, levels: tuple, seed: int, split: str) -> list[dict]:
     if split not in SPLIT_BUCKETS:
         raise ValueError(f"data/synthetic.py: unknown split {split!r}; "
                          f"choose from {sorted(SPLIT_BUCKETS)}")
