@@ -21,6 +21,10 @@ def test_same_seed_same_problems_other_seed_other_problems():
     c = make_split(5, seed=4, split="sft")
     assert a == b
     assert {p["question"] for p in a}.isdisjoint({p["question"] for p in c})
+    # a split is drawn once per process; what a caller does to its copy stays in that copy
+    a[0]["steps"].append("x")
+    a[1]["answer"] = "00"
+    assert make_split(5, seed=3, split="sft") == b and b[0]["steps"][-1] != "x"
 
 
 def test_level_is_the_number_of_real_slots_in_a_fixed_layout():
