@@ -45,8 +45,9 @@ SCORING_COPIES = 4               # fp32 logits copies of a no-grad forward over 
 @dataclass
 class Setup:
     """One run as the plan sees it. ``sample_rows``: prompts per generate call, ``n_samples``
-    each; ``eval_rows``: prompts per greedy validation / test call; ``fsdp``: under torchrun (else one process, autocast); ``samples_policy``: orm / prm /
-    oprm sample the policy for their data; ``evaluates``: sft samples for its closing accuracy."""
+    each; ``eval_rows``: prompts per greedy validation / test call; ``fsdp``: under torchrun
+    (else one process, autocast); ``samples_policy``: orm / prm / oprm sample the policy for
+    their data; ``evaluates``: sft samples for its closing accuracy."""
     algo: str
     policy: Model
     evaluator: Model | None = None
