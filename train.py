@@ -44,7 +44,8 @@ SHARED = ("preset", "seed", "max_steps", "dtype", "n_problems", "max_len", "max_
           "eval_problems", "sample_batch_size", "eval_batch_size")
 # flags that cannot change what a stage computes: its cache key leaves them out
 NOT_HASHED = ("out", "resume", "overwrite", "allow_changed_flags", "stop_after", "save_every",
-              "keep", "explicit", "dist_timeout", "eval_batch_size", "eval_problems", "test_problems")
+              "keep", "explicit", "dist_timeout", "eval_batch_size", "eval_problems",
+              "test_problems")
 # what a resume may change freely: those (but the evaluations' sizes) and how a batch is split
 # into micro-batches, which follows the number of ranks and changes only float rounding
 NEUTRAL = (*NOT_HASHED[:-2], "micro_batch_size")
