@@ -96,8 +96,8 @@ def build_pairs(samples: list[dict], gap: float, max_pairs: int, rng, *,
     """Preference pairs from scored sample records, per problem as ``by_problem`` groups them.
 
     Pairs need a score difference strictly above the gap (ties never pair); ``rng`` (a
-    ``random.Random``) draws ``max_pairs`` of the eligible ones. Returns {"id", "question", "level", "chosen", "rejected", "chosen_score",
-    "rejected_score"}, problems in input order.
+    ``random.Random``) draws ``max_pairs`` of the eligible ones. Returns {"id", "question",
+    "level", "chosen", "rejected", "chosen_score", "rejected_score"}, problems in input order.
     """
     pairs = []
     for group, known in by_problem(samples, answer_levels):
