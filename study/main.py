@@ -1,7 +1,7 @@
 """The study: the paper's findings (docs/paper.md, "Results to reproduce") in miniature, one command.
 
-    python -m study                 # the full study on the synthetic curriculum, 3 seeds (hours)
-    python -m study --seeds 1       # one seed: about an hour on 2 cores (cost below)
+    python -m study                 # the full study on the synthetic curriculum, 3 seeds (105 min)
+    python -m study --seeds 1       # one seed: about 40 minutes on 2 cores (cost below)
     python -m study --quick         # every stage on tiny settings (CI; numbers meaningless)
     python -m study --model DIR     # the real study: an HF Llama (Llemma-7B) on PRM800K / MATH
 
@@ -42,26 +42,19 @@ problems, with its mean and std over seeds and a bootstrap interval over problem
 ``<out>/results.json`` (after each seed that finishes, a partial report of the seeds done);
 runs, samples and logs go to ``--runs`` (default ``<out>/runs``).
 
-Cost on 2 cores, estimated (not measured as a whole under these settings): seconds of one
-stage on one thread, from bench/README.md's times on 2 ranks ("The paper's supervision regime")
-doubled, the stages it has no time for scaled by their steps, and the unchanged evaluation
-stages from the committed run (results/report.md, measured with other work on the cores):
+Cost on 2 cores, measured (results/report.md: 2026-12-07, nothing else on the cores): seconds
+of each stage on one thread, mean over three seeds,
 
-    sft_easy 690 (211 steps)   sft_all 1150 (352)     sft_hard 460 (141)   sft_easy_half 480
-    prm 840 (sampling + 900)   prm_half 400           orm 220              oprm 660
-    ppo 590   ppo_outcome 590  grpo 380    dpo 300    rest 500   (RL: validation and test at
-                                                     250/level; a test at 500 adds about 30 s each)
-    eval_sft_* 500 together    rerank 630              rerank_half 290
+    sft_easy 195 (211 steps)   sft_all 318 (352)      sft_hard 160 (141)   sft_easy_half 124
+    prm 301 (sampling + 900)   prm_half 110           orm 72               oprm 207
+    ppo 193   ppo_outcome 181  grpo 152    dpo 868    rest 376   (RL: validation at 250 and
+                                                                  test at 500 problems per level)
+    eval_sft_* 212 together    rerank 287             rerank_half 95
 
-about 8,700 s of one core per seed: 72 minutes of wall time per seed at two stages at a time
-(one seed alone: longer, since sft_easy runs with nothing beside it). Measured here with other
-work on both cores, one thread took 1.5 s per SFT step of 64 and wrote 19 greedy solutions a
-second with an untrained model (96 tokens each; a reference solution has about 44); from those
-the same stages take about 5,000 s, 41 minutes per seed. Three seeds take 2 to 3.6 hours and
-do not fit in an hour, whatever the evaluation settings: the training stages at the embedded
-defaults alone need about 55 core-minutes per seed, 80 minutes of wall time for three seeds.
-``--seeds 1`` is the choice that fits about an hour (45 to 80 minutes); ``--seeds 3`` on the
-same --runs later adds the other two (finished stages are kept).
+about 64 core-minutes per seed, RL 30 of them. Two stages at a time, three seeds took 104
+minutes of wall time (seed 0 was done after 40); the sum alone puts three seeds above 96
+minutes, so they do not fit in an hour at the embedded defaults. ``--seeds 3`` on the same
+--runs after ``--seeds 1`` adds the other two (finished stages are kept).
 
 Quick mode only checks that every number is produced: a generator trained for seconds is
 never right, so its ORM trains on reference / corrupted solutions given with ``--data``, DPO
