@@ -1,6 +1,6 @@
 """The study: the paper's findings (docs/paper.md, "Results to reproduce") in miniature, one command.
 
-    python -m study                 # the full study on the synthetic curriculum, 3 seeds (105 min)
+    python -m study                 # the full study on the synthetic curriculum, 3 seeds (104 min)
     python -m study --seeds 1       # one seed: about 40 minutes on 2 cores (cost below)
     python -m study --quick         # every stage on tiny settings (CI; numbers meaningless)
     python -m study --model DIR     # the real study: an HF Llama (Llemma-7B) on PRM800K / MATH
