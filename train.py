@@ -121,8 +121,6 @@ def check_models(args):
 def main(argv=None) -> int:
     args = get_args(argv)
     device = dist.init(args.dist_timeout)
-    if device.type == "cpu":   # freed tensors go back to the system: peaks as the plan says
-        host.return_freed_memory()
     check_models(args)
     out = Path(args.out)
     with runfolder.locked(out):   # one run per folder: claimed before anything is written there
@@ -149,9 +147,11 @@ def run_in(out: Path, args, device) -> int:
             args, "prm", "reward-model", ["--policy", args.policy])
     elif args.algo in RL or (args.algo in recipes.RM_ALGOS and recipes.samples_policy(args)):
         args.policy = args.policy or required_stage(args, "sft", "policy")
-    line, fits = memory.for_run(args, device)   # refuse a run that cannot fit, before it starts
+    line, fits, tight = memory.for_run(args, device)   # refuse a run that cannot fit, up front
     if not fits:
         raise ValueError(line)
+    if tight:   # freed tensors go back to the system, so the peak stays the plan's
+        host.return_freed_memory()
     dist.say(line)
     runfolder.begin(out, args)
     tok_path = setup_tokenizer(args, out)
