@@ -1,7 +1,7 @@
 """The study: the paper's findings (docs/paper.md, "Results to reproduce") in miniature, one command.
 
-    python -m study                 # the full study on the synthetic curriculum, 3 seeds (104 min)
-    python -m study --seeds 1       # one seed: about 40 minutes on 2 cores (cost below)
+    python -m study                 # the full study on the synthetic curriculum, 3 seeds (79 min)
+    python -m study --seeds 1       # one seed: about 28 minutes on 2 cores (cost below)
     python -m study --quick         # every stage on tiny settings (CI; numbers meaningless)
     python -m study --model DIR     # the real study: an HF Llama (Llemma-7B) on PRM800K / MATH
 
@@ -45,14 +45,14 @@ runs, samples and logs go to ``--runs`` (default ``<out>/runs``).
 Cost on 2 cores, measured (results/report.md: 2026-12-07, nothing else on the cores): seconds
 of each stage on one thread, mean over three seeds,
 
-    sft_easy 195 (211 steps)   sft_all 318 (352)      sft_hard 160 (141)   sft_easy_half 124
-    prm 301 (sampling + 900)   prm_half 110           orm 72               oprm 207
-    ppo 193   ppo_outcome 181  grpo 152    dpo 868    rest 376   (RL: validation at 250 and
+    sft_easy 149 (211 steps)   sft_all 249 (352)      sft_hard 106 (141)   sft_easy_half 80
+    prm 191 (sampling + 900)   prm_half 73            orm 48               oprm 142
+    ppo 149   ppo_outcome 146  grpo 126    dpo 633    rest 299   (RL: validation at 250 and
                                                                   test at 500 problems per level)
-    eval_sft_* 212 together    rerank 287             rerank_half 95
+    eval_sft_* 231 together    rerank 337             rerank_half 116
 
-about 64 core-minutes per seed, RL 30 of them. Two stages at a time, three seeds took 104
-minutes of wall time (seed 0 was done after 40); the sum alone puts three seeds above 96
+about 51 core-minutes per seed, RL 23 of them. Two stages at a time, three seeds took 79
+minutes of wall time (seed 0 was done after 28); the sum alone puts three seeds above 76
 minutes, so they do not fit in an hour at the embedded defaults. ``--seeds 3`` on the same
 --runs after ``--seeds 1`` adds the other two (finished stages are kept).
 
