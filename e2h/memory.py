@@ -40,9 +40,7 @@ GiB = 2**30
 CAPACITY = {"80 GB": 81559 * 2**20, "141 GB": 143771 * 2**20}   # H100 / H200 as CUDA reports them
 CUDA_RUNTIME = int(0.75 * GiB)   # context and kernels per GPU: an assumption, not a measurement
 SCORING_COPIES = 4               # fp32 logits copies of a no-grad forward over the vocabulary
-# glibc keeps freed CPU memory in its arenas: peaks measured up to 2.02x the plan, which counts
-# what is allocated (bench/README.md, "Memory")
-ARENA_KEEPS = 2.1
+ARENA_KEEPS = 2.1   # CPU peaks over the plan with glibc's arenas as they come: up to 2.02x measured
 
 
 @dataclass
@@ -219,9 +217,8 @@ def for_run(args, device) -> tuple[str, bool, bool]:
     """train.py's start-up check, (line, fits, tight): this run's plan against the device's
     memory. A GPU has its own memory; on CPU the ranks of a node share its RAM, so each may use
     MemTotal / LOCAL_WORLD_SIZE (physical RAM, not what is free now: other processes come and
-    go, and the check should not refuse a run that fits). ``tight``: on CPU, the plan fits but
-    not with what glibc's arenas may keep on top of it (ARENA_KEEPS), so freed tensors must go
-    back to the system (e2h.infra.host.return_freed_memory)."""
+    go, and the check should not refuse a run that fits). ``tight``: on CPU, ARENA_KEEPS x the
+    plan does not fit, so freed tensors must go back (e2h.infra.host.return_freed_memory)."""
     import torch
     result = plan(setup_for(args, device))
     if device.type == "cuda":

@@ -202,6 +202,7 @@ def test_for_run_is_tight_where_malloc_could_keep_too_much(monkeypatch):
         monkeypatch.setattr(memory, "plan", lambda st, peak=peak: {"peak": peak,
                                                                    "phases": {"train": peak}})
         verdicts[share] = memory.for_run(None, torch.device("cpu"))[1:]
+    # 2.1 x 0.46 = 0.966 < 1: room for the arenas; 2.1 x 0.49 = 1.029 > 1: tight; 1.1 > 1: no fit
     assert verdicts == {0.2: (True, False), 0.46: (True, False), 0.49: (True, True),
                         0.9: (True, True), 1.1: (False, True)}
 
