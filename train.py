@@ -14,9 +14,9 @@ Every supervised algorithm (sft, the reward models, each DPO and ReST-EM iterati
 loop (e2h/loop.py): a seeded permutation of the data per epoch, gradient accumulation up to the
 global batch, AdamW, warmup then cosine learning rate, gradient clipping; PPO and GRPO alternate
 rollouts and updates through the same step bookkeeping. What each algorithm builds and trains on is in
-e2h/recipes.py, its data in data/sources.py, its flags in e2h/flags.py, the regime defaults of
-unset flags in e2h/defaults.py; under torchrun, e2h/infra/distributed.py shards every model with
-FSDP2.
+e2h/recipes.py (the reward models' in e2h/rm_stage.py), its data in data/sources.py, its flags in
+e2h/flags.py, the regime defaults of unset flags in e2h/defaults.py; under torchrun,
+e2h/infra/distributed.py shards every model with FSDP2.
 """
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ import sys
 import time
 from pathlib import Path
 
-from e2h import curves, memory, recipes
+from e2h import curves, memory, recipes, rm_stage
 from e2h.infra import host, runfolder, trainstate
 from e2h.infra import distributed as dist
 from e2h.infra.errors import Interrupted, guard
@@ -63,7 +63,7 @@ USED_BY = {"beta": ("dpo",), "rpo_alpha": ("dpo",), "pair_gap": ("dpo",), "max_p
            "format_penalty": ("ppo",), "gamma": ("ppo",), "lam": ("ppo",),
            "eval_every": ("ppo", "sft", "grpo"), "answer_levels": RL, "reward_model": RL,
            "validation_data": RL,
-           "samples": recipes.RM_ALGOS}
+           "samples": rm_stage.RM_ALGOS}
 
 
 def as_argv(key: str, value) -> list[str]:
@@ -145,7 +145,7 @@ def run_in(out: Path, args, device) -> int:
         args.policy = args.policy or required_stage(args, "sft", "policy")
         args.reward_model = args.reward_model or required_stage(
             args, "prm", "reward-model", ["--policy", args.policy])
-    elif args.algo in RL or (args.algo in recipes.RM_ALGOS and recipes.samples_policy(args)):
+    elif args.algo in RL or (args.algo in rm_stage.RM_ALGOS and rm_stage.samples_policy(args)):
         args.policy = args.policy or required_stage(args, "sft", "policy")
     line, fits, tight = memory.for_run(args, device)   # refuse a run that cannot fit, up front
     if not fits:

@@ -12,7 +12,7 @@ import argparse
 import json
 import sys
 
-from e2h import defaults, ppo, recipes
+from e2h import defaults, ppo, rm_stage
 from e2h.infra import distributed as dist
 
 ALGOS = ("sft", "orm", "prm", "oprm", "ppo", "dpo", "rest", "grpo")
@@ -282,7 +282,7 @@ def get_args(argv=None) -> argparse.Namespace:
     if per_rank == 0 or rest:
         parser.error(f"--batch-size {args.batch_size} must be a multiple of --micro-batch-size "
                      f"{args.micro_batch_size} x {dist.world_size()} ranks")
-    if args.samples and args.algo not in recipes.RM_ALGOS:
+    if args.samples and args.algo not in rm_stage.RM_ALGOS:
         parser.error(f"--samples is for orm / prm / oprm, not --algo {args.algo}")
     for flag in ("levels", "answer_levels"):
         value = getattr(args, flag)

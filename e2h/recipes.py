@@ -3,10 +3,8 @@ phases it runs (docs/paper.md "Generators", "Reward models", "RL"). Wiring only:
 in sft.py, rm.py, dpo.py, rest.py, ppo.py and grpo.py, the step bookkeeping in loop.py.
 
 - sft: the supervised loop on SFT examples (easy levels).
-- orm / prm / oprm: sample solutions of easy problems from the policy when the data needs it
-  (ORM labels by final answer; on the synthetic curriculum PRM labels come from the program
-  checker, the stand-in for PRM800K's human raters), then the loop on a zero-initialized
-  reward head over the base model's trunk (the policy's when no --model is given).
+- orm / prm / oprm: e2h/rm_stage.py (labelled samples of the policy and/or --data's rows,
+  then the loop on a reward head over the policy's trunk).
 - dpo / rest: iterations of (sample -> build data -> one phase of the loop), each spelled out
   by dpo.iteration / rest.iteration and run by e2h/iterations.py's ``iterate``.
 - ppo: ppo.ppo_step (rollout then update), one PPO step at a time; greedy validation keeps the
@@ -20,55 +18,23 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import random
 from functools import partial
 
 import torch
 
-from data import sources, synthetic
-from data.format import EASY_LEVELS, HARD_LEVELS
+from data import sources
 from e2h.infra import distributed as dist
-from e2h import dpo, grpo, ppo, rest, rm, sft
+from e2h import dpo, grpo, ppo, rest, sft
 from e2h.iterations import iterate, iteration_data, sampling
 from e2h.loop import NonFiniteLoss, batch_indices, phase_steps, run_steps, train_phase
-from e2h.defaults import ROLE, needs_reward_model
-from e2h.model import RewardModel
+from e2h.defaults import needs_reward_model
 from e2h.hf.sharded import load_into
 from e2h.infra.distributed import shard_of
-from e2h.run import (cached_records, encode_all, finish, generator_for, load, load_or_init,
-                     make_optimizer, max_len, prepare, rng_for, sample)
-from e2h.validate import Best, accuracy, closing, starting_point, validation_split
-from e2h.score import step_and_outcome_auc
-
-RM_ALGOS = ("orm", "prm", "oprm")
-
-
-def synthetic_data(args) -> bool:
-    """The embedded default: no --data, so the synthetic curriculum is the data."""
-    return args.hparams == "embedded" and not args.data
-
-
-def problems(args) -> list[dict]:
-    """The problems this run samples from (--data / --math-problems, else the synthetic
-    problems of its stage's role: defaults.ROLE), less the validation problems held out of
-    them (--validation-data)."""
-    synthetic_only = args.hparams == "embedded" and not (args.data or args.math_problems)
-    data, math = (None, None) if synthetic_only else (args.data or [], args.math_problems)
-    held, _ = validation_split(args)
-    return [p for p in sources.problems(data, math, sources.parse_levels(args.levels),
-                                        args.n_problems, args.seed, ROLE[args.algo])
-            if p["id"] not in held]
-
-
-def samples_policy(args) -> bool:
-    """Whether a reward-model run samples solutions from a policy: always on the synthetic
-    curriculum (its PRM labels are program-checked samples); with real data, ORM / OPRM sample
-    the problems found in --data / --math-problems, and PRM trains on the rated steps given."""
-    if synthetic_data(args):
-        return True
-    if args.algo == "prm":
-        return False
-    return bool(args.math_problems or sources.read_data(args.data)["problems"])
+from e2h.rm_stage import train_rm
+from e2h.run import (encode_all, finish, generator_for, load, load_or_init, make_optimizer,
+                     max_len, rng_for)
+from e2h.validate import (Best, accuracy, closing, problems, starting_point,
+                          synthetic_data)
 
 
 # ----------------------------------------------------------------------------- sft
@@ -102,72 +68,6 @@ def validation_every(run, model, best, steps: int):
         best.offer(model, acc, {"step": run.step})
         return {f"eval/{key}": v for key, v in acc.items()}
     return evaluate
-
-# ----------------------------------------------------------------------------- reward models
-
-
-def rm_records(run) -> list[dict]:
-    """ORM / PRM / OPRM records: --data's RM rows and/or labelled samples from the policy."""
-    args = run.args
-    levels = sources.parse_levels(args.levels)
-    given = [] if synthetic_data(args) else sources.rm_records(args.data, args.math_problems,
-                                                               levels)
-    if not samples_policy(args):
-        return given
-    problems_ = problems(args)
-    if args.samples:
-        samples = sources.read_samples(args.samples, problems_)
-    else:
-        def draw():
-            return sample(run, load(run, args.policy, trainable=False), problems_,
-                          args.n_samples, "rm-data")
-        samples = cached_records(run, "samples.jsonl", draw)   # what --samples reads
-    records = []
-    if args.algo in ("prm", "oprm"):
-        # program-checked steps on the synthetic curriculum; rated steps from --data otherwise
-        records += rm.prm_examples(samples, problems_, synthetic.label_solution) \
-            if synthetic_data(args) else given
-    if args.algo in ("orm", "oprm"):
-        orm = rm.orm_examples(samples, random.Random(args.seed))
-        if not orm and args.algo == "orm":
-            raise ValueError(f"no ORM examples: no problem had both a correct and a wrong "
-                             f"one among its {args.n_samples} samples ({len(samples)} samples, "
-                             f"{sum(bool(s['correct']) for s in samples)} correct)")
-        records += orm
-    return records
-
-
-def evaluate_rm(run, model) -> dict:
-    """Step / outcome ROC-AUC on held-out synthetic solutions, easy and hard problems apart."""
-    args = run.args
-    if not args.eval_problems or args.hparams != "embedded" or args.data:
-        return {}
-    policy = load(run, args.policy, trainable=False)
-    problems_ = sources.synthetic_problems(args.eval_problems, None, args.seed, "validation")
-    samples = sample(run, policy, problems_, 1, "rm-eval", batch_size=args.eval_batch_size)
-    records = rm.prm_examples(samples, problems_, synthetic.label_solution)
-    out = {}
-    with dist.gathered(model):
-        for split, levels in (("easy", EASY_LEVELS), ("hard", HARD_LEVELS)):
-            auc = step_and_outcome_auc(model, run.tok, [r for r in records if r["level"] in levels])
-            out[f"{split}_step_auc"] = auc["step_auc"]
-            out[f"{split}_outcome_auc"] = auc["outcome_auc"]
-    return out
-
-
-def train_rm(run) -> dict:
-    args, tok = run.args, run.tok
-    records = cached_records(run, "rm_train.jsonl", lambda: rm_records(run))
-    base = args.model or args.policy
-    trunk = load_or_init(base, args, tok)
-    model = trunk if isinstance(trunk, RewardModel) else RewardModel(trunk)
-    model = prepare(run, model, pretrained=base is not None)
-    examples = encode_all(lambda r: rm.encode_rm(tok, r, max_len(run, model)), records,
-                          args.algo.upper())
-    opt = make_optimizer(model, args)
-    run.restore(model, [opt])
-    train_phase(run, model, opt, examples, partial(rm.rm_batch, pad_id=tok.pad_id), rm.loss_fn)
-    return finish(run, model, {"examples": len(examples), **evaluate_rm(run, model)})
 
 # ----------------------------------------------------------------------------- dpo, rest
 

@@ -1,4 +1,5 @@
-"""Greedy accuracy of a policy during and after RL, and the best policy by validation accuracy.
+"""Greedy accuracy of a policy during and after RL, the best policy by validation accuracy, and
+which problems a run trains on, validates on and is tested on.
 
 docs/paper.md: PPO validates greedily every 10 steps and keeps the checkpoint with the best
 validation accuracy; iterative DPO and ReST-EM here validate after every iteration the same way
@@ -21,6 +22,7 @@ from pathlib import Path
 from data import readers, sources
 from data.format import difficulty
 from e2h import paired
+from e2h.defaults import ROLE
 from e2h.infra import distributed as dist
 from e2h.infra import preemption, trainstate
 from e2h.infra.files import write_json, write_text
@@ -42,6 +44,23 @@ def validation_split(args) -> tuple[set, list[dict]]:
     _, held = readers.math_validation_split(pool, readers.load_math(args.validation_data),
                                             args.seed)
     return {p["id"] for p in held}, held
+
+
+def synthetic_data(args) -> bool:
+    """The embedded default: no --data, so the synthetic curriculum is the data."""
+    return args.hparams == "embedded" and not args.data
+
+
+def problems(args) -> list[dict]:
+    """The problems this run samples from (--data / --math-problems, else the synthetic
+    problems of its stage's role: defaults.ROLE), less the validation problems held out of
+    them (--validation-data)."""
+    synthetic_only = args.hparams == "embedded" and not (args.data or args.math_problems)
+    data, math = (None, None) if synthetic_only else (args.data or [], args.math_problems)
+    held, _ = validation_split(args)
+    return [p for p in sources.problems(data, math, sources.parse_levels(args.levels),
+                                        args.n_problems, args.seed, ROLE[args.algo])
+            if p["id"] not in held]
 
 
 def problems_for(run, split: str) -> list[dict]:

@@ -10,7 +10,7 @@ from data import sources, synthetic
 from data.synthetic import (IDENTITY_MENU, N_SLOTS, PRIMES, REAL_OPS, SYNTHETIC_LEVELS, apply_op,
                             key_of, label_solution, make_problem, make_split, parse_question,
                             question_text, reference_completion, split_of, walks)
-from e2h import recipes
+from e2h import validate
 
 
 
@@ -192,7 +192,7 @@ def test_rl_never_samples_the_problems_sft_trained_on():
     for algo, role in (("dpo", "rl"), ("rest", "rl"), ("ppo", "rl"), ("prm", "sft")):
         args = Namespace(algo=algo, hparams="embedded", data=None, math_problems=None,
                          levels="1,2,3", n_problems=200, seed=0)
-        keys = {key_of(p["question"]) for p in recipes.problems(args)}
+        keys = {key_of(p["question"]) for p in validate.problems(args)}
         assert len(keys) == 600
         assert keys.isdisjoint(sft_keys) == (role == "rl"), algo
     assert {split_of(r["question"]) for r in sft} == {"sft"}
