@@ -244,7 +244,7 @@ def check_evaluate(ctx) -> dict:
     ctx.save({"ok": False, "summary": "checkpoints written" + written})
     argv = ["--policy", str(policy), "--rm", str(rm), "--data", str(inputs / "problems.jsonl"),
             "--tokenizer", str(tokenizer), "--out", str(out / "run"), "--limit", str(n_problems),
-            "--n", str(n), "--max-new-tokens", str(new), "--sample-batch-size", str(batch),
+            "--n-samples", str(n), "--max-new-tokens", str(new), "--sample-batch-size", str(batch),
             "--rm-batch-size", str(rm_batch), "--no-greedy", "--device", str(ctx.device),
             "--dtype", dtype]
     try:

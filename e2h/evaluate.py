@@ -22,11 +22,12 @@ files are the ones one process writes. The held-out ROC-AUC is computed by every
 writes the files.
 Usage (the tokenizer is the tokenizer.json in the model folders unless --tokenizer says otherwise):
 
-    python -m e2h.evaluate --policy DIR --rm DIR --data FILE --n 16 --out DIR
+    python -m e2h.evaluate --policy DIR --rm DIR --data FILE --n-samples 16 --out DIR
     python -m e2h.evaluate --rm DIR --rm-records FILE --out DIR
     python -m e2h.evaluate --samples FILE --rm prm=DIR orm=DIR --confidence DIR \\
         --rm-records FILE --out DIR
-    torchrun --nproc_per_node 8 -m e2h.evaluate --policy DIR --rm DIR --data FILE ...
+    torchrun --nproc_per_node 8 -m e2h.evaluate --policy DIR --rm DIR --data FILE \\
+        --n-samples 16 ...
 
 Letters: N samples per problem.
 """
@@ -111,7 +112,10 @@ def build_parser() -> argparse.ArgumentParser:
     add("--out", required=True, help="output directory")
     add("--limit", type=positive, default=None, help="only the first LIMIT problems (default: all)")
     # sampling
-    add("--n", type=positive, default=16, help="samples per problem (N)")
+    # --n-samples as in train.py; torchrun refuses --n as a prefix of its own --nnodes,
+    # --nproc-per-node, ..., so --n serves plain python only
+    add("--n-samples", "--n", dest="n", type=positive, default=16, help="samples per problem "
+        "(N); under torchrun spell it --n-samples")
     add("--temperature", type=float, default=0.7, help="sampling temperature")
     add("--top-k", type=int, default=20, help="top-k sampling (0: off)")
     add("--max-new-tokens", type=positive, default=512, help="longest completion")

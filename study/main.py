@@ -109,7 +109,7 @@ def train(algo, out, seed, cfg, *flags, preset=None) -> list[str]:
 def evaluate(policy, test, out, seed, n, tok, max_new_tokens=96, limit=0) -> list[str]:
     """e2h.evaluate at the paper's sampling settings (T 0.7, top-k 20); limit 0: every problem."""
     return [sys.executable, "-m", "e2h.evaluate", "--policy", str(policy), "--data", str(test),
-            "--tokenizer", str(tok), "--out", str(out), "--n", str(n), "--seed", str(seed),
+            "--tokenizer", str(tok), "--out", str(out), "--n-samples", str(n), "--seed", str(seed),
             "--max-new-tokens", str(max_new_tokens), "--temperature", "0.7", "--top-k", "20",
             *(["--limit", str(limit)] if limit else [])]
 

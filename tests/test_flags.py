@@ -57,6 +57,35 @@ def readme_commands() -> list[tuple[str, list[str]]]:
     return found
 
 
+@pytest.mark.parametrize("command", PARSERS)
+def test_every_flag_passes_through_torchruns_command_line(command, capsys):
+    """torchrun reads the whole command line for its own options before it launches anything,
+    so a flag that is a prefix of two of them ends the launch with "ambiguous option": --n
+    (--nnodes, --nproc-per-node, --node-rank, ...). Every flag must pass, save e2h.evaluate's
+    --n, the plain-python alias of --n-samples, which must be refused as its help says."""
+    from torch.distributed.run import get_args_parser
+    launcher = get_args_parser()
+    script = ["train.py"] if command == "train.py" else ["-m", command]
+    refused = []
+    for action in PARSERS[command]()._actions:
+        for flag in action.option_strings:
+            if flag.startswith("--") and flag != "--help":
+                try:
+                    args = launcher.parse_args(["--nproc_per_node", "2", *script, flag, "1"])
+                except SystemExit:
+                    refused.append(flag)
+                    continue
+                assert args.training_script_args == [flag, "1"], flag
+    assert refused == (["--n"] if command == "e2h.evaluate" else []), refused
+    capsys.readouterr()
+
+
+def test_evaluate_reads_its_samples_per_problem_under_either_name():
+    base = ["--out", "o", "--policy", "p", "--data", "d"]
+    assert evaluate.build_parser().parse_args([*base, "--n-samples", "4"]).n == 4
+    assert evaluate.build_parser().parse_args([*base, "--n", "3"]).n == 3
+
+
 def test_the_readme_commands_use_flags_that_exist_and_models_that_are_folders():
     commands = readme_commands()
     assert {c for c, _ in commands} == {"train.py", "e2h.evaluate"} and len(commands) >= 4

@@ -136,7 +136,7 @@ def evaluations(tmp_path, out: str) -> list[list[str]]:
     common = ["--tokenizer", str(m / "tokenizer.json"), "--max-new-tokens", "6", "--n-subsets",
               "2", "--device", "cpu"]
     return [["--policy", str(m / "policy"), "--rm", str(m / "rm"), "--data",
-             str(m / "problems.jsonl"), "--n", "3", "--out", f"{tmp_path / out}/eval", *common],
+             str(m / "problems.jsonl"), "--n-samples", "3", "--out", f"{tmp_path / out}/eval", *common],
             ["--samples", str(m / "samples.jsonl"), "--rm", f"prm={m / 'rm'}",
              "--confidence", str(m / "policy"), "--out", f"{tmp_path / out}/rescore", *common]]
 
