@@ -4,7 +4,7 @@ in sft.py, rm.py, dpo.py, rest.py, ppo.py and grpo.py, the step bookkeeping in l
 
 - sft: the supervised loop on SFT examples (easy levels).
 - orm / prm / oprm: e2h/rm_stage.py (labelled samples of the policy and/or --data's rows,
-  then the loop on a reward head over the policy's trunk).
+  then the loop on a reward head over the base model's trunk, the policy's without --model).
 - dpo / rest: iterations of (sample -> build data -> one phase of the loop), each spelled out
   by dpo.iteration / rest.iteration and run by e2h/iterations.py's ``iterate``.
 - ppo: ppo.ppo_step (rollout then update), one PPO step at a time; greedy validation keeps the
@@ -33,8 +33,7 @@ from e2h.infra.distributed import shard_of
 from e2h.rm_stage import train_rm
 from e2h.run import (encode_all, finish, generator_for, load, load_or_init, make_optimizer,
                      max_len, rng_for)
-from e2h.validate import (Best, accuracy, closing, problems, starting_point,
-                          synthetic_data)
+from e2h.validate import Best, accuracy, closing, problems, starting_point, synthetic_data
 
 
 # ----------------------------------------------------------------------------- sft
