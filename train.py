@@ -26,7 +26,7 @@ import sys
 import time
 from pathlib import Path
 
-from e2h import curves, memory, recipes, rm_stage
+from e2h import curves, memory_check, recipes, rm_stage
 from e2h.infra import host, runfolder, trainstate
 from e2h.infra import distributed as dist
 from e2h.infra.errors import Interrupted, guard
@@ -147,7 +147,7 @@ def run_in(out: Path, args, device) -> int:
             args, "prm", "reward-model", ["--policy", args.policy])
     elif args.algo in RL or (args.algo in rm_stage.RM_ALGOS and rm_stage.samples_policy(args)):
         args.policy = args.policy or required_stage(args, "sft", "policy")
-    line, fits, tight = memory.for_run(args, device)   # refuse a run that cannot fit, up front
+    line, fits, tight = memory_check.for_run(args, device)   # refuse a run that cannot fit
     if not fits:
         raise ValueError(line)
     if tight:   # freed tensors go back to the system, so the peak stays the plan's

@@ -56,9 +56,9 @@ def status(field: str) -> int:
 def child(out: Path, argv: list[str]):
     """One torchrun rank: train.py as __main__, its plan recorded, the resident memory the
     first model's shards take, VmHWM written at the end."""
-    from e2h import memory
+    from e2h import memory, memory_check
     from e2h.hf import sharded
-    record, setup_for, place = {}, memory.setup_for, sharded.place
+    record, setup_for, place = {}, memory_check.setup_for, sharded.place
 
     def recording(args, device):
         st = setup_for(args, device)
@@ -73,7 +73,7 @@ def child(out: Path, argv: list[str]):
         model = place(model, *args, **kwargs)
         record.setdefault("loaded", status("VmRSS") - before)
         return model
-    memory.setup_for, sharded.place = recording, placing
+    memory_check.setup_for, sharded.place = recording, placing
     sys.argv = ["train.py", *argv]
     code = 0
     try:

@@ -1,5 +1,6 @@
 """A memory plan: the bytes each rank holds during a run, known before it starts, so a model,
-algorithm and GPU count that cannot fit are refused up front (docs/scale.md: the paper's runs).
+algorithm and GPU count that cannot fit are refused up front (docs/scale.md: the paper's runs;
+train.py's check of its own run against its device is e2h/memory_check.py).
 
     python -m e2h.memory --preset llemma-7b --algo ppo --world 8 --dtype bfloat16
 
@@ -26,13 +27,10 @@ fragmentation and reserve, communication buffers, the prefill's transients.
 from __future__ import annotations
 
 import argparse
-import os
 from dataclasses import dataclass, replace
-from pathlib import Path
 
-from e2h.hf.hf_config import LM_ARCH, read_config
 from e2h.infra.host import resident_bytes
-from e2h.defaults import COMMON, PAPER, needs_reward_model
+from e2h.defaults import COMMON, PAPER
 from e2h.infra.footprint import Model, activation_peak, kv_cache
 from e2h.model import ModelArgs
 
@@ -40,7 +38,6 @@ GiB = 2**30
 CAPACITY = {"80 GB": 81559 * 2**20, "141 GB": 143771 * 2**20}   # H100 / H200 as CUDA reports them
 CUDA_RUNTIME = int(0.75 * GiB)   # context and kernels per GPU: an assumption, not a measurement
 SCORING_COPIES = 4               # fp32 logits copies of a no-grad forward over the vocabulary
-ARENA_KEEPS = 2.1   # CPU peaks over the plan with glibc's arenas as they come: up to 2.02x measured
 
 
 @dataclass
@@ -203,62 +200,6 @@ def format_plan(st: Setup) -> str:
                          " with checkpointing" if ac else " without checkpointing")
         lines.append(f"  {name + ' (' + r['phase'] + ')':<62} {r['peak'] / GiB:8.2f} GiB: {verdicts}")
     return "\n".join(lines)
-
-
-def model_of(path, preset: str, **fields) -> Model:
-    """The Model of an HF directory (its config.json) or, without one, of a preset."""
-    if path is None:
-        return Model(ModelArgs.from_name(preset), **fields)
-    args, arch, _ = read_config(Path(path))
-    return Model(args, lm_head=arch == LM_ARCH, **fields)
-
-
-def for_run(args, device) -> tuple[str, bool, bool]:
-    """train.py's start-up check, (line, fits, tight): this run's plan against the device's
-    memory. A GPU has its own memory; on CPU the ranks of a node share its RAM, so each may use
-    MemTotal / LOCAL_WORLD_SIZE (physical RAM, not what is free now: other processes come and
-    go, and the check should not refuse a run that fits). ``tight``: on CPU, ARENA_KEEPS x the
-    plan does not fit, so freed tensors must go back (e2h.infra.host.return_freed_memory)."""
-    import torch
-    result = plan(setup_for(args, device))
-    if device.type == "cuda":
-        capacity = torch.cuda.get_device_properties(device).total_memory
-        where = f"{device} ({torch.cuda.get_device_name(device)})"
-    else:
-        local = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
-        capacity = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // local
-        where = "the host's RAM" + (f" / {local} ranks" if local > 1 else "")
-    line, fits = summary(result, capacity, where)
-    return line, fits, device.type == "cpu" and result["peak"] * ARENA_KEEPS > capacity
-
-
-def setup_for(args, device) -> Setup:
-    """The Setup of a train.py run from its parsed flags (defaults filled) on ``device``."""
-    import torch
-    from e2h.infra import distributed as dist
-    frozen = not args.unfreeze_embeddings
-    rm_trunk = args.algo in ("orm", "prm", "oprm")
-    base = args.model if args.algo == "sft" else (args.model or args.policy) if rm_trunk else args.policy
-    policy = model_of(base, args.preset, frozen_embeddings=frozen and base is not None)
-    evaluator = None
-    if needs_reward_model(args):
-        evaluator = model_of(args.reward_model, args.preset, head="score", trained=False,
-                             frozen_embeddings=frozen)
-    compute = args.dtype if args.dtype != "auto" else ("bfloat16" if device.type == "cuda" else "float32")
-    micro = args.micro_batch_size
-    if args.algo in ("ppo", "grpo"):
-        micro = min(micro, args.batch_size // dist.world_size())
-    return Setup(args.algo, policy, evaluator, world=dist.world_size(), fsdp=dist.is_distributed(),
-                 compute_bytes=getattr(torch, compute).itemsize, micro_batch=micro,
-                 seq_len=min(args.max_len, policy.args.max_seq_len),
-                 sample_rows=args.sample_batch_size, n_samples=args.n_samples or 1,
-                 eval_rows=args.eval_batch_size,
-                 activation_checkpointing=args.activation_checkpointing, cpu=device.type == "cpu",
-                 runtime=CUDA_RUNTIME if device.type == "cuda" else resident_bytes(),
-                 samples_policy=args.policy is not None and not args.samples,
-                 process_reward=not args.no_process_reward,
-                 evaluates=bool(args.eval_problems or args.test_problems)
-                 and args.hparams == "embedded")
 
 
 def main(argv=None):

@@ -3,7 +3,7 @@
 Both serve the memory plan (e2h/memory.py): a CPU rank's runtime term is its resident memory
 before any model, and the plan's peak holds only if freed tensors leave the process. That costs
 a mapping and its page faults per large tensor (a third of the CPU time of a small model's
-run), so train.py pays it only where the plan is tight (``memory.for_run``).
+run), so train.py pays it only where the plan is tight (``e2h.memory_check.for_run``).
 """
 from __future__ import annotations
 

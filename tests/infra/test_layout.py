@@ -65,7 +65,7 @@ LEARNER = {"e2h.model", "e2h.kv_cache", "e2h.rope", "e2h.tokenizer", "e2h.sequen
            "e2h.score", "e2h.rerank", "e2h.paired", "e2h.sft", "e2h.rm", "e2h.ppo", "e2h.dpo",
            "e2h.rest", "e2h.grpo"}
 WIRING = {"e2h.recipes", "e2h.rm_stage", "e2h.iterations", "e2h.loop", "e2h.run", "e2h.validate",
-          "e2h.defaults", "e2h.flags"}
+          "e2h.memory_check", "e2h.defaults", "e2h.flags"}
 COMMANDS = {"e2h.evaluate", "e2h.icl", "e2h.curves", "e2h.memory"}
 
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from e2h.infra import footprint
-from e2h import memory
+from e2h import memory, memory_check
 from e2h.infra.footprint import Model
 from e2h.memory import Setup
 from e2h.model import ModelArgs, Transformer
@@ -175,14 +175,14 @@ def test_for_run_on_cpu_and_the_cli(tmp_path, capsys):
                               activation_checkpointing=False,
                               samples=None, no_process_reward=False, eval_problems=0,
                               test_problems=0, hparams="embedded")
-    line, fits, tight = memory.for_run(args, torch.device("cpu"))
+    line, fits, tight = memory_check.for_run(args, torch.device("cpu"))
     assert fits and line.startswith("memory plan: ") and "the host's RAM has" in line
     assert not tight   # a tiny model: malloc may keep what it frees
     # from a checkpoint: its config.json's shape, the paper's freezing
     from e2h.hf.checkpoint import save_model
     save_model(Transformer(TINY), tmp_path / "ckpt")
     args.model = str(tmp_path / "ckpt")
-    st = memory.setup_for(args, torch.device("cpu"))
+    st = memory_check.setup_for(args, torch.device("cpu"))
     assert st.policy == Model(TINY) and not st.fsdp and st.compute_bytes == 4 and st.cpu
     memory.main(["--algo", "ppo", "--preset", "llemma-7b", "--world", "8"])
     table = capsys.readouterr().out
@@ -195,13 +195,13 @@ def test_for_run_is_tight_where_malloc_could_keep_too_much(monkeypatch):
     to keep, bench/README.md "Memory") does not: only then must freed tensors go back."""
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
     ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2
-    monkeypatch.setattr(memory, "setup_for", lambda args, device: None)
+    monkeypatch.setattr(memory_check, "setup_for", lambda args, device: None)
     verdicts = {}
     for share in (0.2, 0.46, 0.49, 0.9, 1.1):
         peak = int(share * ram)
         monkeypatch.setattr(memory, "plan", lambda st, peak=peak: {"peak": peak,
                                                                    "phases": {"train": peak}})
-        verdicts[share] = memory.for_run(None, torch.device("cpu"))[1:]
+        verdicts[share] = memory_check.for_run(None, torch.device("cpu"))[1:]
     # 2.1 x 0.46 = 0.966 < 1: room for the arenas; 2.1 x 0.49 = 1.029 > 1: tight; 1.1 > 1: no fit
     assert verdicts == {0.2: (True, False), 0.46: (True, False), 0.49: (True, True),
                         0.9: (True, True), 1.1: (False, True)}
@@ -268,7 +268,7 @@ def test_grpo_on_answers_alone_plans_no_reward_model():
     held = {}
     for algo, answers_only in (("grpo", False), ("grpo", True), ("ppo", True)):
         args.algo, args.no_process_reward = algo, answers_only
-        held[algo, answers_only] = set(memory.roles(memory.setup_for(args, torch.device("cpu")))[0])
+        held[algo, answers_only] = set(memory.roles(memory_check.setup_for(args, torch.device("cpu")))[0])
     assert held["grpo", False] == {"policy", "reference", "reward"}
     assert held["grpo", True] == {"policy", "reference"}
     assert held["ppo", True] == {"policy", "reference", "value"}
