@@ -268,7 +268,8 @@ def test_grpo_on_answers_alone_plans_no_reward_model():
     held = {}
     for algo, answers_only in (("grpo", False), ("grpo", True), ("ppo", True)):
         args.algo, args.no_process_reward = algo, answers_only
-        held[algo, answers_only] = set(memory.roles(memory_check.setup_for(args, torch.device("cpu")))[0])
+        st = memory_check.setup_for(args, torch.device("cpu"))
+        held[algo, answers_only] = set(memory.roles(st)[0])
     assert held["grpo", False] == {"policy", "reference", "reward"}
     assert held["grpo", True] == {"policy", "reference"}
     assert held["ppo", True] == {"policy", "reference", "value"}
